@@ -1,0 +1,236 @@
+"""Crystal structures: unit cell, atoms, reciprocal lattice.
+
+Conventions: cell lengths in Å, angles in degrees, fractional coordinates, isotropic Debye-Waller
+factors B in Å². The Cartesian frame puts a along x and b in the xy plane. Reciprocal vectors carry
+no factor 2π (|g| = 1/d).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .scattering import normalize_symbol
+
+__all__ = ["Atom", "Crystal"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One atom of the unit cell.
+
+    Attributes
+    ----------
+    symbol : str
+        Element symbol.
+    position : tuple of float
+        Fractional coordinates (x, y, z).
+    occupancy : float
+        Site occupancy in [0, 1].
+    b_iso : float
+        Isotropic Debye-Waller factor B [Å²].
+    """
+
+    symbol: str
+    position: tuple[float, float, float]
+    occupancy: float = 1.0
+    b_iso: float = 0.0
+
+
+def _as_atom(item) -> Atom:
+    if isinstance(item, Atom):
+        symbol, pos, occ, b = item.symbol, item.position, item.occupancy, item.b_iso
+    else:
+        if not isinstance(item, Sequence) or isinstance(item, str) or not 2 <= len(item) <= 4:
+            raise TypeError(
+                "each atom must be (symbol, (x, y, z)[, occupancy[, B]]), got " f"{item!r}"
+            )
+        symbol, pos = item[0], item[1]
+        occ = item[2] if len(item) > 2 else 1.0
+        b = item[3] if len(item) > 3 else 0.0
+    symbol = normalize_symbol(symbol)
+    pos_arr = np.asarray(pos, dtype=float)
+    if pos_arr.shape != (3,) or not np.all(np.isfinite(pos_arr)):
+        raise ValueError(f"atom position must be 3 finite fractional coordinates, got {pos!r}")
+    occ = float(occ)
+    if not (0.0 <= occ <= 1.0):
+        raise ValueError(f"occupancy must be in [0, 1], got {occ} for {symbol}")
+    b = float(b)
+    if not math.isfinite(b) or b < 0:
+        raise ValueError(f"Debye-Waller B must be finite and >= 0 [Å²], got {b} for {symbol}")
+    return Atom(symbol, tuple(float(x) for x in pos_arr), occ, b)
+
+
+class Crystal:
+    """A crystal: unit cell and atoms.
+
+    Parameters
+    ----------
+    cell : sequence of 6 floats
+        (a, b, c, alpha, beta, gamma): lengths [Å], angles [degrees].
+    atoms : iterable
+        Items ``(symbol, (x, y, z), occupancy, B)`` (occupancy and B optional, default 1 and 0 Å²)
+        or :class:`Atom`. Give every atom of the cell (symmetry-expanded).
+    name : str, optional
+        A label recorded in output files.
+
+    Examples
+    --------
+    >>> xtal = Crystal((4.0, 4.0, 4.0, 90, 90, 90), [("Si", (0, 0, 0))])
+    >>> round(xtal.volume, 3)
+    64.0
+    """
+
+    def __init__(self, cell: Sequence[float], atoms: Iterable, name: str = "crystal"):
+        cell_arr = np.asarray(cell, dtype=float)
+        if cell_arr.shape != (6,) or not np.all(np.isfinite(cell_arr)):
+            raise ValueError(f"cell must be 6 finite numbers (a, b, c, alpha, beta, gamma), got {cell!r}")
+        if np.any(cell_arr[:3] <= 0):
+            raise ValueError(f"cell lengths must be positive [Å], got {cell_arr[:3]}")
+        if np.any(cell_arr[3:] <= 0) or np.any(cell_arr[3:] >= 180):
+            raise ValueError(f"cell angles must be in (0, 180) degrees, got {cell_arr[3:]}")
+        self.cell = tuple(float(x) for x in cell_arr)
+        self.atoms: tuple[Atom, ...] = tuple(_as_atom(a) for a in atoms)
+        if not self.atoms:
+            raise ValueError("a crystal needs at least one atom")
+        self.name = str(name)
+        self.lattice_vectors = self._lattice()
+        if not np.isfinite(self.volume) or self.volume <= 1e-6:
+            raise ValueError(f"cell angles {cell_arr[3:]} give no valid (positive-volume) cell")
+
+    def _lattice(self) -> np.ndarray:
+        a, b, c, al, be, ga = self.cell
+        al, be, ga = np.radians([al, be, ga])
+        cx = c * math.cos(be)
+        cy = c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga)
+        cz2 = c * c - cx * cx - cy * cy
+        cz = math.sqrt(cz2) if cz2 > 0 else float("nan")
+        return np.array(
+            [[a, 0.0, 0.0], [b * math.cos(ga), b * math.sin(ga), 0.0], [cx, cy, cz]], dtype=float
+        )
+
+    @property
+    def volume(self) -> float:
+        """Unit-cell volume Ω [Å³]."""
+        return float(abs(np.linalg.det(self.lattice_vectors)))
+
+    @property
+    def reciprocal_vectors(self) -> np.ndarray:
+        """Rows a*, b*, c* in the Cartesian frame [1/Å], without 2π: a·a* = 1."""
+        return np.linalg.inv(self.lattice_vectors).T
+
+    @property
+    def fractional_positions(self) -> np.ndarray:
+        """(n_atoms, 3) fractional coordinates."""
+        return np.array([a.position for a in self.atoms], dtype=float)
+
+    def __repr__(self) -> str:
+        a, b, c, al, be, ga = self.cell
+        return (
+            f"Crystal({self.name!r}, a={a:g} Å, b={b:g} Å, c={c:g} Å, "
+            f"α={al:g}°, β={be:g}°, γ={ga:g}°, {len(self.atoms)} atoms)"
+        )
+
+    def to_attrs(self) -> dict:
+        """Flat, netCDF-safe description of the crystal for ``Dataset.attrs``."""
+        return {
+            "crystal_name": self.name,
+            "crystal_cell": list(self.cell),
+            "crystal_atoms": ";".join(
+                f"{a.symbol} {a.position[0]:.6f} {a.position[1]:.6f} {a.position[2]:.6f} "
+                f"{a.occupancy:.4f} {a.b_iso:.4f}"
+                for a in self.atoms
+            ),
+        }
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> Crystal:
+        """Inverse of :meth:`to_attrs`."""
+        atoms = []
+        for entry in str(attrs["crystal_atoms"]).split(";"):
+            parts = entry.split()
+            atoms.append((parts[0], tuple(map(float, parts[1:4])), float(parts[4]), float(parts[5])))
+        return cls(np.asarray(attrs["crystal_cell"], dtype=float), atoms, name=str(attrs["crystal_name"]))
+
+    @classmethod
+    def builtin(cls, name: str, debye_waller: bool = False) -> Crystal:
+        """A built-in crystal: ``'SrTiO3'`` (cubic perovskite) or ``'ZnO'`` (wurtzite).
+
+        Parameters
+        ----------
+        name : {'SrTiO3', 'ZnO'}
+        debye_waller : bool
+            Use room-temperature B values (Sr 0.41, Ti 0.32, O 0.63, Zn 0.6, O(ZnO) 0.6 Å²);
+            default B = 0.
+
+        Examples
+        --------
+        >>> Crystal.builtin("SrTiO3").cell[0]
+        3.905
+        """
+        key = str(name).lower()
+        if key == "srtio3":
+            b = {"Sr": 0.41, "Ti": 0.32, "O": 0.63} if debye_waller else {"Sr": 0, "Ti": 0, "O": 0}
+            atoms = [
+                ("Sr", (0, 0, 0), 1.0, b["Sr"]),
+                ("Ti", (0.5, 0.5, 0.5), 1.0, b["Ti"]),
+                ("O", (0.5, 0.5, 0), 1.0, b["O"]),
+                ("O", (0.5, 0, 0.5), 1.0, b["O"]),
+                ("O", (0, 0.5, 0.5), 1.0, b["O"]),
+            ]
+            return cls((3.905, 3.905, 3.905, 90, 90, 90), atoms, name="SrTiO3")
+        if key == "zno":
+            u = 0.3819
+            bz, bo = (0.6, 0.6) if debye_waller else (0.0, 0.0)
+            atoms = [
+                ("Zn", (1 / 3, 2 / 3, 0), 1.0, bz),
+                ("Zn", (2 / 3, 1 / 3, 0.5), 1.0, bz),
+                ("O", (1 / 3, 2 / 3, u), 1.0, bo),
+                ("O", (2 / 3, 1 / 3, 0.5 + u), 1.0, bo),
+            ]
+            return cls((3.2498, 3.2498, 5.2066, 90, 90, 120), atoms, name="ZnO")
+        raise ValueError(f"unknown built-in crystal {name!r}; choose 'SrTiO3' or 'ZnO'")
+
+    @classmethod
+    def from_cif(cls, path: str | os.PathLike) -> Crystal:
+        """Read a crystal from a CIF file (symmetry-expanded through gemmi).
+
+        Occupancies and isotropic displacement (B_iso, or U_iso converted with B = 8π²U) are read
+        when present.
+
+        Parameters
+        ----------
+        path : str or path-like
+            CIF file.
+        """
+        import gemmi
+
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no CIF file at {path!r}")
+        try:
+            doc = gemmi.cif.read_file(path)
+            block = doc.sole_block()
+            small = gemmi.make_small_structure_from_block(block)
+        except Exception as exc:  # gemmi raises RuntimeError/ValueError/IndexError variously
+            raise ValueError(f"could not read CIF file {path!r}: {exc}") from exc
+        uc = small.cell
+        sites = small.get_all_unit_cell_sites()
+        if len(sites) == 0:
+            raise ValueError(f"CIF file {path!r} has no atom sites")
+        atoms = []
+        for site in sites:
+            symbol = site.type_symbol or site.element.name
+            b = 8 * math.pi**2 * float(site.u_iso) if site.u_iso else 0.0
+            frac = [float(x) % 1.0 for x in (site.fract.x, site.fract.y, site.fract.z)]
+            atoms.append((symbol, tuple(frac), float(site.occ), b))
+        name = block.name or os.path.splitext(os.path.basename(path))[0]
+        logger.info("read %d atoms from %s", len(atoms), path)
+        return cls((uc.a, uc.b, uc.c, uc.alpha, uc.beta, uc.gamma), atoms, name=name)
