@@ -10,7 +10,6 @@ import numpy as np
 import xarray as xr
 from threadpoolctl import threadpool_limits
 
-from . import _kernels
 from ._kernels import bloch
 from .geometry import Geometry
 from .structure_factors import input_ug, ug_matrix
@@ -239,7 +238,6 @@ def extract_ug(ds: xr.Dataset, name: str = "ug") -> xr.DataArray:
         raise ValueError(f"dataset has no variable {name!r}")
     da = ds[name]
     keep = {v: k for k, v in _REFL_RENAME.items() if v in da.coords}
-    da = da.reset_coords(drop=True) if False else da
     out = xr.DataArray(
         np.asarray(da.values, dtype=complex),
         dims=("reflection",),
@@ -255,5 +253,3 @@ def _version() -> str:
 
     return __version__
 
-
-_ = _kernels  # keep the package import explicit
