@@ -7,9 +7,13 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
+from . import accessor as _accessor  # noqa: F401  (registers the Dataset.larbed accessor)
+from . import presets
 from .constants import electron_wavelength, relativistic_gamma, wave_number
 from .crystal import Atom, Crystal
 from .geometry import Geometry
+from .io import load_pattern, load_ug, read_csv, save_pattern, save_ug, write_csv
+from .metrics import r_factor
 from .scattering import scattering_factor
 from .simulation import simulate
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug, shift_origin
@@ -22,11 +26,19 @@ __all__ = [
     "compute_ug",
     "electron_wavelength",
     "input_ug",
+    "load_pattern",
+    "load_ug",
     "normalize_ug",
+    "presets",
+    "r_factor",
     "random_ug",
+    "read_csv",
     "relativistic_gamma",
+    "save_pattern",
+    "save_ug",
     "scattering_factor",
     "shift_origin",
     "simulate",
     "wave_number",
+    "write_csv",
 ]
