@@ -37,7 +37,7 @@ SUM_TOL = 1e-12
 
 
 def _public_module_names() -> list[str]:
-    """All larbed modules outside ``_kernels`` and ``learn``, found on disk, that set ``__all__``."""
+    """Modules outside ``_kernels`` and ``learn``, found on disk, that set ``__all__``."""
     names = ["larbed"]
     for info in pkgutil.walk_packages(larbed.__path__, "larbed."):
         parts = info.name.split(".")
