@@ -68,6 +68,24 @@ def _as_atom(item) -> Atom:
     return Atom(symbol, tuple(float(x) for x in pos_arr), occ, b)
 
 
+def _u_equivalent(aniso, uc) -> float:
+    """U_eq = (1/3) Σ_ij U^ij a*_i a*_j (a_i·a_j) of a CIF anisotropic tensor [Å²]."""
+    u = np.array(
+        [
+            [aniso.u11, aniso.u12, aniso.u13],
+            [aniso.u12, aniso.u22, aniso.u23],
+            [aniso.u13, aniso.u23, aniso.u33],
+        ]
+    )
+    lengths = np.array([uc.a, uc.b, uc.c])
+    cos = np.cos(np.radians([uc.alpha, uc.beta, uc.gamma]))
+    cos_matrix = np.array([[1, cos[2], cos[1]], [cos[2], 1, cos[0]], [cos[1], cos[0], 1]])
+    metric = np.outer(lengths, lengths) * cos_matrix  # a_i·a_j
+    rec = uc.reciprocal()
+    rec_len = np.array([rec.a, rec.b, rec.c])
+    return float(np.sum(u * np.outer(rec_len, rec_len) * metric) / 3.0)
+
+
 class Crystal:
     """A crystal: unit cell and atoms.
 
@@ -222,13 +240,20 @@ class Crystal:
         except Exception as exc:  # gemmi raises RuntimeError/ValueError/IndexError variously
             raise ValueError(f"could not read CIF file {path!r}: {exc}") from exc
         uc = small.cell
+        lengths = ("_cell_length_a", "_cell_length_b", "_cell_length_c")
+        missing = [t for t in lengths if block.find_value(t) is None]
+        if missing:  # gemmi would silently fall back to a 1 Å cube
+            raise ValueError(f"CIF file {path!r} has no unit cell: missing {', '.join(missing)}")
         sites = small.get_all_unit_cell_sites()
         if len(sites) == 0:
             raise ValueError(f"CIF file {path!r} has no atom sites")
         atoms = []
         for site in sites:
             symbol = site.type_symbol or site.element.name
-            b = 8 * math.pi**2 * float(site.u_iso) if site.u_iso else 0.0
+            u_iso = float(site.u_iso)
+            if not u_iso and site.aniso.nonzero():  # only U^ij given: use U_eq
+                u_iso = _u_equivalent(site.aniso, uc)
+            b = 8 * math.pi**2 * u_iso if u_iso else 0.0
             frac = [float(x) % 1.0 for x in (site.fract.x, site.fract.y, site.fract.z)]
             atoms.append((symbol, tuple(frac), float(site.occ), b))
         name = block.name or os.path.splitext(os.path.basename(path))[0]
