@@ -59,9 +59,7 @@ def _ug_lookup(geometry: Geometry, ug) -> dict[tuple[int, int, int], complex]:
     else:
         values = np.asarray(ug.values if isinstance(ug, xr.DataArray) else ug, dtype=complex)
         if values.shape != (geometry.n_reflections,):
-            raise ValueError(
-                f"U_g must have shape ({geometry.n_reflections},), got {values.shape}"
-            )
+            raise ValueError(f"U_g must have shape ({geometry.n_reflections},), got {values.shape}")
         if isinstance(ug, xr.DataArray) and "h" in ug.coords:
             hkl = np.stack([ug.h.values, ug.k.values, ug.l.values], axis=1)
         else:
