@@ -239,7 +239,7 @@ def _decode(ds: xr.Dataset) -> xr.Dataset:
 def _check_path_exists(path) -> str:
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise MissingFileError(2, f"no such file: {path!r}", path)
+        raise MissingFileError(f"no such file: {path!r}")
     if os.path.isdir(path):
         raise LarbedFileError(f"{path!r} is a directory, not a netCDF or CSV file")
     return path
@@ -264,7 +264,7 @@ def _write(ds: xr.Dataset, path) -> None:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise MissingFileError(2, f"folder {folder!r} does not exist", folder)
+        raise MissingFileError(f"cannot write {path!r}: folder {folder!r} does not exist")
     tmp = path + ".part"
     try:
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_fill_free(ds))
