@@ -1,0 +1,1052 @@
+"""Refinement of U_g and thickness against a LARBED pattern (SPEC §8).
+
+Three tools:
+
+* :func:`intensity_jacobian` — exact derivatives of every intensity with respect to every
+  Re U_g, Im U_g, the thickness and (optionally) the absorption κ, from one eigen-decomposition
+  per tilt (divided differences of the exponential, stable at the degenerate zone axis);
+* :func:`thickness_scan` — the agreement with the pattern as a function of thickness at fixed U_g;
+* :func:`refine` — weighted least squares (Levenberg–Marquardt with the analytic Jacobian) of U_g,
+  thickness and absorption against the intensities, with standard errors from (JᵀWJ)⁻¹.
+
+Parameters are Re U_p and Im U_p [1/Å²] of the Friedel pairs p (``geometry.reflection_hkl``), the
+thickness t [nm] and κ. Intensities cannot see the unit-cell origin: when Im U_g are free, the two
+in-plane origin shifts are exact null directions of JᵀWJ. The solver keeps steps out of them and the
+covariance is the minimum-norm one (errors are those of U_g after aligning the origin).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+import scipy.linalg
+import xarray as xr
+from threadpoolctl import threadpool_limits
+
+from ._kernels import bloch, gradients
+from .geometry import Geometry
+from .metrics import r_factor as _r_factor
+from .simulation import check_thickness, check_ug, prepare_matrices, simulate
+from .structure_factors import compute_ug, input_ug
+
+__all__ = [
+    "RefinementResult",
+    "Weights",
+    "WEIGHTS",
+    "intensity_jacobian",
+    "refine",
+    "symmetry_groups",
+    "thickness_scan",
+]
+
+logger = logging.getLogger(__name__)
+
+Weights = Literal["auto", "poisson", "none"]
+WEIGHTS: tuple[str, ...] = get_args(Weights)
+ScanMetric = Literal["r_factor", "chi2"]
+SCAN_METRICS: tuple[str, ...] = get_args(ScanMetric)
+
+#: Refinement keeps the thickness at or above this [nm] (a step below is clipped).
+MIN_THICKNESS_NM = 0.1
+#: Two reflections are related by a lattice operation when their in-plane g agree to this [1/Å].
+G_MATCH_ATOL = 1e-6
+#: A point-group operation holds for the crystal when U_Rg = U_g to this fraction of max |U_g|.
+SYMMETRY_RTOL = 1e-8
+#: An origin shift is a null direction of the constrained problem when the parametrization
+#: reproduces it to this relative accuracy.
+GAUGE_RTOL = 1e-8
+#: Eigenvalues of JᵀWJ (outside the origin null space) below this fraction of the largest count
+#: as undetermined: their variance is reported as infinite.
+UNDETERMINED_RCOND = 1e-13
+
+
+# ---------------------------------------------------------------------------------- inputs
+def _geometry_mismatch(attrs: dict, geometry: Geometry) -> list[str]:
+    problems = []
+    for key, want in (("n_beams", geometry.n_beams), ("n_tilts", geometry.n_tilts),
+                      ("voltage_kv", geometry.voltage_kv),
+                      ("tilt_range_mrad", geometry.tilt_range_mrad)):
+        if key in attrs:
+            try:
+                have = float(attrs[key])
+            except (TypeError, ValueError):
+                continue
+            if not np.isclose(have, want, rtol=1e-9):
+                problems.append(f"{key}={have:g} (geometry: {want:g})")
+    if "zone_axis" in attrs:
+        za = tuple(int(v) for v in np.atleast_1d(attrs["zone_axis"]))
+        if za != tuple(geometry.zone_axis):
+            problems.append(f"zone_axis={list(za)} (geometry: {list(geometry.zone_axis)})")
+    return problems
+
+
+def check_pattern(pattern, geometry: Geometry) -> np.ndarray:
+    """Intensities (n_tilts, n_beams) of ``pattern`` after checking them against ``geometry``.
+
+    ``pattern`` is a Dataset with ``intensity``, a DataArray over (``tilt``, ``beam``) or an array of
+    shape (n_tilts, n_beams). Raises ValueError when shape, beams (h, k, l), tilts or recorded
+    geometry attributes disagree with ``geometry``, or when intensities are NaN, infinite or < 0.
+    """
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    attrs: dict = {}
+    if isinstance(pattern, xr.Dataset):
+        if "intensity" not in pattern:
+            raise ValueError("pattern Dataset has no 'intensity' variable")
+        attrs = dict(pattern.attrs)
+        pattern = pattern["intensity"]
+    if isinstance(pattern, xr.DataArray):
+        attrs = {**attrs, **pattern.attrs}
+        if set(pattern.dims) != {"tilt", "beam"}:
+            raise ValueError(
+                f"pattern must have dims ('tilt', 'beam'), got {pattern.dims}; select one thickness"
+            )
+        da = pattern.transpose("tilt", "beam")
+        if all(c in da.coords for c in ("h", "k", "l")) and da.sizes["beam"] == geometry.n_beams:
+            hkl = np.stack([da.h.values, da.k.values, da.l.values], axis=1)
+            if not np.array_equal(hkl, geometry.hkl):
+                raise ValueError("pattern beams (h, k, l) differ from the geometry's beams")
+        if ("tilt_x" in da.coords and "tilt_y" in da.coords
+                and da.sizes["tilt"] == geometry.n_tilts):
+            tilts = np.stack([da.tilt_x.values, da.tilt_y.values], axis=1)
+            if not np.allclose(tilts, geometry.tilt_mrad, atol=1e-6):
+                raise ValueError("pattern tilts (tilt_x, tilt_y) differ from the geometry's tilts")
+        arr = np.asarray(da.values)
+    else:
+        arr = np.asarray(pattern)
+    problems = _geometry_mismatch(attrs, geometry)
+    if problems:
+        raise ValueError("pattern and geometry disagree: " + ", ".join(problems))
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(f"pattern intensities must be real numbers, got dtype {arr.dtype}")
+    want = (geometry.n_tilts, geometry.n_beams)
+    if arr.shape != want:
+        raise ValueError(f"pattern has shape {arr.shape}; the geometry needs (n_tilts, n_beams) = {want}")
+    arr = arr.astype(float)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"pattern has {int(np.sum(~np.isfinite(arr)))} NaN or infinite intensities")
+    if np.any(arr < 0):
+        raise ValueError(
+            f"pattern has {int(np.sum(arr < 0))} negative intensities (min {arr.min():.3g}); "
+            "intensities must be >= 0"
+        )
+    if arr.sum() <= 0:
+        raise ValueError("pattern intensities sum to zero")
+    return arr
+
+
+def pattern_dose(pattern, dose: float | None = None) -> float | None:
+    """Electrons per tilt: ``dose`` if given, else ``pattern.attrs['dose']`` when numeric."""
+    if dose is None and isinstance(pattern, (xr.Dataset, xr.DataArray)):
+        dose = pattern.attrs.get("dose")
+        if isinstance(dose, str):
+            dose = None
+    if dose is None:
+        return None
+    dose = float(dose)
+    if not np.isfinite(dose) or dose <= 0:
+        raise ValueError(f"dose must be a positive number of electrons per tilt, got {dose}")
+    return dose
+
+
+# ---------------------------------------------------------------------------------- model
+class _Model:
+    """Forward model and Jacobian on the full vector x = [Re U (P), Im U (P), t [nm], (κ)]."""
+
+    def __init__(self, geometry: Geometry, u0: float, absorbing: bool, kappa_column: bool):
+        self.geometry = geometry
+        self.p = geometry.n_reflections
+        self.u0 = float(u0)
+        self.absorbing = absorbing
+        self.kappa_column = kappa_column
+        self.n_x = 2 * self.p + 1 + int(absorbing)
+        self.pair_index = np.ascontiguousarray(geometry.pair_index, dtype=np.int64)
+        self.pair_sign = np.ascontiguousarray(geometry.pair_sign, dtype=np.int64)
+        self.inv2k = 1.0 / (2.0 * geometry.k0)
+
+    def unpack(self, x):
+        p = self.p
+        ug = x[:p] + 1j * x[p:2 * p]
+        kappa = float(x[2 * p + 1]) if self.absorbing else None
+        return ug, float(x[2 * p]), kappa
+
+    def _matrices(self, ug, kappa, force_general: bool):
+        off, dg, path = prepare_matrices(self.geometry, ug, kappa if kappa else None, self.u0)
+        if force_general and path != "general":
+            off, dg, path = off.astype(complex), dg.astype(complex), "general"
+        return off, dg, path
+
+    def intensities(self, x, thickness_nm=None) -> np.ndarray:
+        ug, t, kappa = self.unpack(x)
+        thick = np.atleast_1d(np.asarray(t if thickness_nm is None else thickness_nm, float)) * 10.0
+        off, dg, path = self._matrices(ug, kappa, False)
+        kernel = {"real": bloch.intensities_real, "hermitian": bloch.intensities_hermitian,
+                  "general": bloch.intensities_general}[path]
+        out = np.empty((thick.size,) + dg.shape)
+        with threadpool_limits(limits=1, user_api="blas"):
+            kernel(off, dg, thick, out)
+        return out[0] if thickness_nm is None else out
+
+    def jacobian(self, x) -> tuple[np.ndarray, np.ndarray]:
+        """Intensities (M, N) and dI/dx (M, N, n_x); thickness column per nm."""
+        ug, t, kappa = self.unpack(x)
+        off, dg, path = self._matrices(ug, kappa, self.kappa_column)
+        n_cols = 2 * self.p + 1 + int(self.kappa_column)
+        m, n = dg.shape
+        out_i = np.empty((m, n))
+        out_j = np.empty((m, n, n_cols))
+        kernel = {"real": gradients.jacobian_real, "hermitian": gradients.jacobian_hermitian,
+                  "general": gradients.jacobian_general}[path]
+        fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
+        with threadpool_limits(limits=1, user_api="blas"):
+            kernel(off, dg, 10.0 * t, self.pair_index, self.pair_sign, self.p, fac,
+                   1j * self.inv2k, np.ascontiguousarray(ug.real), np.ascontiguousarray(ug.imag),
+                   self.u0 * self.inv2k, out_i, out_j)
+        out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
+        if self.absorbing and not self.kappa_column:
+            out_j = np.concatenate([out_j, np.zeros((m, n, 1))], axis=2)
+        return out_i, out_j
+
+
+def intensity_jacobian(geometry: Geometry, ug, thickness_nm: float, *,
+                       absorption: float | None = None) -> xr.Dataset:
+    """Exact derivatives of the pattern with respect to U_g, thickness and absorption.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    ug : xarray.DataArray or array_like
+        Structure factors [1/Å²], one per Friedel pair.
+    thickness_nm : float
+        Thickness [nm].
+    absorption : float, optional
+        Proportional absorption κ; when given, ``d_absorption`` is included.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``intensity`` (tilt, beam); ``d_real`` and ``d_imag`` (tilt, beam, reflection) = ∂I/∂Re U_g
+        and ∂I/∂Im U_g [Å²]; ``d_thickness`` (tilt, beam) [1/nm]; ``d_absorption`` (tilt, beam).
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry, compute_ug
+    >>> xtal = Crystal.builtin("SrTiO3")
+    >>> geo = Geometry(xtal, 120, (0, 0, 1), 5, 5, 50)
+    >>> jac = intensity_jacobian(geo, compute_ug(xtal, geo), 20.0)
+    >>> jac.d_real.dims, float(abs(jac.d_real.sum("beam")).max()) < 1e-12  # Σ I = 1 for any U_g
+    (('tilt', 'beam', 'reflection'), True)
+    """
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    ug_da = check_ug(geometry, ug)
+    t = float(_check_start_thickness(thickness_nm))
+    absorbing = absorption is not None
+    if absorbing and (not np.isfinite(absorption) or absorption < 0):
+        raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
+    model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, absorbing)
+    vals = ug_da.values
+    x = np.concatenate([vals.real, vals.imag, [t], [absorption] if absorbing else []])
+    inten, jac = model.jacobian(x)
+    p = geometry.n_reflections
+    from .simulation import pattern_coords
+
+    ds = xr.Dataset(coords=pattern_coords(geometry))
+    ds = ds.assign_coords(reflection=np.arange(p), reflection_h=("reflection", geometry.reflection_hkl[:, 0]),
+                          reflection_k=("reflection", geometry.reflection_hkl[:, 1]),
+                          reflection_l=("reflection", geometry.reflection_hkl[:, 2]))
+    ds["intensity"] = (("tilt", "beam"), inten, {"units": "1"})
+    ds["d_real"] = (("tilt", "beam", "reflection"), jac[:, :, :p], {"units": "Å^2"})
+    ds["d_imag"] = (("tilt", "beam", "reflection"), jac[:, :, p:2 * p], {"units": "Å^2"})
+    ds["d_thickness"] = (("tilt", "beam"), jac[:, :, 2 * p], {"units": "1/nm"})
+    if absorbing:
+        ds["d_absorption"] = (("tilt", "beam"), jac[:, :, 2 * p + 1], {"units": "1"})
+    ds.attrs.update({"thickness_nm": t, "absorption": "none" if not absorbing else absorption})
+    return ds
+
+
+def _check_start_thickness(thickness_nm) -> float:
+    if np.ndim(thickness_nm) != 0:
+        raise ValueError(f"thickness must be a single number [nm], got shape {np.shape(thickness_nm)}")
+    t = check_thickness(thickness_nm, "thickness_nm")[0]
+    if t <= 0:
+        raise ValueError(f"thickness must be > 0 nm, got {t}")
+    return float(t)
+
+
+# ---------------------------------------------------------------------------------- thickness scan
+def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
+                   absorption: float | None = None, metric: ScanMetric = "r_factor",
+                   dose: float | None = None) -> xr.DataArray:
+    """Agreement between ``pattern`` and simulations with fixed U_g over a range of thicknesses.
+
+    One eigen-decomposition per tilt serves all thicknesses.
+
+    Parameters
+    ----------
+    pattern : xarray.Dataset, xarray.DataArray or ndarray
+        Measured intensities over (tilt, beam).
+    geometry : Geometry
+    ug : xarray.DataArray or array_like
+        Structure factors [1/Å²].
+    thicknesses_nm : array_like, optional
+        Thicknesses to try [nm]; default 5 to 100 nm in 0.25 nm steps.
+    absorption : float, optional
+        Proportional absorption κ.
+    metric : {'r_factor', 'chi2'}
+        R = Σ|I − I_sim|/Σ I, or χ² with Poisson variances I/dose (needs a dose) per data point.
+    dose : float, optional
+        Electrons per tilt (default: ``pattern.attrs['dose']``).
+
+    Returns
+    -------
+    xarray.DataArray
+        The metric over ``thickness`` [nm]; ``attrs['best_thickness_nm']`` and
+        ``attrs['best_value']`` give the minimum.
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry, compute_ug, simulate
+    >>> xtal = Crystal.builtin("SrTiO3")
+    >>> geo = Geometry(xtal, 120, (0, 0, 1), 9, 13, 70)
+    >>> ug = compute_ug(xtal, geo)
+    >>> scan = thickness_scan(simulate(geo, ug, 31.5), geo, ug)
+    >>> scan.attrs["best_thickness_nm"]
+    31.5
+    """
+    exp = check_pattern(pattern, geometry)
+    ug_da = check_ug(geometry, ug)
+    if metric not in SCAN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {SCAN_METRICS}")
+    thick = (np.arange(5.0, 100.0 + 1e-9, 0.25) if thicknesses_nm is None
+             else check_thickness(thicknesses_nm, "thicknesses_nm"))
+    sim = simulate(geometry, ug_da, thick, absorption=absorption).intensity.values
+    if metric == "r_factor":
+        values = np.abs(sim - exp[None]).sum(axis=(1, 2)) / exp.sum()
+        units = "1"
+    else:
+        d = pattern_dose(pattern, dose)
+        if d is None:
+            raise ValueError("metric='chi2' needs a dose (argument or pattern.attrs['dose'])")
+        var = np.maximum(exp, 1.0 / d) / d
+        values = (((sim - exp[None]) ** 2) / var[None]).sum(axis=(1, 2)) / exp.size
+        units = "1"
+    best = int(np.argmin(values))
+    return xr.DataArray(
+        values, dims=("thickness",),
+        coords={"thickness": ("thickness", thick, {"units": "nm"})},
+        name=metric,
+        attrs={"units": units, "metric": metric, "best_thickness_nm": float(thick[best]),
+               "best_value": float(values[best])},
+    )
+
+
+# ---------------------------------------------------------------------------------- symmetry
+def _lattice_operations(geometry: Geometry) -> list[np.ndarray]:
+    """In-plane orthogonal 2×2 operations (rotations, mirrors) that map the reflections ±g onto
+    themselves."""
+    ops = []
+    angles = sorted({round(a, 9) for a in np.deg2rad(np.r_[np.arange(0, 360, 30), np.arange(0, 360, 45)])})
+    for a in angles:
+        c, s = np.cos(a), np.sin(a)
+        ops.append(np.array([[c, -s], [s, c]]))
+    for a in np.deg2rad(np.arange(0, 180, 15)):
+        c, s = np.cos(2 * a), np.sin(2 * a)
+        ops.append(np.array([[c, s], [s, -c]]))
+    return ops
+
+
+def _op_permutation(geometry: Geometry, op: np.ndarray):
+    """(index, sign) with R g_p = sign · g_index for every reflection p, or None."""
+    xy = geometry.reflection_xy
+    mapped = xy @ op.T
+    idx = np.empty(len(xy), dtype=int)
+    sign = np.empty(len(xy), dtype=int)
+    for p, g in enumerate(mapped):
+        plus = np.flatnonzero(np.all(np.abs(xy - g) < G_MATCH_ATOL, axis=1))
+        minus = np.flatnonzero(np.all(np.abs(xy + g) < G_MATCH_ATOL, axis=1))
+        if plus.size:
+            idx[p], sign[p] = plus[0], 1
+        elif minus.size:
+            idx[p], sign[p] = minus[0], -1
+        else:
+            return None
+    return idx, sign
+
+
+def _hkl_lookup(geometry: Geometry, key) -> tuple[int, int]:
+    if isinstance(key, str):
+        parts = key.replace(",", " ").split()
+    else:
+        parts = list(key)
+    if len(parts) != 3:
+        raise ValueError(f"a reflection must be (h, k, l), got {key!r}")
+    hkl = tuple(int(v) for v in parts)
+    table = {tuple(r): i for i, r in enumerate(geometry.reflection_hkl.tolist())}
+    if hkl in table:
+        return table[hkl], 1
+    neg = tuple(-v for v in hkl)
+    if neg in table:
+        return table[neg], -1
+    raise ValueError(f"reflection {hkl} does not enter the structure matrix of {geometry}")
+
+
+def symmetry_groups(geometry: Geometry, symmetry="auto") -> list[list[tuple[int, int]]]:
+    """Groups of reflections whose U_g are tied by symmetry.
+
+    Parameters
+    ----------
+    geometry : Geometry
+    symmetry : 'auto' or sequence of groups
+        ``'auto'``: the in-plane operations of the zone-axis lattice (rotations and mirrors mapping
+        the reflections onto themselves) under which the U_g of ``geometry.crystal`` (in the origin
+        of its atom list) are invariant; the orbits of the reflections under them. Or user-given
+        groups, each a sequence of reflections ``(h, k, l)`` (or ``'h k l'``) with equal U_g (a
+        reflection given as −g stands for U_{−g} = U_g*).
+
+    Returns
+    -------
+    list of list of (int, int)
+        Each group as (reflection index, sign): U_p = z for sign +1 and U_p = z* for −1, with z the
+        group's value. A group whose members force z = z* (a reflection tied to its own conjugate)
+        gets a leading entry (−1, 0) meaning "real".
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry
+    >>> geo = Geometry(Crystal.builtin("SrTiO3"), 120, (0, 0, 1), 13, 1, 70)
+    >>> [len(g) for g in symmetry_groups(geo, "auto")][:4]  # {100}, {110}, {200}, {210}
+    [3, 3, 3, 5]
+    """
+    p = geometry.n_reflections
+    edges: list[tuple[int, int, int]] = []  # (p, q, s): U_q = U_p (s=+1) or U_p* (s=-1)
+    if isinstance(symmetry, str):
+        if symmetry != "auto":
+            raise ValueError(f"symmetry must be None, 'auto' or a list of groups of (h, k, l), got {symmetry!r}")
+        ug = compute_ug(geometry.crystal, geometry).values
+        scale = max(np.max(np.abs(ug)), 1e-300)
+        for op in _lattice_operations(geometry):
+            perm = _op_permutation(geometry, op)
+            if perm is None:
+                continue
+            idx, sign = perm
+            mapped = np.where(sign > 0, ug[idx], np.conj(ug[idx]))
+            if np.max(np.abs(mapped - ug)) <= SYMMETRY_RTOL * scale:
+                edges.extend((a, int(idx[a]), int(sign[a])) for a in range(p))
+    else:
+        seen: dict[int, int] = {}
+        for gi, group in enumerate(symmetry):
+            members = [_hkl_lookup(geometry, key) for key in group]
+            for q, _ in members:
+                if q in seen and seen[q] != gi:
+                    raise ValueError(f"reflection {geometry.reflection_hkl[q].tolist()} is in two groups")
+                seen[q] = gi
+            first, s0 = members[0]
+            edges.extend((first, q, s * s0) for q, s in members[1:])
+    # union of relations by breadth-first search, tracking the sign relative to each root
+    adj: dict[int, list[tuple[int, int]]] = {i: [] for i in range(p)}
+    for a, b, s in edges:
+        if a != b or s < 0:
+            adj[a].append((b, s))
+            adj[b].append((a, s))
+    done = np.zeros(p, dtype=bool)
+    groups = []
+    for root in range(p):
+        if done[root]:
+            continue
+        members = {root: 1}
+        real = False
+        queue = [root]
+        while queue:
+            a = queue.pop()
+            for b, s in adj[a]:
+                sb = members[a] * s
+                if b in members:
+                    real |= members[b] != sb
+                else:
+                    members[b] = sb
+                    queue.append(b)
+        for b in members:
+            done[b] = True
+        group = sorted(members.items())
+        groups.append(([(-1, 0)] if real else []) + group)
+    return groups
+
+
+# ---------------------------------------------------------------------------------- parameters
+@dataclass
+class _Map:
+    """x = base + T q: the free parameters q and their place in the full vector x."""
+
+    base: np.ndarray
+    t: np.ndarray
+    labels: list[str]
+
+    def x(self, q):
+        return self.base + self.t @ q
+
+    def q(self, x):
+        # columns have disjoint supports with entries ±1: the projection is a signed mean
+        norm = np.sum(self.t**2, axis=0)
+        return (self.t.T @ (x - self.base)) / norm
+
+
+def _build_map(geometry: Geometry, x0: np.ndarray, *, groups, real: bool, refine_thickness: bool,
+               absorbing: bool, refine_absorption: bool, free_reflections=None) -> _Map:
+    p = geometry.n_reflections
+    n_x = len(x0)
+    cols: list[np.ndarray] = []
+    labels: list[str] = []
+    names = geometry.reflection_labels()
+    free = np.ones(p, bool) if free_reflections is None else np.asarray(free_reflections, bool)
+    covered = np.zeros(n_x, bool)
+    for group in groups:
+        is_real = real or (group and group[0][0] < 0)
+        members = [(q, s) for q, s in group if q >= 0]
+        if not any(free[q] for q, _ in members):
+            continue
+        col = np.zeros(n_x)
+        for q, _ in members:
+            col[q] = 1.0
+        cols.append(col)
+        labels.append(f"Re U({names[members[0][0]]})")
+        for q, s in members:
+            covered[q] = True
+            covered[p + q] = is_real  # a real group pins Im U to 0
+        if not is_real:
+            col = np.zeros(n_x)
+            for q, s in members:
+                col[p + q] = float(s)
+                covered[p + q] = True
+            cols.append(col)
+            labels.append(f"Im U({names[members[0][0]]})")
+    for flag, idx, label in ((refine_thickness, 2 * p, "t"),
+                             (absorbing and refine_absorption, 2 * p + 1, "kappa")):
+        if flag:
+            col = np.zeros(n_x)
+            col[idx] = 1.0
+            cols.append(col)
+            labels.append(label)
+            covered[idx] = True
+    t = np.stack(cols, axis=1) if cols else np.zeros((n_x, 0))
+    base = np.where(covered, 0.0, x0)
+    return _Map(base, t, labels)
+
+
+def _gauge_basis(pmap: _Map, geometry: Geometry, x: np.ndarray) -> np.ndarray:
+    """Orthonormal (Q, k) basis of the origin-shift directions that the parametrization allows."""
+    p = geometry.n_reflections
+    ure, uim = x[:p], x[p:2 * p]
+    vecs = []
+    for axis in range(2):
+        g = 2 * np.pi * geometry.reflection_xy[:, axis]
+        n = np.zeros(len(x))
+        n[:p], n[p:2 * p] = -g * uim, g * ure  # d/dr0 of U exp(2πi g·r0) at r0 = 0
+        if not np.any(n):
+            continue
+        q, *_ = np.linalg.lstsq(pmap.t, n, rcond=None)
+        if np.linalg.norm(pmap.t @ q - n) <= GAUGE_RTOL * np.linalg.norm(n):
+            vecs.append(q)
+    if not vecs:
+        return np.zeros((pmap.t.shape[1], 0))
+    basis, sv, _ = np.linalg.svd(np.stack(vecs, axis=1), full_matrices=False)
+    return basis[:, sv > 1e-12 * sv[0]]
+
+
+# ---------------------------------------------------------------------------------- solver
+class _Problem:
+    """Weighted residuals r = √w (I_sim − I_exp) and their Jacobian in the free parameters q."""
+
+    def __init__(self, model: _Model, pmap: _Map, data: np.ndarray, weights: np.ndarray):
+        import scipy.sparse
+
+        self.model, self.pmap, self.data = model, pmap, data
+        self.set_weights(weights)
+        self._t_sparse = scipy.sparse.csc_matrix(pmap.t)
+
+    def set_weights(self, weights: np.ndarray) -> None:
+        self.sw = np.sqrt(np.asarray(weights, float)).ravel()
+
+    def residual(self, q):
+        inten = self.model.intensities(self.pmap.x(q))
+        return self.sw * (inten - self.data).ravel(), inten
+
+    def residual_jacobian(self, q):
+        inten, jac = self.model.jacobian(self.pmap.x(q))
+        jq = np.asarray((self._t_sparse.T @ jac.reshape(-1, jac.shape[2]).T).T)
+        jq *= self.sw[:, None]
+        return self.sw * (inten - self.data).ravel(), inten, jq
+
+    def clip(self, q):
+        """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0)."""
+        x = self.pmap.x(q)
+        p = self.model.p
+        low = x.copy()
+        low[2 * p] = max(x[2 * p], MIN_THICKNESS_NM)
+        if self.model.absorbing:
+            low[2 * p + 1] = max(x[2 * p + 1], 0.0)
+        if np.array_equal(low, x):
+            return q
+        return q + self.pmap.q(low) - self.pmap.q(x)
+
+
+@dataclass
+class _LMState:
+    q: np.ndarray
+    mu: float | None = None
+    history: list = field(default_factory=list)
+    iterations: int = 0
+    converged: bool = False
+    message: str = ""
+
+
+def _r(data, inten) -> float:
+    return float(np.abs(inten - data).sum() / data.sum())
+
+
+def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol: float, xtol: float,
+                         stage: int, bar=None, on_iteration=None) -> _LMState:
+    """Levenberg–Marquardt with Marquardt scaling and Nielsen's damping update.
+
+    Steps are kept out of the origin-shift null space (see :func:`_gauge_basis`).
+    """
+    r, inten, jac = prob.residual_jacobian(state.q)
+    cost = 0.5 * float(r @ r)
+    nu = 2.0
+    small_steps = 0
+    geometry = prob.model.geometry
+    for _ in range(max_iter):
+        grad = jac.T @ r
+        hess = jac.T @ jac
+        diag = np.maximum(np.diag(hess).copy(), 1e-12 * max(np.max(np.diag(hess)), 1e-300))
+        gauge = _gauge_basis(prob.pmap, geometry, prob.pmap.x(state.q))
+        pin = np.max(diag) * (gauge @ gauge.T) if gauge.shape[1] else 0.0
+        if state.mu is None:
+            state.mu = 1e-3
+        accepted = False
+        while not accepted:
+            try:
+                factor = scipy.linalg.cho_factor(hess + state.mu * np.diag(diag) + pin)
+                step = -scipy.linalg.cho_solve(factor, grad)
+            except (np.linalg.LinAlgError, ValueError):
+                state.mu *= nu
+                nu *= 2.0
+                if state.mu > 1e20:
+                    break
+                continue
+            if gauge.shape[1]:
+                step -= gauge @ (gauge.T @ step)
+            q_new = prob.clip(state.q + step)
+            step = q_new - state.q
+            r_new, inten_new = prob.residual(q_new)
+            cost_new = 0.5 * float(r_new @ r_new)
+            predicted = -float(step @ grad) - 0.5 * float(step @ hess @ step)
+            rho = (cost - cost_new) / predicted if predicted > 0 else -1.0
+            if rho > 0 and cost_new < cost:
+                accepted = True
+                state.mu *= max(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
+                nu = 2.0
+            else:
+                state.mu *= nu
+                nu *= 2.0
+                if state.mu > 1e20:
+                    break
+        if not accepted:
+            state.converged = True
+            state.message = "no further decrease (damping limit reached)"
+            break
+        reduction = (cost - cost_new) / max(cost, 1e-300)
+        scaled_step = np.sqrt(np.sum(diag * step**2))
+        scaled_q = np.sqrt(np.sum(diag * state.q**2))
+        state.q = q_new
+        state.iterations += 1
+        r, inten, jac = prob.residual_jacobian(state.q)
+        cost = 0.5 * float(r @ r)
+        x = prob.pmap.x(state.q)
+        state.history.append((state.iterations, stage, 2.0 * cost, _r(prob.data, inten),
+                              float(x[2 * prob.model.p]), float(state.mu)))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(R=f"{state.history[-1][3]:.2e}", t=f"{x[2 * prob.model.p]:.2f}")
+        if on_iteration is not None:
+            on_iteration(state)
+        small_steps = small_steps + 1 if (reduction < ftol or scaled_step < xtol * (scaled_q + xtol)) else 0
+        if small_steps >= 2 or cost <= 1e-300:
+            state.converged = True
+            state.message = "converged (relative decrease of χ² or step below tolerance)"
+            break
+    else:
+        state.message = f"stopped after max_iter={max_iter} iterations"
+    state.jac, state.inten, state.r = jac, inten, r  # type: ignore[attr-defined]
+    return state
+
+
+def _covariance(jac: np.ndarray, gauge: np.ndarray) -> tuple[np.ndarray, int]:
+    """(JᵀJ)⁻¹ on the complement of the origin null space; undetermined directions → inf."""
+    hess = jac.T @ jac
+    nq = hess.shape[0]
+    if gauge.shape[1]:
+        v = scipy.linalg.null_space(gauge.T)
+    else:
+        v = np.eye(nq)
+    w, e = np.linalg.eigh(v.T @ hess @ v)
+    keep = w > UNDETERMINED_RCOND * max(w.max(initial=0.0), 1e-300)
+    ev = v @ e
+    cov = (ev[:, keep] / w[keep]) @ ev[:, keep].T
+    n_bad = int(np.sum(~keep))
+    if n_bad:
+        loose = np.any(np.abs(ev[:, ~keep]) > 1e-3, axis=1)
+        cov[loose, :] = np.inf
+        cov[:, loose] = np.inf
+    return cov, n_bad
+
+
+# ---------------------------------------------------------------------------------- result
+@dataclass
+class RefinementResult:
+    """Outcome of :func:`refine`.
+
+    Attributes
+    ----------
+    ug : xarray.DataArray
+        Refined U_g [1/Å²] over ``reflection`` (labelled like :func:`larbed.compute_ug`).
+    ug_error : xarray.DataArray
+        Standard errors: real part σ(Re U_g), imaginary part σ(Im U_g) [1/Å²] (0 when fixed).
+    thickness_nm, thickness_error_nm : float
+        Refined thickness and its standard error [nm].
+    absorption, absorption_error : float or None
+        Proportional absorption κ (None without absorption) and its standard error.
+    r_factor : float
+        R = Σ|I_exp − I_fit| / Σ I_exp.
+    chi2 : float
+        Reduced χ² = Σ w (I_exp − I_fit)² / (n_data − n_parameters).
+    standard_errors : xarray.Dataset
+        ``ug_real``, ``ug_imag`` (reflection) [1/Å²], ``thickness_nm`` [nm], ``absorption``.
+    covariance : xarray.DataArray
+        Over (``parameter``, ``parameter_b``) for [Re U_g…, Im U_g…, t, (κ)]; from (JᵀWJ)⁻¹ on
+        the complement of the origin-shift null space, times the reduced χ² when unweighted.
+    history : xarray.Dataset
+        Per iteration: ``chi2`` (Σ w r²), ``r_factor``, ``thickness_nm``, ``damping``, ``stage``.
+    fit : xarray.Dataset
+        The fitted pattern (as :func:`larbed.simulate`) plus ``observed`` and ``residual``
+        (observed − fit).
+    weights : str
+        ``'poisson'`` or ``'none'``.
+    converged : bool
+    message : str
+    n_iterations : int
+    """
+
+    ug: xr.DataArray
+    ug_error: xr.DataArray
+    thickness_nm: float
+    thickness_error_nm: float
+    absorption: float | None
+    absorption_error: float | None
+    r_factor: float
+    chi2: float
+    standard_errors: xr.Dataset
+    covariance: xr.DataArray
+    history: xr.Dataset
+    fit: xr.Dataset
+    weights: str
+    converged: bool
+    message: str
+    n_iterations: int
+    geometry: Geometry = field(repr=False)
+
+    def to_dataset(self) -> xr.Dataset:
+        """Everything in one Dataset (fit, U_g with errors, history) for saving."""
+        from .simulation import attach_ug
+
+        ds = self.fit.copy()
+        ds = attach_ug(ds, self.ug, "ug")
+        ds["ug_error_real"] = ("reflection", self.ug_error.values.real, {"units": "1/Å^2"})
+        ds["ug_error_imag"] = ("reflection", self.ug_error.values.imag, {"units": "1/Å^2"})
+        for name in self.history.data_vars:
+            ds[f"history_{name}"] = ("iteration", self.history[name].values)
+        ds.attrs.update({
+            "thickness_nm": self.thickness_nm, "thickness_error_nm": self.thickness_error_nm,
+            "r_factor": self.r_factor, "chi2": self.chi2, "weights": self.weights,
+            "converged": int(self.converged), "message": self.message,
+            "absorption": "none" if self.absorption is None else self.absorption,
+        })
+        return ds
+
+
+def _reflection_mask(geometry: Geometry, spec) -> np.ndarray | None:
+    if spec is None:
+        return None
+    arr = np.asarray(spec) if not isinstance(spec, (list, tuple)) else None
+    if arr is not None and arr.dtype == bool:
+        if arr.shape != (geometry.n_reflections,):
+            raise ValueError(f"refine_reflections mask must have shape ({geometry.n_reflections},)")
+        return arr
+    mask = np.zeros(geometry.n_reflections, bool)
+    for key in spec:
+        mask[_hkl_lookup(geometry, key)[0]] = True
+    return mask
+
+
+def _load_checkpoint(path, n_x: int):
+    if path is None or not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError):
+        logger.warning("ignoring unreadable refinement checkpoint %s", path)
+        return None
+    if len(state.get("x", [])) != n_x:
+        logger.warning("ignoring checkpoint %s: it has a different number of parameters", path)
+        return None
+    return state
+
+
+def _save_checkpoint(path, x, history, stage) -> None:
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump({"x": np.asarray(x).tolist(), "history": history, "stage": stage}, fh)
+    os.replace(tmp, path)
+
+
+def refine(
+    pattern,
+    geometry: Geometry,
+    ug0,
+    thickness_nm0: float,
+    *,
+    refine_thickness: bool = True,
+    weights: Weights = "auto",
+    dose: float | None = None,
+    symmetry=None,
+    real: bool = False,
+    absorption: float | None = None,
+    refine_absorption: bool = False,
+    refine_reflections=None,
+    max_iter: int = 100,
+    ftol: float = 1e-10,
+    poisson_passes: int = 3,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+) -> RefinementResult:
+    """Least-squares refinement of U_g and thickness against a pattern (SPEC §8).
+
+    Levenberg–Marquardt on the intensities with the exact Jacobian (:func:`intensity_jacobian`).
+
+    Parameters
+    ----------
+    pattern : xarray.Dataset, xarray.DataArray or ndarray
+        Measured intensities over (tilt, beam), fractions of the incident beam.
+    geometry : Geometry
+        Must match the pattern (beams, tilts, voltage).
+    ug0 : xarray.DataArray or array_like
+        Starting U_g [1/Å²], one per Friedel pair.
+    thickness_nm0 : float
+        Starting thickness [nm], > 0.
+    refine_thickness : bool
+        Refine t (else keep it fixed).
+    weights : {'auto', 'poisson', 'none'}
+        ``'poisson'``: w = 1/σ² with σ² = I/dose (data-based in the first pass, then the fitted
+        intensities, iterated — the Poisson maximum-likelihood fit); ``'none'``: w = 1;
+        ``'auto'``: Poisson when a dose is known.
+    dose : float, optional
+        Electrons per tilt (default ``pattern.attrs['dose']``).
+    symmetry : None, 'auto' or sequence of groups of (h, k, l)
+        Tie symmetry-equivalent U_g (see :func:`symmetry_groups`); the start is projected onto the
+        constraint (group means).
+    real : bool
+        Keep every U_g real (centrosymmetric projection, origin on the centre); the start must be real.
+    absorption : float, optional
+        Proportional absorption κ (fixed, or the start when ``refine_absorption``).
+    refine_absorption : bool
+        Refine κ too (needs ``absorption``).
+    refine_reflections : bool mask or sequence of (h, k, l), optional
+        Refine only these U_g; the others stay at the start (continuation strategies).
+    max_iter : int
+        Iterations per pass.
+    ftol : float
+        Converged when the relative χ² decrease (or the scaled step) falls below this twice.
+    poisson_passes : int
+        Re-weighting passes with model variances after the first (Poisson weights only).
+    progress : bool
+        Show a progress bar.
+    checkpoint : path, optional
+        JSON file written after every iteration; an existing one restarts from its parameters.
+
+    Returns
+    -------
+    RefinementResult
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry, compute_ug, simulate
+    >>> xtal = Crystal.builtin("SrTiO3")
+    >>> geo = Geometry(xtal, 120, (0, 0, 1), 9, 13, 70)
+    >>> truth = compute_ug(xtal, geo)
+    >>> res = refine(simulate(geo, truth, 30.0), geo, truth * 1.05, 29.0, progress=False)
+    >>> res.r_factor < 1e-8, round(res.thickness_nm, 6)
+    (True, 30.0)
+    """
+    exp = check_pattern(pattern, geometry)
+    ug_da = check_ug(geometry, ug0)
+    t0 = _check_start_thickness(thickness_nm0)
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
+    d = pattern_dose(pattern, dose)
+    if weights == "auto":
+        weights = "poisson" if d is not None else "none"
+    if weights == "poisson" and d is None:
+        raise ValueError("weights='poisson' needs a dose (argument or pattern.attrs['dose'])")
+    if absorption is not None:
+        absorption = float(absorption)
+        if not np.isfinite(absorption) or absorption < 0:
+            raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
+    if refine_absorption and absorption is None:
+        raise ValueError("refine_absorption=True needs a starting absorption (e.g. absorption=0.05)")
+    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    vals = ug_da.values
+    if real and np.max(np.abs(vals.imag), initial=0) > 1e-12 * max(np.max(np.abs(vals)), 1e-300):
+        raise ValueError("real=True needs a real starting U_g (Im U_g = 0); "
+                         "align the origin first (e.g. make_unique_ug_vector) or use real=False")
+    p = geometry.n_reflections
+    absorbing = absorption is not None
+    groups = [[(i, 1)] for i in range(p)] if symmetry is None else symmetry_groups(geometry, symmetry)
+    free = _reflection_mask(geometry, refine_reflections)
+    x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
+    pmap = _build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
+                      absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
+    if pmap.t.shape[1] == 0:
+        raise ValueError("nothing to refine: no free U_g, thickness or absorption")
+    model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, refine_absorption)
+    q = pmap.q(x0)
+    if symmetry is not None:
+        moved = np.max(np.abs(pmap.x(q) - x0)[:2 * p])
+        logger.info("symmetry constraint moved the start by up to %.3g 1/Å²", moved)
+
+    history: list = []
+    stage0 = 0
+    saved = _load_checkpoint(checkpoint, len(x0))
+    if saved is not None:
+        q = pmap.q(np.asarray(saved["x"], float))
+        history = [tuple(h) for h in saved["history"]]
+        stage0 = int(saved.get("stage", 0))
+        logger.info("resuming refinement from %s (%d iterations done)", checkpoint, len(history))
+
+    def weights_for(inten):
+        if weights == "none":
+            return np.ones_like(exp)
+        return d / np.maximum(inten, 1.0 / d)
+
+    n_stages = 1 + (poisson_passes if weights == "poisson" else 0)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it", disable=not progress, leave=False)
+    state = _LMState(q=q, history=history, iterations=len(history))
+    prob = _Problem(model, pmap, exp, weights_for(exp))
+
+    def save(st):
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, pmap.x(st.q), st.history, stage)
+
+    try:
+        for stage in range(stage0, n_stages):
+            if stage > 0:
+                prob.set_weights(weights_for(model.intensities(pmap.x(state.q))))
+            q_before = state.q.copy()
+            state.mu = None
+            state = _levenberg_marquardt(prob, state, max_iter=max_iter, ftol=ftol, xtol=ftol,
+                                         stage=stage, bar=bar, on_iteration=save)
+            if stage > 0:
+                cov, _ = _covariance(state.jac, _gauge_basis(pmap, geometry, pmap.x(state.q)))
+                sig = np.sqrt(np.abs(np.diag(cov)))
+                if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
+                    break
+        save(state)
+    finally:
+        bar.close()
+    return _result(prob, state, geometry, ug_da, weights, absorbing)
+
+
+def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.DataArray,
+            weights: str, absorbing: bool) -> RefinementResult:
+    pmap, model = prob.pmap, prob.model
+    p = geometry.n_reflections
+    x = pmap.x(state.q)
+    jac = state.jac
+    gauge = _gauge_basis(pmap, geometry, x)
+    cov_q, n_bad = _covariance(jac, gauge)
+    if n_bad:
+        logger.warning("%d parameter combinations are not determined by the pattern; their "
+                       "standard errors are reported as infinite", n_bad)
+    inten = state.inten
+    resid = prob.sw * (inten - prob.data).ravel()
+    n_free = jac.shape[1] - gauge.shape[1]
+    dof = max(prob.data.size - n_free, 1)
+    chi2 = float(resid @ resid) / dof
+    if weights == "none":
+        cov_q = cov_q * chi2
+    # x_i = base_i + T[i, c] q_c with at most one column c per i
+    n_x = len(x)
+    col = np.full(n_x, -1)
+    coef = np.zeros(n_x)
+    nz = np.nonzero(pmap.t)
+    col[nz[0]] = nz[1]
+    coef[nz[0]] = pmap.t[nz]
+    cov_x = np.zeros((n_x, n_x))
+    idx = np.flatnonzero(col >= 0)
+    cov_x[np.ix_(idx, idx)] = coef[idx, None] * coef[None, idx] * cov_q[np.ix_(col[idx], col[idx])]
+    sig = np.sqrt(np.abs(np.diag(cov_x)))
+
+    ug = input_ug(geometry, x[:p] + 1j * x[p:2 * p])
+    ug.attrs.update({"source": "refined", "u0": float(ug_start.attrs.get("u0", 0.0))})
+    ug_error = input_ug(geometry, sig[:p] + 1j * sig[p:2 * p])
+    ug_error.attrs.update({"source": "standard error", "long_name":
+                           "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+    t, t_err = float(x[2 * p]), float(sig[2 * p])
+    kappa = float(x[2 * p + 1]) if absorbing else None
+    kappa_err = float(sig[2 * p + 1]) if absorbing else None
+    names = geometry.reflection_labels()
+    labels = ([f"Re U({n})" for n in names] + [f"Im U({n})" for n in names] + ["t"]
+              + (["kappa"] if absorbing else []))
+    covariance = xr.DataArray(cov_x, dims=("parameter", "parameter_b"),
+                              coords={"parameter": labels, "parameter_b": labels},
+                              name="covariance", attrs={"units": "mixed (1/Å², nm)"})
+    refl = {c: ug.coords[c] for c in ug.coords}
+    std = xr.Dataset(
+        {"ug_real": ("reflection", sig[:p], {"units": "1/Å^2"}),
+         "ug_imag": ("reflection", sig[p:2 * p], {"units": "1/Å^2"}),
+         "thickness_nm": ((), t_err, {"units": "nm"}),
+         "absorption": ((), np.nan if kappa_err is None else kappa_err, {"units": "1"})},
+        coords=refl,
+    )
+    hist = np.array(state.history, dtype=float).reshape(-1, 6)
+    history = xr.Dataset(
+        {"stage": ("iteration", hist[:, 1].astype(int)),
+         "chi2": ("iteration", hist[:, 2], {"long_name": "Σ w (I_sim − I_exp)²"}),
+         "r_factor": ("iteration", hist[:, 3]),
+         "thickness_nm": ("iteration", hist[:, 4], {"units": "nm"}),
+         "damping": ("iteration", hist[:, 5])},
+        coords={"iteration": hist[:, 0].astype(int)},
+    )
+    fit = simulate(geometry, ug, t, absorption=kappa)
+    fit["observed"] = (("tilt", "beam"), prob.data, {"units": "1"})
+    fit["residual"] = (("tilt", "beam"), prob.data - fit.intensity.values, {"units": "1"})
+    r = _r_factor(prob.data, fit.intensity.values)
+    fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights})
+    logger.info("refine: R = %.3g, reduced χ² = %.3g, t = %.3f ± %.3f nm after %d iterations (%s)",
+                r, chi2, t, t_err, state.iterations, state.message)
+    return RefinementResult(
+        ug=ug, ug_error=ug_error, thickness_nm=t, thickness_error_nm=t_err, absorption=kappa,
+        absorption_error=kappa_err, r_factor=r, chi2=chi2, standard_errors=std,
+        covariance=covariance, history=history, fit=fit, weights=weights,
+        converged=state.converged, message=state.message, n_iterations=state.iterations,
+        geometry=geometry,
+    )
