@@ -119,9 +119,11 @@ class Crystal:
         if not self.atoms:
             raise ValueError("a crystal needs at least one atom")
         self.name = str(name)
-        self.lattice_vectors = self._lattice()
-        if not np.isfinite(self.volume) or self.volume <= 1e-6:
+        # V = abc·sqrt(f): f ≤ 0 is impossible, f → 0 a flat cell (e.g. α + β + γ = 360°)
+        ca, cb, cg = np.cos(np.radians(cell_arr[3:]))
+        if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-10:
             raise ValueError(f"cell angles {cell_arr[3:]} give no valid (positive-volume) cell")
+        self.lattice_vectors = self._lattice()
 
     def _lattice(self) -> np.ndarray:
         a, b, c, al, be, ga = self.cell
