@@ -208,6 +208,8 @@ def input_ug(
         for key, val in values.items():
             hkl = _hkl_key(key)
             val = complex(val)
+            if not np.isfinite(val):  # NaN also marks "missing" below: reject it here
+                raise ValueError(f"U_g at {hkl} is NaN or infinite: {val}")
             if hkl in lookup:
                 idx, v = lookup[hkl], val
             elif tuple(-x for x in hkl) in lookup:
