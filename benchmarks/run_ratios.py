@@ -1,0 +1,108 @@
+"""Print a markdown table of larbed.simulate vs the plain NumPy reference (median times, ratios).
+
+Usage::
+
+    python benchmarks/run_ratios.py [--repeat 9] [--cases SrTiO3-10-real ...] [--json out.json]
+
+The implementations are timed round-robin (reference, larbed, larbed with one thread, then again),
+so slow drifts of a shared machine hit them alike; the table shows median times. Every
+implementation is first run once (kernels compiled) and checked against the independent reference
+of :mod:`larbed.testing`. Same cases as ``pytest benchmarks --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _cases import (  # noqa: E402
+    CASES,
+    IMPLEMENTATIONS,
+    build,
+    check,
+    markdown_table,
+    one_blas_thread,
+    run,
+)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def measure(case, repeat: int, implementations=IMPLEMENTATIONS) -> dict:
+    """Median wall time [s] per implementation for one case (round-robin timing)."""
+    inputs = build(case)
+    for impl in implementations:
+        check(impl, case, run(impl, inputs))  # compile + correctness
+    times: dict[str, list[float]] = {impl: [] for impl in implementations}
+    for _ in range(repeat):
+        for impl in implementations:
+            t0 = time.perf_counter()
+            run(impl, inputs)
+            times[impl].append(time.perf_counter() - t0)
+    row = {"preset": case.preset, "ug": case.ug_kind, "shape": inputs.shape, "case": case.id}
+    row.update({impl: float(np.median(t)) for impl, t in times.items()})
+    return row
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=9, help="timed rounds per implementation")
+    parser.add_argument(
+        "--cases", nargs="+", metavar="ID", help=f"subset of {[c.id for c in CASES]}"
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    cases = CASES
+    if args.cases:
+        known = {c.id.lower(): c for c in CASES}
+        unknown = [c for c in args.cases if c.lower() not in known]
+        if unknown:
+            parser.error(f"unknown case(s) {unknown}; choose from {list(known)}")
+        cases = tuple(known[c.lower()] for c in args.cases)
+    import numba
+
+    rows = []
+    with one_blas_thread():
+        for case in cases:
+            rows.append(measure(case, args.repeat))
+            print(f"  measured {case.id}", file=sys.stderr, flush=True)
+    cpu = _cpu_model()
+    print(
+        f"larbed vs plain NumPy reference — {cpu}, {os.cpu_count()} CPUs, "
+        f"{numba.get_num_threads()} Numba threads, median of {args.repeat}\n"
+    )
+    table = markdown_table(rows)
+    print(table)
+    if args.json:
+        for r in rows:
+            r["ratio"] = r["reference"] / r["larbed"]
+            r["ratio_1thread"] = r["reference"] / r["larbed_1thread"]
+        Path(args.json).write_text(
+            json.dumps(
+                {"cpu": cpu, "cpus": os.cpu_count(), "rows": rows, "table": table}, indent=1
+            ),
+            encoding="utf-8",
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
