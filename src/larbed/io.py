@@ -17,7 +17,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from numbers import Number
 
 import numpy as np
@@ -149,16 +149,20 @@ def _decode_attrs(attrs: Mapping) -> dict:
 # ----------------------------------------------------------------------------- netCDF
 def _encode(ds: xr.Dataset, kind: str) -> xr.Dataset:
     out = xr.Dataset(attrs=_encode_attrs({**ds.attrs, _KIND_ATTR: kind}))
-    for name, var in ds.variables.items():
-        if name in ds.dims and name in ds.coords and np.iscomplexobj(var.values):
+    for name, variable in ds.variables.items():
+        if name in ds.dims and name in ds.coords and np.iscomplexobj(variable.values):
             raise ValueError(f"dimension coordinate {name!r} is complex; netCDF cannot index by it")
-    coords = {}
-    for name, var in ds.coords.items():
+    coords: dict[Hashable, xr.Variable] = {}
+    for name, coord in ds.coords.items():
         if name in ds.dims:
-            coords[name] = var.variable.copy()
-            coords[name].attrs = _encode_attrs(var.attrs)
+            coords[name] = coord.variable.copy()
+            coords[name].attrs = _encode_attrs(coord.attrs)
     out = out.assign_coords(coords)
-    for group, is_coord in ((ds.coords, True), (ds.data_vars, False)):
+    groups: tuple[tuple[Mapping[Hashable, xr.DataArray], bool], ...] = (
+        (ds.coords, True),
+        (ds.data_vars, False),
+    )
+    for group, is_coord in groups:
         for name, var in group.items():
             if name in ds.dims:
                 continue
@@ -195,7 +199,7 @@ def _fill_free(ds: xr.Dataset) -> dict:
 
 
 def _decode(ds: xr.Dataset) -> xr.Dataset:
-    pairs: dict[str, dict[str, str]] = {}
+    pairs: dict[str, dict[str, Hashable]] = {}
     for key, var in ds.variables.items():
         marker = var.attrs.get(_COMPLEX_ATTR)
         if marker is None:
@@ -542,8 +546,8 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Da
         tol = TILT_MATCH_FRACTION * spacing
         grid = (tilt - np.asarray(geometry.tilt_center_mrad)[None, :]) / spacing
         ij = np.round(grid).astype(np.int64)
-        cell = {tuple(t): i for i, t in enumerate(geometry.tilt_ij.tolist())}
-        tilt_idx = np.array([cell.get(tuple(t), -1) for t in ij.tolist()])
+        grid_index = {tuple(t): i for i, t in enumerate(geometry.tilt_ij.tolist())}
+        tilt_idx = np.array([grid_index.get(tuple(t), -1) for t in ij.tolist()])
         far = (tilt_idx < 0) | (np.hypot(*(grid - ij).T) * spacing > tol)
         if np.any(far):
             row = int(np.flatnonzero(far)[0])
@@ -570,9 +574,9 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Da
             f"e.g. beam {beams[cell % n_b].tolist()} at tilt "
             f"({tilts[cell // n_b][0]:g}, {tilts[cell // n_b][1]:g}) mrad"
         )
-    values = np.empty(n_t * n_b)
-    values[flat] = inten
-    values = values.reshape(n_t, n_b)
+    flat_values = np.empty(n_t * n_b)
+    flat_values[flat] = inten
+    values = flat_values.reshape(n_t, n_b)
 
     if geometry is not None:
         coords = pattern_coords(geometry)

@@ -215,11 +215,7 @@ def _default_title(ds, geo: Geometry, da: xr.DataArray) -> str:
     parts = [f"{geo.crystal.name} [{zone}]", f"{geo.voltage_kv:g} kV"]
     if "thickness" in da.coords and da.thickness.ndim == 0:
         parts.append(f"t = {float(da.thickness):g} nm")
-    elif (
-        isinstance(ds, xr.Dataset)
-        and np.ndim(ds.attrs.get("thickness_nm")) == 0
-        and "thickness_nm" in ds.attrs
-    ):
+    elif isinstance(ds, xr.Dataset) and isinstance(ds.attrs.get("thickness_nm"), (int, float)):
         parts.append(f"t = {float(ds.attrs['thickness_nm']):g} nm")
     return ", ".join(parts)
 

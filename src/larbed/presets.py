@@ -32,6 +32,7 @@ import xarray as xr
 
 from .crystal import Crystal
 from .geometry import Geometry
+from .scattering import Parameterization
 
 __all__ = ["Preset", "names", "load", "THESIS_MODELS", "THESIS_KEYS"]
 
@@ -75,7 +76,7 @@ class Preset:
     thickness_nm: float
     thesis: Mapping[str, Mapping[str, float]] = field(repr=False)
 
-    def ug(self, parameterization: str = "lobato") -> xr.DataArray:
+    def ug(self, parameterization: Parameterization = "lobato") -> xr.DataArray:
         """Structure factors U_g [1/Å²] of the preset's crystal for its geometry."""
         from .structure_factors import compute_ug
 
