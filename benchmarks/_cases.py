@@ -159,3 +159,37 @@ def markdown_table(rows: list[dict]) -> str:
             f"| {one} | **{ref / lb:.1f}×** | {ratio1} |"
         )
     return "\n".join(lines)
+
+
+def rst_table(rows: list[dict]) -> str:
+    """The same table as :func:`markdown_table` as an RST list-table (for docs/benchmarks.rst)."""
+    head = [
+        "case",
+        "U_g",
+        "beams × tilts",
+        "NumPy reference [ms]",
+        "larbed [ms]",
+        "larbed, 1 thread [ms]",
+        "ratio",
+        "ratio, 1 thread",
+    ]
+    body = []
+    for r in rows:
+        ref, lb, l1 = r["reference"], r["larbed"], r.get("larbed_1thread")
+        body.append(
+            [
+                r["preset"],
+                r["ug"],
+                r["shape"],
+                f"{1e3 * ref:.1f}",
+                f"{1e3 * lb:.1f}",
+                f"{1e3 * l1:.1f}" if l1 else "–",
+                f"**{ref / lb:.1f}×**",
+                f"{ref / l1:.1f}×" if l1 else "–",
+            ]
+        )
+    lines = [".. list-table::", "   :header-rows: 1", ""]
+    for row in [head, *body]:
+        lines.append(f"   * - {row[0]}")
+        lines.extend(f"     - {cell}" for cell in row[1:])
+    return "\n".join(lines)

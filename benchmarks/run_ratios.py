@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/run_ratios.py [--repeat 9] [--cases SrTiO3-10-real ...] [--json out.json]
+    python benchmarks/run_ratios.py [--repeat 9] [--cases SrTiO3-10-real ...] [--format rst]
 
 The implementations are timed round-robin (reference, larbed, larbed with one thread, then again),
 so slow drifts of a shared machine hit them alike; the table shows median times. Every
@@ -31,6 +31,7 @@ from _cases import (  # noqa: E402
     check,
     markdown_table,
     one_blas_thread,
+    rst_table,
     run,
 )
 
@@ -69,6 +70,9 @@ def main(argv=None) -> int:
         "--cases", nargs="+", metavar="ID", help=f"subset of {[c.id for c in CASES]}"
     )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument(
+        "--format", choices=("markdown", "rst"), default="markdown", help="table format"
+    )
     args = parser.parse_args(argv)
     cases = CASES
     if args.cases:
@@ -90,7 +94,7 @@ def main(argv=None) -> int:
         f"{numba.get_num_threads()} Numba threads, median of {args.repeat}\n"
     )
     table = markdown_table(rows)
-    print(table)
+    print(rst_table(rows) if args.format == "rst" else table)
     if args.json:
         for r in rows:
             r["ratio"] = r["reference"] / r["larbed"]
