@@ -164,8 +164,9 @@ class Crystal:
             "crystal_name": self.name,
             "crystal_cell": list(self.cell),
             "crystal_atoms": ";".join(
-                f"{a.symbol} {a.position[0]:.6f} {a.position[1]:.6f} {a.position[2]:.6f} "
-                f"{a.occupancy:.4f} {a.b_iso:.4f}"
+                # repr: shortest text that reads back bit-for-bit (1/3 stays 1/3)
+                f"{a.symbol} {a.position[0]!r} {a.position[1]!r} {a.position[2]!r} "
+                f"{a.occupancy!r} {a.b_iso!r}"
                 for a in self.atoms
             ),
         }
