@@ -201,7 +201,12 @@ def input_ug(
         Value for reflections the mapping omits; by default omitting one is an error.
     """
     if isinstance(values, xr.DataArray):
-        values = values.values
+        if all(c in values.coords for c in ("h", "k", "l")) and values.ndim == 1:
+            # labelled: match by (h, k, l), never by position (another geometry's order differs)
+            hkl = zip(values.h.values.tolist(), values.k.values.tolist(), values.l.values.tolist())
+            values = dict(zip(hkl, values.values.tolist(), strict=True))
+        else:
+            values = values.values
     if isinstance(values, Mapping):
         lookup = {tuple(r): i for i, r in enumerate(geometry.reflection_hkl.tolist())}
         out = np.full(geometry.n_reflections, np.nan + 0j)
