@@ -247,3 +247,15 @@ def test_shift_origin_equals_moving_the_atoms():
     np.testing.assert_allclose(
         along_zone.values, compute_ug(zno(), geo).values, rtol=1e-12, atol=FORBIDDEN_ATOL
     )
+
+
+def test_input_ug_matches_labelled_values_by_hkl():
+    geo = sto_geometry()
+    ug = random_ug(geo, seed=9)
+    reordered = ug.isel(reflection=slice(None, None, -1))
+    np.testing.assert_array_equal(input_ug(geo, reordered).values, ug.values)
+    # same count, other reflections (another zone axis): refused, not silently relabelled
+    other = Geometry(geo.crystal, 120.0, (1, 0, 0), 13, 1, 70.0)
+    assert other.n_reflections == geo.n_reflections
+    with pytest.raises(ValueError, match="does not enter the structure matrix"):
+        input_ug(geo, compute_ug(geo.crystal, other))
