@@ -203,8 +203,8 @@ def input_ug(
     if isinstance(values, xr.DataArray):
         if all(c in values.coords for c in ("h", "k", "l")) and values.ndim == 1:
             # labelled: match by (h, k, l), never by position (another geometry's order differs)
-            hkl = zip(values.h.values.tolist(), values.k.values.tolist(), values.l.values.tolist())
-            values = dict(zip(hkl, values.values.tolist(), strict=True))
+            hkl = np.stack([values.h.values, values.k.values, values.l.values], axis=1).tolist()
+            values = dict(zip(map(tuple, hkl), values.values.tolist(), strict=True))
         else:
             values = values.values
     if isinstance(values, Mapping):
