@@ -164,6 +164,12 @@ def simulate(
         if not np.isfinite(dose) or dose <= 0:
             raise ValueError(f"dose must be a positive number of electrons per tilt, got {dose}")
     u0 = float(ug_da.attrs.get("u0", 0.0))
+    if absorption and "u0" not in ug_da.attrs:
+        logger.warning(
+            "absorption κ=%g without U_0 (ug.attrs['u0']): the absorptive potential κU_g has zero "
+            "mean and can add intensity (Σ I > 1); set ug.attrs['u0'] (compute_ug does)",
+            absorption,
+        )
     offdiag, diag, path = prepare_matrices(geometry, ug_da.values, absorption, u0)
     logger.debug("simulate: %s path, %d tilts, %d beams, %d thicknesses", path, *diag.shape, len(thick))
     out = _run_kernel(path, offdiag, diag, thick * 10.0, progress)
