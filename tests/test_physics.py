@@ -294,3 +294,18 @@ def test_u0_shifts_no_intensity():
     assert_patterns_allclose(
         simulate(geo, no_u0, THICKNESSES_NM), simulate(geo, ug, THICKNESSES_NM), rtol=0, atol=0
     )
+
+
+def test_absorption_without_u0_is_flagged(caplog):
+    geo = sto_geometry()
+    ug = compute_ug(sto(), geo)
+    bare = ug.copy()
+    del bare.attrs["u0"]  # κU_g alone (zero mean) is not a positive absorptive potential
+    with caplog.at_level("WARNING", logger="larbed.simulation"):
+        simulate(geo, bare, 20.0, absorption=0.1)
+    assert any("without U_0" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="larbed.simulation"):
+        simulate(geo, ug, 20.0, absorption=0.1)
+        simulate(geo, bare, 20.0)  # no absorption: U_0 not needed
+    assert not caplog.records
