@@ -11,7 +11,14 @@ from threadpoolctl import threadpool_limits
 from larbed import Crystal, Geometry, compute_ug, shift_origin, simulate
 from larbed._kernels import bloch
 from larbed.simulation import prepare_matrices
-from larbed.testing import assert_patterns_allclose, simulate_reference, structure_matrices
+from larbed.testing import (
+    assert_patterns_allclose,
+    extinction_distance,
+    kinematic_intensity,
+    simulate_reference,
+    structure_matrices,
+    two_beam_intensity,
+)
 
 #: Kernel and reference solve the same Hermitian eigenproblems: round-off only (N ≤ 19, t ≤ 50 nm).
 HERMITIAN_ATOL = 1e-12
@@ -196,3 +203,32 @@ def test_progress_chunks_equal_one_call():
     a = simulate(geo, ug, THICKNESSES_NM, progress=False)
     b = simulate(geo, ug, THICKNESSES_NM, progress=True)
     assert_patterns_allclose(b, a, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------ larbed.testing itself
+def test_assert_patterns_allclose_fails_when_it_should():
+    a = np.full((2, 3), 0.25)
+    assert_patterns_allclose(a, a + 1e-13, rtol=0, atol=1e-12)
+    with pytest.raises(AssertionError, match=r"worst at index \(1, 2\)"):
+        b = a.copy()
+        b[1, 2] += 1e-9
+        assert_patterns_allclose(b, a, rtol=0, atol=1e-12)
+    with pytest.raises(AssertionError, match="shapes differ"):
+        assert_patterns_allclose(a, a[:, :2])
+    with pytest.raises(AssertionError, match="NaN"):
+        assert_patterns_allclose(np.where(a > 0, np.nan, a), a)
+
+
+def test_closed_forms_are_consistent():
+    """The kinematic formula is the thin-crystal limit of the two-beam formula (SPEC §2)."""
+    u, s = 3e-5 - 2e-5j, np.linspace(-0.02, 0.02, 41)
+    t = 40.0  # Å: 2π|u|t ≈ 0.009
+    two = two_beam_intensity(u, s, t)
+    kin = kinematic_intensity(u, s, t)
+    np.testing.assert_allclose(two, kin, rtol=0, atol=1e-3 * kin.max())
+    # at the Bragg condition the two-beam period in t is the extinction distance K/|U_g|
+    k0, ug = 30.0, 0.05
+    xi = extinction_distance(ug, k0)
+    assert xi == pytest.approx(600.0)
+    assert two_beam_intensity(ug / (2 * k0), 0.0, xi / 2) == pytest.approx(1.0, abs=1e-15)
+    assert two_beam_intensity(ug / (2 * k0), 0.0, xi) == pytest.approx(0.0, abs=1e-15)
