@@ -115,6 +115,8 @@ def test_version_matches_metadata_and_pyproject():
 def test_console_script_declared():
     eps = importlib.metadata.entry_points(group="console_scripts", name="larbed")
     assert [ep.value for ep in eps] == ["larbed.cli:main"]
+    (entry,) = eps
+    assert callable(entry.load())
 
 
 def test_scattering_factor_tables_load_from_package_data():
