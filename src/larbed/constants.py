@@ -43,7 +43,9 @@ def electron_wavelength(voltage_kv: float) -> float:
     """
     v = _check_voltage(voltage_kv) * 1e3
     energy = ELEMENTARY_CHARGE * v
-    p = math.sqrt(2 * ELECTRON_MASS * energy * (1 + energy / (2 * ELECTRON_MASS * SPEED_OF_LIGHT**2)))
+    p = math.sqrt(
+        2 * ELECTRON_MASS * energy * (1 + energy / (2 * ELECTRON_MASS * SPEED_OF_LIGHT**2))
+    )
     return PLANCK / p * 1e10
 
 

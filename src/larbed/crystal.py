@@ -50,7 +50,7 @@ def _as_atom(item) -> Atom:
     else:
         if not isinstance(item, Sequence) or isinstance(item, str) or not 2 <= len(item) <= 4:
             raise TypeError(
-                "each atom must be (symbol, (x, y, z)[, occupancy[, B]]), got " f"{item!r}"
+                f"each atom must be (symbol, (x, y, z)[, occupancy[, B]]), got {item!r}"
             )
         symbol, pos = item[0], item[1]
         occ = item[2] if len(item) > 2 else 1.0
@@ -109,7 +109,9 @@ class Crystal:
     def __init__(self, cell: Sequence[float], atoms: Iterable, name: str = "crystal"):
         cell_arr = np.asarray(cell, dtype=float)
         if cell_arr.shape != (6,) or not np.all(np.isfinite(cell_arr)):
-            raise ValueError(f"cell must be 6 finite numbers (a, b, c, alpha, beta, gamma), got {cell!r}")
+            raise ValueError(
+                f"cell must be 6 finite numbers (a, b, c, alpha, beta, gamma), got {cell!r}"
+            )
         if np.any(cell_arr[:3] <= 0):
             raise ValueError(f"cell lengths must be positive [Å], got {cell_arr[:3]}")
         if np.any(cell_arr[3:] <= 0) or np.any(cell_arr[3:] >= 180):
@@ -177,8 +179,12 @@ class Crystal:
         atoms = []
         for entry in str(attrs["crystal_atoms"]).split(";"):
             parts = entry.split()
-            atoms.append((parts[0], tuple(map(float, parts[1:4])), float(parts[4]), float(parts[5])))
-        return cls(np.asarray(attrs["crystal_cell"], dtype=float), atoms, name=str(attrs["crystal_name"]))
+            atoms.append(
+                (parts[0], tuple(map(float, parts[1:4])), float(parts[4]), float(parts[5]))
+            )
+        return cls(
+            np.asarray(attrs["crystal_cell"], dtype=float), atoms, name=str(attrs["crystal_name"])
+        )
 
     @classmethod
     def builtin(cls, name: str, debye_waller: bool = False) -> Crystal:

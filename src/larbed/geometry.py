@@ -113,7 +113,11 @@ class Geometry:
         self.k0 = 1.0 / self.wavelength
 
         za = np.asarray(zone_axis)
-        if za.shape != (3,) or not np.all(np.isfinite(za.astype(float))) or np.any(za != np.round(za)):
+        if (
+            za.shape != (3,)
+            or not np.all(np.isfinite(za.astype(float)))
+            or np.any(za != np.round(za))
+        ):
             raise ValueError(f"zone_axis must be 3 integers [u v w], got {zone_axis!r}")
         za = za.astype(int)
         if not np.any(za):
@@ -130,9 +134,13 @@ class Geometry:
         self.n_tilts = int(n_tilts)
         t = float(tilt_range_mrad)
         if not math.isfinite(t) or t < 0 or (t == 0 and self._radius > 0):
-            raise ValueError(f"tilt_range_mrad must be positive and finite, got {tilt_range_mrad!r}")
+            raise ValueError(
+                f"tilt_range_mrad must be positive and finite, got {tilt_range_mrad!r}"
+            )
         if t >= 1000:
-            raise ValueError(f"tilt_range_mrad={t} is beyond the small-angle geometry (< 1000 mrad)")
+            raise ValueError(
+                f"tilt_range_mrad={t} is beyond the small-angle geometry (< 1000 mrad)"
+            )
         self.tilt_range_mrad = t
         center = np.asarray(tilt_center_mrad, dtype=float)
         if center.shape != (2,) or not np.all(np.isfinite(center)):
@@ -228,7 +236,9 @@ class Geometry:
         reps_arr = np.array(reps, dtype=int).reshape(-1, 3)
         g = reps_arr @ self.crystal.reciprocal_vectors
         glen = np.round(np.linalg.norm(g, axis=1), _G_DECIMALS)
-        ang = np.round(np.mod(np.arctan2(g @ self.frame[1], g @ self.frame[0]), 2 * np.pi), _ANGLE_DECIMALS)
+        ang = np.round(
+            np.mod(np.arctan2(g @ self.frame[1], g @ self.frame[0]), 2 * np.pi), _ANGLE_DECIMALS
+        )
         order = np.lexsort((ang, glen))
         reps_arr = reps_arr[order]
         lookup = {tuple(r): i for i, r in enumerate(reps_arr.tolist())}
@@ -309,7 +319,9 @@ class Geometry:
                 tuple(float(x) for x in np.atleast_1d(attrs.get("tilt_center_mrad", (0.0, 0.0)))),
             )
         except KeyError as exc:
-            raise ValueError(f"attributes do not describe a larbed geometry: missing {exc}") from exc
+            raise ValueError(
+                f"attributes do not describe a larbed geometry: missing {exc}"
+            ) from exc
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Geometry):

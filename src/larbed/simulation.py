@@ -27,10 +27,14 @@ def check_thickness(thickness_nm, name: str = "thickness_nm") -> np.ndarray:
     """Validate thickness values [nm]; return a 1-D float array."""
     arr = np.asarray(thickness_nm)
     if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real number or 1-D array of numbers [nm], got {arr.dtype}")
+        raise TypeError(
+            f"{name} must be a real number or 1-D array of numbers [nm], got {arr.dtype}"
+        )
     arr = np.atleast_1d(arr.astype(float))
     if arr.ndim != 1 or arr.size == 0:
-        raise ValueError(f"{name} must be a number or a non-empty 1-D array [nm], got shape {arr.shape}")
+        raise ValueError(
+            f"{name} must be a number or a non-empty 1-D array [nm], got shape {arr.shape}"
+        )
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got {arr[~np.isfinite(arr)][:5]}")
     if np.any(arr < 0):
@@ -49,7 +53,9 @@ def check_ug(geometry: Geometry, ug) -> xr.DataArray:
         if "h" in ug.coords:
             hkl = np.stack([ug.h.values, ug.k.values, ug.l.values], axis=1)
             if not np.array_equal(hkl, geometry.reflection_hkl):
-                raise ValueError("U_g reflections (h, k, l) do not match the geometry's reflections")
+                raise ValueError(
+                    "U_g reflections (h, k, l) do not match the geometry's reflections"
+                )
         vals = np.asarray(ug.values)
         if vals.dtype.kind not in "fciu":
             raise TypeError(f"U_g must be numeric, got dtype {vals.dtype}")
@@ -68,7 +74,9 @@ def is_real_ug(values: np.ndarray) -> bool:
     return bool(np.max(np.abs(values.imag), initial=0.0) <= REAL_RTOL * scale)
 
 
-def prepare_matrices(geometry: Geometry, ug_values: np.ndarray, absorption: float | None = None, u0: float = 0.0):
+def prepare_matrices(
+    geometry: Geometry, ug_values: np.ndarray, absorption: float | None = None, u0: float = 0.0
+):
     """Kernel inputs scaled by 1/(2K): (offdiag, diag, path) with path in {'real', 'hermitian', 'general'}."""
     inv2k = 1.0 / (2.0 * geometry.k0)
     mat = ug_matrix(geometry, ug_values) * inv2k
@@ -85,8 +93,11 @@ def prepare_matrices(geometry: Geometry, ug_values: np.ndarray, absorption: floa
 def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
     n_tilts, n = diag.shape
     out = np.empty((len(thickness_a), n_tilts, n))
-    kernel = {"real": bloch.intensities_real, "hermitian": bloch.intensities_hermitian,
-              "general": bloch.intensities_general}[path]
+    kernel = {
+        "real": bloch.intensities_real,
+        "hermitian": bloch.intensities_hermitian,
+        "general": bloch.intensities_general,
+    }[path]
     with threadpool_limits(limits=1, user_api="blas"):
         if not progress:
             kernel(offdiag, diag, thickness_a, out)
@@ -95,7 +106,7 @@ def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
 
             bounds = np.linspace(0, n_tilts, min(_TILT_CHUNKS, n_tilts) + 1).astype(int)
             with tqdm(total=n_tilts, desc="simulate", unit="tilt") as bar:
-                for lo, hi in zip(bounds[:-1], bounds[1:]):
+                for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
                     part = np.empty((len(thickness_a), hi - lo, n))
                     kernel(offdiag, np.ascontiguousarray(diag[lo:hi]), thickness_a, part)
                     out[:, lo:hi] = part
@@ -171,7 +182,9 @@ def simulate(
             absorption,
         )
     offdiag, diag, path = prepare_matrices(geometry, ug_da.values, absorption, u0)
-    logger.debug("simulate: %s path, %d tilts, %d beams, %d thicknesses", path, *diag.shape, len(thick))
+    logger.debug(
+        "simulate: %s path, %d tilts, %d beams, %d thicknesses", path, *diag.shape, len(thick)
+    )
     out = _run_kernel(path, offdiag, diag, thick * 10.0, progress)
 
     intensity = out[0] if scalar else out
@@ -197,7 +210,9 @@ def simulate(
             "thickness_nm": float(thick[0]) if scalar else thick.tolist(),
             "absorption": "none" if absorption is None else absorption,
             "dose": "none" if dose is None else dose,
-            "seed": "none" if seed is None or not isinstance(seed, (int, np.integer)) else int(seed),
+            "seed": "none"
+            if seed is None or not isinstance(seed, (int, np.integer))
+            else int(seed),
             "eigen_path": path,
             "u0": u0,
             "ug_source": str(ug_da.attrs.get("source", "input")),
@@ -224,8 +239,13 @@ def pattern_coords(geometry: Geometry) -> dict:
     }
 
 
-_REFL_RENAME = {"h": "reflection_h", "k": "reflection_k", "l": "reflection_l",
-                "gx": "reflection_gx", "gy": "reflection_gy"}
+_REFL_RENAME = {
+    "h": "reflection_h",
+    "k": "reflection_k",
+    "l": "reflection_l",
+    "gx": "reflection_gx",
+    "gy": "reflection_gy",
+}
 
 
 def attach_ug(ds: xr.Dataset, ug: xr.DataArray, name: str = "ug") -> xr.Dataset:
@@ -247,7 +267,10 @@ def extract_ug(ds: xr.Dataset, name: str = "ug") -> xr.DataArray:
     out = xr.DataArray(
         np.asarray(da.values, dtype=complex),
         dims=("reflection",),
-        coords={"reflection": da.reflection.values, **{k: ("reflection", ds[v].values) for v, k in keep.items()}},
+        coords={
+            "reflection": da.reflection.values,
+            **{k: ("reflection", ds[v].values) for v, k in keep.items()},
+        },
         name="ug",
         attrs={"units": "1/Å^2", "u0": float(ds.attrs.get("u0", 0.0))},
     )
@@ -258,4 +281,3 @@ def _version() -> str:
     from . import __version__
 
     return __version__
-

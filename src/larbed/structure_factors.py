@@ -39,7 +39,10 @@ HERMITIAN_RTOL = 1e-9
 
 
 def structure_factor(
-    crystal: Crystal, hkl: np.ndarray, voltage_kv: float, parameterization: Parameterization = "lobato"
+    crystal: Crystal,
+    hkl: np.ndarray,
+    voltage_kv: float,
+    parameterization: Parameterization = "lobato",
 ) -> np.ndarray:
     """U_g = γ/(πΩ) Σ_j occ_j f_j(|g|) exp(-B_j |g|²/4) exp(-2πi g·r_j) [1/Å²] for rows of ``hkl``."""
     from .constants import relativistic_gamma
@@ -109,12 +112,19 @@ def compute_ug(
         raise TypeError(f"crystal must be a larbed.Crystal, got {type(crystal).__name__}")
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
-    values = structure_factor(crystal, geometry.reflection_hkl, geometry.voltage_kv, parameterization)
+    values = structure_factor(
+        crystal, geometry.reflection_hkl, geometry.voltage_kv, parameterization
+    )
     u0 = structure_factor(crystal, np.zeros((1, 3)), geometry.voltage_kv, parameterization)[0].real
     return _wrap(
         geometry,
         values,
-        {"source": "compute", "parameterization": parameterization, "crystal_name": crystal.name, "u0": float(u0)},
+        {
+            "source": "compute",
+            "parameterization": parameterization,
+            "crystal_name": crystal.name,
+            "u0": float(u0),
+        },
     )
 
 
@@ -154,13 +164,19 @@ def random_ug(
             raise ValueError(f"ug_range must be positive [1/Å²], got {ug_range}")
         m = geometry.n_reflections
         values = rng.uniform(-ug_range, ug_range, m) + 1j * rng.uniform(-ug_range, ug_range, m)
-        return _wrap(geometry, values, {"source": "random", "prior": prior, "ug_range": float(ug_range)})
+        return _wrap(
+            geometry, values, {"source": "random", "prior": prior, "ug_range": float(ug_range)}
+        )
     n = len(geometry.crystal.atoms) if n_atoms is None else int(n_atoms)
     if n < 1:
         raise ValueError(f"n_atoms must be >= 1, got {n}")
     symbols = rng.choice(list(elements), size=n)
     positions = rng.uniform(0, 1, (n, 3))
-    xtal = Crystal(geometry.crystal.cell, [(s, tuple(p)) for s, p in zip(symbols, positions)], name="random")
+    xtal = Crystal(
+        geometry.crystal.cell,
+        [(s, tuple(p)) for s, p in zip(symbols, positions, strict=True)],
+        name="random",
+    )
     values = structure_factor(xtal, geometry.reflection_hkl, geometry.voltage_kv, parameterization)
     u0 = structure_factor(xtal, np.zeros((1, 3)), geometry.voltage_kv, parameterization)[0].real
     return _wrap(geometry, values, {"source": "random", "prior": prior, "u0": float(u0)})
@@ -220,8 +236,12 @@ def input_ug(
             elif tuple(-x for x in hkl) in lookup:
                 idx, v = lookup[tuple(-x for x in hkl)], val.conjugate()
             else:
-                raise ValueError(f"reflection {hkl} does not enter the structure matrix of {geometry}")
-            if np.isfinite(out[idx]) and not np.isclose(out[idx], v, rtol=HERMITIAN_RTOL, atol=1e-15):
+                raise ValueError(
+                    f"reflection {hkl} does not enter the structure matrix of {geometry}"
+                )
+            if np.isfinite(out[idx]) and not np.isclose(
+                out[idx], v, rtol=HERMITIAN_RTOL, atol=1e-15
+            ):
                 raise ValueError(
                     f"U_g is not Hermitian at {hkl}: U_g and U_-g* differ ({out[idx]} vs {v})"
                 )
@@ -276,7 +296,9 @@ def normalize_ug(geometry: Geometry, values: Mapping | np.ndarray) -> xr.DataArr
                 total[lookup[tuple(-x for x in hkl)]] += complex(val).conjugate()
                 count[lookup[tuple(-x for x in hkl)]] += 1
             else:
-                raise ValueError(f"reflection {hkl} does not enter the structure matrix of {geometry}")
+                raise ValueError(
+                    f"reflection {hkl} does not enter the structure matrix of {geometry}"
+                )
     else:
         mat = np.asarray(values, dtype=complex)
         n = geometry.n_beams
@@ -288,7 +310,9 @@ def normalize_ug(geometry: Geometry, values: Mapping | np.ndarray) -> xr.DataArr
         np.add.at(total, idx, vals)
         np.add.at(count, idx, 1)
     if np.any(count == 0):
-        missing = [tuple(geometry.reflection_hkl[i].tolist()) for i in np.flatnonzero(count == 0)[:8]]
+        missing = [
+            tuple(geometry.reflection_hkl[i].tolist()) for i in np.flatnonzero(count == 0)[:8]
+        ]
         raise ValueError(f"no value given for reflections {missing}")
     out = total / count
     _check_finite(out, "U_g")
