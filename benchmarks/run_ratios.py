@@ -84,14 +84,17 @@ def main(argv=None) -> int:
     import numba
 
     rows = []
+    load_before = os.getloadavg()[0]
     with one_blas_thread():
         for case in cases:
             rows.append(measure(case, args.repeat))
             print(f"  measured {case.id}", file=sys.stderr, flush=True)
     cpu = _cpu_model()
+    load = (load_before, os.getloadavg()[0])
     print(
         f"larbed vs plain NumPy reference — {cpu}, {os.cpu_count()} CPUs, "
-        f"{numba.get_num_threads()} Numba threads, median of {args.repeat}\n"
+        f"{numba.get_num_threads()} Numba threads, median of {args.repeat}; "
+        f"1-min load average {load[0]:.1f} before, {load[1]:.1f} after\n"
     )
     table = markdown_table(rows)
     print(rst_table(rows) if args.format == "rst" else table)
@@ -101,7 +104,8 @@ def main(argv=None) -> int:
             r["ratio_1thread"] = r["reference"] / r["larbed_1thread"]
         Path(args.json).write_text(
             json.dumps(
-                {"cpu": cpu, "cpus": os.cpu_count(), "rows": rows, "table": table}, indent=1
+                {"cpu": cpu, "cpus": os.cpu_count(), "load": load, "rows": rows, "table": table},
+                indent=1,
             ),
             encoding="utf-8",
         )
