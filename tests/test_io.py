@@ -34,6 +34,8 @@ def test_pattern_round_trip_is_exact(tmp_path, geometry, complex_ug):
     ds = larbed.simulate(geometry, complex_ug, [10.0, 25.0], dose=500, seed=3)
     assert np.abs(ds.ug.values.imag).max() > 1e-3  # really complex
     ds.attrs.update({"note": None, "flag": True, "nested": {"a": [1, 2]}, "empty": [], "one": [7]})
+    ds.attrs["array"] = np.array([[1.5, np.nan], [np.inf, -2.0]])
+    ds.intensity.attrs["counts_per_tilt"] = np.int32(5)
     path = tmp_path / "p.nc"
     io.save_pattern(ds, path)
     back = io.load_pattern(path)
@@ -41,7 +43,11 @@ def test_pattern_round_trip_is_exact(tmp_path, geometry, complex_ug):
     assert np.array_equal(back.ug.values, ds.ug.values)
     assert np.array_equal(back.intensity.values, ds.intensity.values)
     assert np.array_equal(back.intensity_noise_free.values, ds.intensity_noise_free.values)
+    array = back.attrs.pop("array")
+    assert array.dtype == np.float64 and array.shape == (2, 2)
+    np.testing.assert_array_equal(array, ds.attrs.pop("array"))  # NaN and inf included
     assert back.attrs == ds.attrs  # None, bool, dict, [] and [7] all come back as they were
+    assert back.intensity.attrs["counts_per_tilt"] == 5
     xr.testing.assert_identical(back, ds)
     # the recorded geometry rebuilds the one used
     assert larbed.Geometry.from_attrs(back.attrs) == geometry

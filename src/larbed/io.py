@@ -68,9 +68,11 @@ class MissingFileError(FileNotFoundError, LarbedFileError):
 def _to_jsonable(value):
     """Plain-Python copy of an attribute value (numpy scalars/arrays → numbers/lists)."""
     if isinstance(value, np.ndarray):
-        return (
-            [_to_jsonable(v) for v in value.tolist()] if value.ndim else _to_jsonable(value.item())
-        )
+        if value.ndim == 0:
+            return _to_jsonable(value.item())
+        if value.dtype.kind not in "biufcU":
+            raise TypeError(f"attribute array of dtype {value.dtype} cannot be saved")
+        return {"__ndarray__": _to_jsonable(value.tolist()), "dtype": value.dtype.str}
     if isinstance(value, np.generic):
         return _to_jsonable(value.item())
     if isinstance(value, complex):
@@ -96,6 +98,8 @@ def _from_jsonable(value):
             return complex(re, im)
         if set(value) == {"__float__"}:
             return float(value["__float__"])
+        if set(value) == {"__ndarray__", "dtype"}:
+            return np.array(_from_jsonable(value["__ndarray__"]), dtype=np.dtype(value["dtype"]))
         return {k: _from_jsonable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_from_jsonable(v) for v in value]
