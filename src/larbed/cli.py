@@ -133,6 +133,7 @@ def _run_simulate(args) -> int:
 _SUBCOMMANDS: list[Callable | str] = [
     _register_presets,
     _register_simulate,
+    "larbed.learn.cli:register",
 ]
 
 

@@ -56,7 +56,7 @@ FEATURE_EPS = 1e-6
 _IMAGENET_FILE = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(ValueError):
     """ImageNet weights were asked for but are neither cached nor allowed to be downloaded."""
 
 
