@@ -157,7 +157,11 @@ def pattern_dose(pattern, dose: float | None = None) -> float | None:
 
 # ---------------------------------------------------------------------------------- model
 class _Model:
-    """Forward model and Jacobian on the full vector x = [Re U (P), Im U (P), t [nm], (κ)]."""
+    """Forward model and Jacobian on the full vector x = [Re U (P), Im U (P), t [nm], (κ)].
+
+    Callers must hold ``threadpool_limits(1, user_api='blas')`` (the kernels run BLAS inside
+    parallel loops).
+    """
 
     def __init__(self, geometry: Geometry, u0: float, absorbing: bool, kappa_column: bool):
         self.geometry = geometry
@@ -189,8 +193,7 @@ class _Model:
         kernel = {"real": bloch.intensities_real, "hermitian": bloch.intensities_hermitian,
                   "general": bloch.intensities_general}[path]
         out = np.empty((thick.size,) + dg.shape)
-        with threadpool_limits(limits=1, user_api="blas"):
-            kernel(off, dg, thick, out)
+        kernel(off, dg, thick, out)  # callers hold threadpool_limits(1, 'blas')
         return out[0] if thickness_nm is None else out
 
     def jacobian(self, x) -> tuple[np.ndarray, np.ndarray]:
@@ -204,10 +207,9 @@ class _Model:
         kernel = {"real": gradients.jacobian_real, "hermitian": gradients.jacobian_hermitian,
                   "general": gradients.jacobian_general}[path]
         fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
-        with threadpool_limits(limits=1, user_api="blas"):
-            kernel(off, dg, 10.0 * t, self.pair_index, self.pair_sign, self.p, fac,
-                   1j * self.inv2k, np.ascontiguousarray(ug.real), np.ascontiguousarray(ug.imag),
-                   self.u0 * self.inv2k, out_i, out_j)
+        kernel(off, dg, 10.0 * t, self.pair_index, self.pair_sign, self.p, fac,
+               1j * self.inv2k, np.ascontiguousarray(ug.real), np.ascontiguousarray(ug.imag),
+               self.u0 * self.inv2k, out_i, out_j)
         out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
         if self.absorbing and not self.kappa_column:
             out_j = np.concatenate([out_j, np.zeros((m, n, 1))], axis=2)
@@ -253,7 +255,8 @@ def intensity_jacobian(geometry: Geometry, ug, thickness_nm: float, *,
     model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, absorbing)
     vals = ug_da.values
     x = np.concatenate([vals.real, vals.imag, [t], [absorption] if absorbing else []])
-    inten, jac = model.jacobian(x)
+    with threadpool_limits(limits=1, user_api="blas"):
+        inten, jac = model.jacobian(x)
     p = geometry.n_reflections
     from .simulation import pattern_coords
 
@@ -956,6 +959,7 @@ def refine(
         if checkpoint is not None:
             _save_checkpoint(checkpoint, pmap.x(st.q), st.history, stage)
 
+    limits = threadpool_limits(limits=1, user_api="blas")  # small matrices: one thread is fastest
     try:
         for stage in range(stage0, n_stages):
             if stage > 0:
@@ -970,9 +974,10 @@ def refine(
                 if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
                     break
         save(state)
+        return _result(prob, state, geometry, ug_da, weights, absorbing)
     finally:
         bar.close()
-    return _result(prob, state, geometry, ug_da, weights, absorbing)
+        limits.restore_original_limits()
 
 
 def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.DataArray,
