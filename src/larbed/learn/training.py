@@ -375,13 +375,17 @@ class Regressor:
     def get_state(self) -> dict[str, list[np.ndarray]]:
         """Copies of the trainable model's weights and the optimizer's variables."""
         return {
-            "weights": [np.array(w) for w in self.model.get_weights()],
+            "weights": [np.array(w.numpy()) for w in self.model.weights],
             "optimizer": [np.array(v.numpy()) for v in self.model.optimizer.variables],
         }
 
     def set_state(self, state: dict[str, list[np.ndarray]]) -> None:
         """Restore :meth:`get_state` output exactly."""
-        self.model.set_weights(state["weights"])
+        weights = self.model.weights
+        if len(weights) != len(state["weights"]):
+            raise ValueError("weights do not match this model")
+        for var, value in zip(weights, state["weights"]):
+            var.assign(value)
         variables = self.model.optimizer.variables
         if len(variables) != len(state["optimizer"]):
             raise ValueError("optimizer state does not match this model")
