@@ -50,7 +50,9 @@ def test_samples_are_unique_with_the_crystal_references(small_geometry, ds_ref):
 
 
 def test_independent_of_chunking_and_scheduler(small_geometry, ds_ref):
-    other = generate_dataset(small_geometry, N, seed=5, chunk_size=N, scheduler="threads", progress=False)
+    other = generate_dataset(
+        small_geometry, N, seed=5, chunk_size=N, scheduler="threads", progress=False
+    )
     np.testing.assert_array_equal(other.intensity.values, ds_ref.intensity.values)
     np.testing.assert_array_equal(other.ug.values, ds_ref.ug.values)
     # a prefix of a larger set is the smaller set (per-sample seeds)
@@ -63,10 +65,15 @@ def test_independent_of_chunking_and_scheduler(small_geometry, ds_ref):
 @pytest.mark.slow
 def test_same_with_a_dask_cluster(small_geometry, ds_ref):
     distributed = pytest.importorskip("dask.distributed")
-    with distributed.LocalCluster(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
-    ) as cluster, distributed.Client(cluster) as client:
-        on_cluster = generate_dataset(small_geometry, N, seed=5, chunk_size=4, client=client, progress=False)
+    with (
+        distributed.LocalCluster(
+            processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        on_cluster = generate_dataset(
+            small_geometry, N, seed=5, chunk_size=4, client=client, progress=False
+        )
     np.testing.assert_array_equal(on_cluster.intensity.values, ds_ref.intensity.values)
     np.testing.assert_array_equal(on_cluster.ug.values, ds_ref.ug.values)
 
@@ -76,8 +83,15 @@ def test_deviation_channel(small_geometry, small_ug):
     u0[0] = 0.0  # a forbidden reflection must stay forbidden
     s = 0.5
     ds = generate_dataset(
-        small_geometry, 8, channel="deviation", ug0=u0, thickness0_nm=30.0, scale=s,
-        thickness_jitter_nm=2.0, seed=1, progress=False,
+        small_geometry,
+        8,
+        channel="deviation",
+        ug0=u0,
+        thickness0_nm=30.0,
+        scale=s,
+        thickness_jitter_nm=2.0,
+        seed=1,
+        progress=False,
     )
     u = ds.ug.values
     assert np.all(u[:, 0] == 0)
@@ -85,10 +99,18 @@ def test_deviation_channel(small_geometry, small_ug):
     assert np.all(np.abs(u) <= np.abs(u0) * (1 + s * np.sqrt(2)) * (1 + MODULUS_RTOL))
     assert np.all(np.abs(ds.thickness_nm.values - 30.0) <= 2.0)
     tiny = generate_dataset(
-        small_geometry, 4, channel="deviation", ug0=small_ug, thickness0_nm=30.0, scale=0.0,
-        thickness_jitter_nm=0.0, progress=False,
+        small_geometry,
+        4,
+        channel="deviation",
+        ug0=small_ug,
+        thickness0_nm=30.0,
+        scale=0.0,
+        thickness_jitter_nm=0.0,
+        progress=False,
     )
-    np.testing.assert_allclose(tiny.ug.values, np.broadcast_to(small_ug.values, (4, u0.size)), atol=1e-15)
+    np.testing.assert_allclose(
+        tiny.ug.values, np.broadcast_to(small_ug.values, (4, u0.size)), atol=1e-15
+    )
 
 
 def test_netcdf_round_trip_and_reuse(tmp_path, small_geometry, ds_ref):
@@ -146,7 +168,9 @@ def test_bad_inputs(small_geometry, srtio3, small_ug):
         generate_dataset(small_geometry, 2, channel="deviation", progress=False)
     other = larbed.Geometry(srtio3, 120, (0, 0, 1), 5, 13, 70)
     with pytest.raises(ValueError, match="shape"):
-        generate_dataset(other, 2, channel="deviation", ug0=small_ug.values, thickness0_nm=30, progress=False)
+        generate_dataset(
+            other, 2, channel="deviation", ug0=small_ug.values, thickness0_nm=30, progress=False
+        )
     with pytest.raises(TypeError, match="Geometry"):
         generate_dataset("SrTiO3-1", 2, progress=False)
     with pytest.raises(ValueError, match="thickness_range_nm"):
@@ -154,5 +178,12 @@ def test_bad_inputs(small_geometry, srtio3, small_ug):
     with pytest.raises(ValueError, match="unknown prior"):
         generate_dataset(small_geometry, 2, prior="gaussian", progress=False)
     with pytest.raises(ValueError, match="scale"):
-        generate_dataset(small_geometry, 2, channel="deviation", ug0=small_ug, thickness0_nm=3, scale=-1,
-                         progress=False)
+        generate_dataset(
+            small_geometry,
+            2,
+            channel="deviation",
+            ug0=small_ug,
+            thickness0_nm=3,
+            scale=-1,
+            progress=False,
+        )

@@ -42,7 +42,9 @@ def test_offline_imagenet_without_cache_fails_fast_with_options(tmp_path, monkey
     with pytest.raises(models.WeightsUnavailableError) as info:
         models.resolve_weights("imagenet")
     msg = str(info.value)
-    assert str(tmp_path) in msg and "weights=None" in msg and ".h5" in msg and "download=True" in msg
+    assert (
+        str(tmp_path) in msg and "weights=None" in msg and ".h5" in msg and "download=True" in msg
+    )
     # a cached file is used as a local path
     cached = tmp_path / "models" / "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
     cached.parent.mkdir()
@@ -58,7 +60,9 @@ def test_offline_imagenet_without_cache_fails_fast_with_options(tmp_path, monkey
 
 
 @pytest.mark.learn
-def test_regressor_imagenet_offline_raises_before_any_download(tmp_path, monkeypatch, small_geometry):
+def test_regressor_imagenet_offline_raises_before_any_download(
+    tmp_path, monkeypatch, small_geometry
+):
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     from larbed.learn import Regressor
@@ -100,7 +104,7 @@ def test_seed_fixes_initial_weights(small_geometry):
     a = Regressor("ann", small_geometry, hidden=(16, 8, 41), seed=3).get_state()["weights"]
     b = Regressor("ann", small_geometry, hidden=(16, 8, 41), seed=3).get_state()["weights"]
     c = Regressor("ann", small_geometry, hidden=(16, 8, 41), seed=4).get_state()["weights"]
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not np.array_equal(a[0], c[0])
 
 
@@ -113,17 +117,23 @@ def test_cached_features_are_the_same_model(small_geometry):
     ds = generate_dataset(small_geometry, 24, seed=2, progress=False)
     x_int, y = ds.intensity.values, ds.targets.values
     cached = Regressor("cnn", small_geometry, weights=None, seed=1, hidden=(64, 32, 41))
-    full = Regressor("cnn", small_geometry, weights=None, seed=1, hidden=(64, 32, 41), cache_features=False)
+    full = Regressor(
+        "cnn", small_geometry, weights=None, seed=1, hidden=(64, 32, 41), cache_features=False
+    )
     assert cached.uses_features and not full.uses_features
     assert cached.image_shape == (50, 50, 3)  # 5 × 5 patches of 5 px, upsampled × 2 to >= 32 px
     feats, imgs = cached.inputs(x_int), full.inputs(x_int)
     assert feats.shape == (24, 2048) and imgs.shape == (24, 50, 50, 3)
-    np.testing.assert_allclose(cached.predict(feats), full.predict(imgs), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+    np.testing.assert_allclose(
+        cached.predict(feats), full.predict(imgs), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL
+    )
     # training the head on cached features = training the whole model with the frozen backbone
     la, _ = cached.fit(feats[:20], y[:20], 2, np.random.default_rng(0))
     lb, _ = full.fit(imgs[:20], y[:20], 2, np.random.default_rng(0))
     np.testing.assert_allclose(la, lb, rtol=FLOAT32_RTOL)
-    np.testing.assert_allclose(cached.predict(feats), full.predict(imgs), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL)
+    np.testing.assert_allclose(
+        cached.predict(feats), full.predict(imgs), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL
+    )
 
 
 @pytest.mark.learn
@@ -137,7 +147,9 @@ def test_local_weights_file_is_loaded(tmp_path, small_geometry):
     path = tmp_path / "resnet50_notop.weights.h5"
     src.backbone.save_weights(str(path))
     other = Regressor("cnn", small_geometry, weights=str(path), seed=8)
-    for w_src, w_other in zip(src.backbone.get_weights(), other.backbone.get_weights()):
+    for w_src, w_other in zip(
+        src.backbone.get_weights(), other.backbone.get_weights(), strict=True
+    ):
         np.testing.assert_array_equal(w_src, w_other)
 
 

@@ -36,7 +36,10 @@ def inputs5(srtio3):
     return TaskInputs(larbed.simulate(geo, ug, 30.0), geo, ug, 30.0, "five")
 
 
-@pytest.mark.parametrize("model,kw", [("ann", {"hidden": (64, 32, 13)}), ("cnn", {"weights": None, "hidden": (128, 64, 13)})])
+@pytest.mark.parametrize(
+    "model,kw",
+    [("ann", {"hidden": (64, 32, 13)}), ("cnn", {"weights": None, "hidden": (128, 64, 13)})],
+)
 def test_task1_small_deviation_reproduces_the_pattern(inputs5, model, kw):
     res = run_task1(inputs5, model, scales=[0.01, 0.02], seed=0, progress=False, **kw)
     h = res.history
@@ -44,21 +47,33 @@ def test_task1_small_deviation_reproduces_the_pattern(inputs5, model, kw):
     assert h.r_factor.values[0] < R_SMALL_DEVIATION
     # the simulated prediction really is that close: recompute R from the stored prediction
     sim = larbed.simulate(inputs5.geometry, h.ug_pred.values[0], float(h.thickness_nm.values[0]))
-    assert larbed.r_factor(inputs5.pattern, sim) == pytest.approx(float(h.r_factor.values[0]), rel=1e-9)
+    assert larbed.r_factor(inputs5.pattern, sim) == pytest.approx(
+        float(h.r_factor.values[0]), rel=1e-9
+    )
     assert res.threshold == 0.02  # both scales pass R < 0.3 and max|U| < 0.2
     assert h.train_loss.values[0, -1] < h.train_loss.values[0, 0]
 
 
 def test_task1_stops_at_r_stop_and_threshold_rule(inputs):
-    res = run_task1(inputs, "ann", scales=[0.01, 0.02, 0.04], r_stop=0.0, hidden=ANN_HIDDEN, epochs=3,
-                    progress=False)
+    res = run_task1(
+        inputs,
+        "ann",
+        scales=[0.01, 0.02, 0.04],
+        r_stop=0.0,
+        hidden=ANN_HIDDEN,
+        epochs=3,
+        progress=False,
+    )
     assert res.history.sizes["scale"] == 1  # R >= 0 always: stopped after the first scale
-    strict = run_task1(inputs, "ann", scales=[0.01], r_threshold=0.0, hidden=ANN_HIDDEN, epochs=3,
-                       progress=False)
+    strict = run_task1(
+        inputs, "ann", scales=[0.01], r_threshold=0.0, hidden=ANN_HIDDEN, epochs=3, progress=False
+    )
     assert np.isnan(strict.threshold)
 
 
-@pytest.mark.parametrize("model,kw", [("ann", {"hidden": ANN_HIDDEN}), ("cnn", {"weights": None, "hidden": CNN_HEAD})])
+@pytest.mark.parametrize(
+    "model,kw", [("ann", {"hidden": ANN_HIDDEN}), ("cnn", {"weights": None, "hidden": CNN_HEAD})]
+)
 def test_task2_end_to_end(tmp_path, inputs, model, kw):
     res = run_task2(inputs, model, iterations=4, seed=1, **TINY, **kw)
     h = res.history
@@ -68,7 +83,9 @@ def test_task2_end_to_end(tmp_path, inputs, model, kw):
     np.testing.assert_allclose(h.scale.values, 5.0 * 0.99 ** np.arange(4))
     assert 5.0 <= res.thickness_nm <= 100.0
     best = res.best_ug
-    assert best.dims == ("reflection",) and list(best.h.values) == list(inputs.geometry.reflection_hkl[:, 0])
+    assert best.dims == ("reflection",) and list(best.h.values) == list(
+        inputs.geometry.reflection_hkl[:, 0]
+    )
     # the reported R is the R of the best U_g and thickness
     assert larbed.r_factor(inputs.pattern, res.best_pattern()) == pytest.approx(res.r_min, rel=1e-9)
     paths = res.save(tmp_path) + res.plot(tmp_path)
@@ -83,7 +100,9 @@ class _Interrupt(Exception):
     pass
 
 
-@pytest.mark.parametrize("model,kw", [("ann", {"hidden": ANN_HIDDEN}), ("cnn", {"weights": None, "hidden": CNN_HEAD})])
+@pytest.mark.parametrize(
+    "model,kw", [("ann", {"hidden": ANN_HIDDEN}), ("cnn", {"weights": None, "hidden": CNN_HEAD})]
+)
 def test_task2_resume_equals_uninterrupted(tmp_path, inputs, model, kw):
     common = dict(iterations=6, seed=2, **TINY, **kw)
     straight = run_task2(inputs, model, out_dir=tmp_path / "a", **common)
@@ -95,11 +114,20 @@ def test_task2_resume_equals_uninterrupted(tmp_path, inputs, model, kw):
     with pytest.raises(_Interrupt):
         run_task2(inputs, model, out_dir=tmp_path / "b", callback=stop_after_2, **common)
     resumed = run_task2(inputs, model, out_dir=tmp_path / "b", **common)
-    for name in ("r_factor", "ug_pred", "thickness_nm", "train_loss", "test_loss", "init_train_loss"):
+    for name in (
+        "r_factor",
+        "ug_pred",
+        "thickness_nm",
+        "train_loss",
+        "test_loss",
+        "init_train_loss",
+    ):
         np.testing.assert_array_equal(resumed.history[name].values, straight.history[name].values)
     # extending a finished run continues it; other settings are refused
     longer = run_task2(inputs, model, out_dir=tmp_path / "a", **{**common, "iterations": 7})
-    np.testing.assert_array_equal(longer.history.r_factor.values[:6], straight.history.r_factor.values)
+    np.testing.assert_array_equal(
+        longer.history.r_factor.values[:6], straight.history.r_factor.values
+    )
     assert longer.history.sizes["iteration"] == 7
     with pytest.raises(ValueError, match="scale0"):
         run_task2(inputs, model, out_dir=tmp_path / "a", **{**common, "scale0": 2.0})
@@ -128,16 +156,44 @@ def test_cli_task2_writes_results_and_plots(tmp_path, capsys, monkeypatch):
     from larbed.cli import main
 
     out = tmp_path / "run"
-    code = main(["task2", "SrTiO3-1", "--model", "ann", "--out", str(out), "--hidden", "32,16,41",
-                 "--iterations", "2", "--n-train", "10", "--n-test", "4", "--epochs", "2", "--no-progress"])
+    code = main(
+        [
+            "task2",
+            "SrTiO3-1",
+            "--model",
+            "ann",
+            "--out",
+            str(out),
+            "--hidden",
+            "32,16,41",
+            "--iterations",
+            "2",
+            "--n-train",
+            "10",
+            "--n-test",
+            "4",
+            "--epochs",
+            "2",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     text = capsys.readouterr().out
     assert "R_min" in text and "thesis R_min" in text and "0.423" in text  # thesis ANN R_min
     names = set(os.listdir(out))
-    for suffix in (".nc", "_best_ug.nc", "_loss.png", "_r_vs_iteration.png", "_ug.png", "_images.png"):
+    for suffix in (
+        ".nc",
+        "_best_ug.nc",
+        "_loss.png",
+        "_r_vs_iteration.png",
+        "_ug.png",
+        "_images.png",
+    ):
         assert f"task2_SrTiO3-1_ann{suffix}" in names
     # the CNN with ImageNet weights offline: one clear error line, exit code 2
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty"))
-    code = main(["task1", "SrTiO3-1", "--model", "cnn", "--out", str(tmp_path / "x"), "--no-progress"])
+    code = main(
+        ["task1", "SrTiO3-1", "--model", "cnn", "--out", str(tmp_path / "x"), "--no-progress"]
+    )
     assert code == 2
     assert "weights=None" in capsys.readouterr().err

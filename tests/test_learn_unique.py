@@ -41,7 +41,11 @@ def geometry_hkl(geometry, idx):
 def test_rule_skips_near_zero_reflections(small_geometry):
     # 100 and 010 are the lowest-order primitive pair; made ~zero they must not be chosen
     vals = np.full(small_geometry.n_reflections, 0.05 + 0.0j)
-    weak = [i for i, h in enumerate(small_geometry.reflection_hkl.tolist()) if h in ([1, 0, 0], [0, 1, 0])]
+    weak = [
+        i
+        for i, h in enumerate(small_geometry.reflection_hkl.tolist())
+        if h in ([1, 0, 0], [0, 1, 0])
+    ]
     vals[weak] = 1e-9
     p, q = choose_reference_reflections(vals, small_geometry)
     assert not set((p, q)) & set(weak)
@@ -103,9 +107,14 @@ def test_batch_matches_single_vectors_and_dataarray_batch(small_geometry, small_
     for k in range(6):
         single = make_unique_ug_vector(batch[k], small_geometry, reference=small_ug)
         np.testing.assert_allclose(out[k], single, rtol=0, atol=UG_ATOL)
-    da = xr.DataArray(batch, dims=("sample", "reflection"), coords={
-        "gx": ("reflection", small_geometry.reflection_xy[:, 0]),
-        "gy": ("reflection", small_geometry.reflection_xy[:, 1])})
+    da = xr.DataArray(
+        batch,
+        dims=("sample", "reflection"),
+        coords={
+            "gx": ("reflection", small_geometry.reflection_xy[:, 0]),
+            "gy": ("reflection", small_geometry.reflection_xy[:, 1]),
+        },
+    )
     out_da = make_unique_ug_vector(da, reference=small_ug)
     assert out_da.dims == ("sample", "reflection")
     np.testing.assert_array_equal(out_da.values, out)

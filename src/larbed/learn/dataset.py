@@ -97,9 +97,7 @@ def target_labels(geometry: Geometry) -> list[str]:
     return [f"Re {x}" for x in labels] + [f"Im {x}" for x in labels] + ["t/1000A"]
 
 
-def deviate_ug(
-    ug0: np.ndarray, scale: float, rng: np.random.Generator
-) -> np.ndarray:
+def deviate_ug(ug0: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1] (SPEC §6); zero U0 stays zero."""
     u0 = np.asarray(ug0, dtype=complex)
     eps = rng.uniform(-1.0, 1.0, (2,) + u0.shape)
@@ -156,7 +154,9 @@ def draw_sample(geometry: Geometry, spec: _Spec, i: int) -> tuple[np.ndarray, fl
     else:
         u0 = np.asarray(spec.ug0_real) + 1j * np.asarray(spec.ug0_imag)
         ug = deviate_ug(u0, spec.scale, rng)
-        t = spec.thickness0_nm + float(rng.uniform(-spec.thickness_jitter_nm, spec.thickness_jitter_nm))
+        t = spec.thickness0_nm + float(
+            rng.uniform(-spec.thickness_jitter_nm, spec.thickness_jitter_nm)
+        )
         t = float(np.clip(t, lo, hi))
     return ug, t
 
@@ -213,7 +213,11 @@ def _assemble(geometry: Geometry, spec: _Spec, parts: list[dict], attrs: dict) -
         make_targets(ug, thick),
         {"units": "1/Å^2 (U parts), 1000 Å (thickness)", "long_name": "[Re U, Im U, t/1000 Å]"},
     )
-    ds["ug"] = (("sample", "reflection"), ug, {"units": "1/Å^2", "long_name": "structure factor U_g"})
+    ds["ug"] = (
+        ("sample", "reflection"),
+        ug,
+        {"units": "1/Å^2", "long_name": "structure factor U_g"},
+    )
     ds["thickness_nm"] = ("sample", thick, {"units": "nm", "long_name": "crystal thickness"})
     ds.attrs.update(geometry.to_attrs())
     ds.attrs.update(attrs)
@@ -235,7 +239,9 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
 
     ds = load_pattern(path)
     if "targets" not in ds:
-        raise ValueError(f"{os.fspath(path)!r} is a pattern file, not a learning data set (no 'targets')")
+        raise ValueError(
+            f"{os.fspath(path)!r} is a pattern file, not a learning data set (no 'targets')"
+        )
     return ds
 
 
@@ -370,7 +376,11 @@ def generate_dataset(
         raise ValueError(f"unknown channel {channel!r}; choose one of {CHANNELS}")
     if prior not in RANDOM_PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose one of {RANDOM_PRIORS}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0:
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size <= 0
+    ):
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if client is None and scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
@@ -379,7 +389,9 @@ def generate_dataset(
         raise ValueError(f"scale must be finite and >= 0, got {scale}")
     jitter = float(thickness_jitter_nm)
     if not math.isfinite(jitter) or jitter < 0:
-        raise ValueError(f"thickness_jitter_nm must be finite and >= 0 [nm], got {thickness_jitter_nm}")
+        raise ValueError(
+            f"thickness_jitter_nm must be finite and >= 0 [nm], got {thickness_jitter_nm}"
+        )
     t_range = _check_range(thickness_range_nm)
     if not (math.isfinite(float(ug_range)) and float(ug_range) > 0):
         raise ValueError(f"ug_range must be positive [1/Å²], got {ug_range}")
@@ -391,11 +403,15 @@ def generate_dataset(
         u0 = check_ug(geometry, ug0).values.astype(complex)
         t0 = float(thickness0_nm)
         if not math.isfinite(t0) or t0 <= 0:
-            raise ValueError(f"thickness0_nm must be a positive thickness [nm], got {thickness0_nm}")
+            raise ValueError(
+                f"thickness0_nm must be a positive thickness [nm], got {thickness0_nm}"
+            )
         ref_source = u0
     else:
         if ug0 is not None or thickness0_nm is not None:
-            raise ValueError("ug0/thickness0_nm are for channel='deviation'; the random channel draws both")
+            raise ValueError(
+                "ug0/thickness0_nm are for channel='deviation'; the random channel draws both"
+            )
         u0 = np.zeros(geometry.n_reflections, dtype=complex)
         t0 = 0.0
         ref_source = compute_ug(geometry.crystal, geometry).values
@@ -403,7 +419,10 @@ def generate_dataset(
         ref = choose_reference_reflections(ref_source, geometry)
     else:
         ref = make_unique_ug_vector(
-            np.ones(geometry.n_reflections, complex), geometry, reference=reference, return_shift=True
+            np.ones(geometry.n_reflections, complex),
+            geometry,
+            reference=reference,
+            return_shift=True,
         )[2]
     tgt = tuple(float(x) for x in targets_rad)
     if len(tgt) != 2 or not all(math.isfinite(x) for x in tgt):
@@ -489,7 +508,9 @@ def generate_dataset(
     from tqdm.auto import tqdm
 
     done = sum(p["hi"] - p["lo"] for p in parts)
-    with tqdm(total=n, initial=done, desc="simulate samples", unit="sample", disable=not progress) as bar:
+    with tqdm(
+        total=n, initial=done, desc="simulate samples", unit="sample", disable=not progress
+    ) as bar:
 
         def _finished(part: dict) -> None:
             if folder is not None:
@@ -514,7 +535,9 @@ def _run_local(scheduler: str, geometry: Geometry, spec: _Spec, todo, finished) 
     from dask.callbacks import Callback
 
     tasks = [
-        dask.delayed(_simulate_chunk, pure=True)(geometry, spec, lo, hi, dask_key_name=f"larbed-chunk-{lo}-{hi}")
+        dask.delayed(_simulate_chunk, pure=True)(
+            geometry, spec, lo, hi, dask_key_name=f"larbed-chunk-{lo}-{hi}"
+        )
         for lo, hi in todo
     ]
     keys = {f"larbed-chunk-{lo}-{hi}" for lo, hi in todo}
@@ -533,7 +556,9 @@ def _run_distributed(client, geometry: Geometry, spec: _Spec, todo, finished) ->
 
     geo_future = client.scatter(geometry, broadcast=True)
     futures = [
-        client.submit(_simulate_chunk, geo_future, spec, lo, hi, key=f"larbed-chunk-{spec.digest()}-{lo}-{hi}")
+        client.submit(
+            _simulate_chunk, geo_future, spec, lo, hi, key=f"larbed-chunk-{spec.digest()}-{lo}-{hi}"
+        )
         for lo, hi in todo
     ]
     for fut in as_completed(futures):

@@ -154,14 +154,18 @@ def _check_sizes(hidden, what: str, n: int) -> tuple[int, ...]:
         sizes = tuple(int(h) for h in hidden)
     except TypeError as exc:
         raise TypeError(f"{what} hidden sizes must be a sequence of ints, got {hidden!r}") from exc
-    if len(sizes) != n or any(h <= 0 for h in sizes) or any(
-        float(h) != float(x) for h, x in zip(sizes, hidden)
+    if (
+        len(sizes) != n
+        or any(h <= 0 for h in sizes)
+        or any(float(h) != float(x) for h, x in zip(sizes, hidden, strict=True))
     ):
         raise ValueError(f"{what} needs {n} positive integer hidden sizes, got {hidden!r}")
     return sizes
 
 
-def ann_hidden_sizes(n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None) -> tuple[int, ...]:
+def ann_hidden_sizes(
+    n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None
+) -> tuple[int, ...]:
     """The ANN's three hidden sizes: default (round(2/3·N_I), round(1/3·N_I), N_O)."""
     if hidden is None:
         return (max(1, round(2 * n_inputs / 3)), max(1, round(n_inputs / 3)), int(n_outputs))
@@ -178,7 +182,7 @@ def cnn_head_sizes(n_outputs: int, hidden: Sequence[int] | None = None) -> tuple
 def ann_weight_count(n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None) -> int:
     """Number of trainable parameters (weights and biases) of the ANN."""
     sizes = (n_inputs,) + ann_hidden_sizes(n_inputs, n_outputs, hidden) + (n_outputs,)
-    return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:])))
+    return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)))
 
 
 # ----------------------------------------------------------------------------- builders
@@ -197,7 +201,11 @@ def build_ann(n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None
 
 
 def build_head(
-    n_features: int, n_outputs: int, hidden: Sequence[int] | None = None, *, standardize: bool = False
+    n_features: int,
+    n_outputs: int,
+    hidden: Sequence[int] | None = None,
+    *,
+    standardize: bool = False,
 ):
     """The CNN's regression head as a ``keras.Model`` on (batch, n_features) backbone features.
 
@@ -213,7 +221,9 @@ def build_head(
         norm = keras.layers.BatchNormalization(epsilon=FEATURE_EPS, name="feature_standardize")
         norm.trainable = False
         x = norm(x)
-    return keras.Model(inp, _dense_stack(keras, x, sizes, n_outputs, "head"), name="larbed_cnn_head")
+    return keras.Model(
+        inp, _dense_stack(keras, x, sizes, n_outputs, "head"), name="larbed_cnn_head"
+    )
 
 
 def build_backbone(image_shape: Sequence[int], weights="imagenet", *, download: bool = False):
@@ -221,13 +231,19 @@ def build_backbone(image_shape: Sequence[int], weights="imagenet", *, download: 
     keras, _ = import_keras()
     shape = tuple(int(s) for s in image_shape)
     if len(shape) != 3 or shape[2] != 3 or min(shape[:2]) < RESNET_MIN_PX:
-        raise ValueError(f"ResNet-50 needs (H, W, 3) images with H, W >= {RESNET_MIN_PX}, got {shape}")
+        raise ValueError(
+            f"ResNet-50 needs (H, W, 3) images with H, W >= {RESNET_MIN_PX}, got {shape}"
+        )
     w = resolve_weights(weights, download=download)
     try:
-        backbone = keras.applications.ResNet50(include_top=False, weights=w, input_shape=shape, pooling="avg")
+        backbone = keras.applications.ResNet50(
+            include_top=False, weights=w, input_shape=shape, pooling="avg"
+        )
     except (ValueError, OSError) as exc:
         if w not in (None, "imagenet"):
-            raise ValueError(f"could not load ResNet-50 (no top) weights from {w!r}: {exc}") from exc
+            raise ValueError(
+                f"could not load ResNet-50 (no top) weights from {w!r}: {exc}"
+            ) from exc
         raise
     backbone.trainable = False
     return backbone

@@ -45,7 +45,9 @@ def loss_figure(curves: dict, title: str):
     for label, (x, y) in curves.items():
         y = np.asarray(y, float)
         ok = np.isfinite(y)
-        ax.semilogy(np.asarray(x)[ok], y[ok], marker="o" if ok.sum() < 40 else None, ms=3, label=label)
+        ax.semilogy(
+            np.asarray(x)[ok], y[ok], marker="o" if ok.sum() < 40 else None, ms=3, label=label
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE loss")
     ax.set_title(title)
@@ -141,15 +143,25 @@ def plot_task1(result, out_dir) -> list[str]:
         curves[f"test, s={s:g}"] = (epochs, h.test_loss.values[k])
     paths.append(_save(loss_figure(curves, title + ": losses"), out_dir, tag + "_loss.png"))
     paths.append(
-        _save(r_vs_scale_figure(h.scale.values, h.r_factor.values, title, result.threshold), out_dir, tag + "_r_vs_scale.png")
+        _save(
+            r_vs_scale_figure(h.scale.values, h.r_factor.values, title, result.threshold),
+            out_dir,
+            tag + "_r_vs_scale.png",
+        )
     )
     labels = [str(x) for x in h.reflection_label.values]
     # the prediction at the threshold scale (or at the smallest scale when none qualifies)
-    k = int(np.flatnonzero(h.scale.values == result.threshold)[0]) if np.isfinite(result.threshold) else 0
+    k = (
+        int(np.flatnonzero(h.scale.values == result.threshold)[0])
+        if np.isfinite(result.threshold)
+        else 0
+    )
     s = float(h.scale.values[k])
     paths.append(
         _save(
-            ug_comparison_figure(labels, h.ug_true.values, h.ug_pred.values[k], f"{title}: prediction at s = {s:g}"),
+            ug_comparison_figure(
+                labels, h.ug_true.values, h.ug_pred.values[k], f"{title}: prediction at s = {s:g}"
+            ),
             out_dir,
             tag + "_ug.png",
         )
@@ -158,7 +170,13 @@ def plot_task1(result, out_dir) -> list[str]:
     sim = simulate(geo, h.ug_pred.values[k], float(h.thickness_nm.values[k]))["intensity"].values
     paths.append(
         _save(
-            image_comparison_figure(geo, result.inputs.intensity(), sim, f"{title}: s = {s:g}", float(h.r_factor.values[k])),
+            image_comparison_figure(
+                geo,
+                result.inputs.intensity(),
+                sim,
+                f"{title}: s = {s:g}",
+                float(h.r_factor.values[k]),
+            ),
             out_dir,
             tag + "_images.png",
         )
@@ -184,14 +202,21 @@ def plot_task2(result, out_dir) -> list[str]:
     }
     paths.append(_save(loss_figure(curves, title + ": losses"), out_dir, tag + "_loss.png"))
     paths.append(
-        _save(r_vs_iteration_figure(h.r_factor.values, h.thickness_nm.values, title), out_dir, tag + "_r_vs_iteration.png")
+        _save(
+            r_vs_iteration_figure(h.r_factor.values, h.thickness_nm.values, title),
+            out_dir,
+            tag + "_r_vs_iteration.png",
+        )
     )
     labels = [str(x) for x in h.reflection_label.values]
     true = h.ug_true.values if "ug_true" in h else None
     paths.append(
         _save(
             ug_comparison_figure(
-                labels, true, result.best_ug.values, f"{title}: best prediction (iteration {result.best_iteration})",
+                labels,
+                true,
+                result.best_ug.values,
+                f"{title}: best prediction (iteration {result.best_iteration})",
                 extra={"first prediction": h.ug_pred.values[0]},
             ),
             out_dir,
@@ -201,8 +226,13 @@ def plot_task2(result, out_dir) -> list[str]:
     best = result.best_pattern()["intensity"].values
     paths.append(
         _save(
-            image_comparison_figure(result.inputs.geometry, result.inputs.intensity(), best,
-                                    f"{title}: experimental vs best simulated", result.r_min),
+            image_comparison_figure(
+                result.inputs.geometry,
+                result.inputs.intensity(),
+                best,
+                f"{title}: experimental vs best simulated",
+                result.r_min,
+            ),
             out_dir,
             tag + "_images.png",
         )

@@ -12,7 +12,13 @@ import xarray as xr
 from ..geometry import Geometry
 from ..structure_factors import input_ug
 
-__all__ = ["TaskInputs", "Task1Result", "Task2Result", "save_results_dataset", "load_results_dataset"]
+__all__ = [
+    "TaskInputs",
+    "Task1Result",
+    "Task2Result",
+    "save_results_dataset",
+    "load_results_dataset",
+]
 
 logger = logging.getLogger(__name__)
 

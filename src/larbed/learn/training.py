@@ -155,7 +155,11 @@ class Regressor:
             raise ValueError(f"unknown model {kind!r}; choose one of {MODEL_KINDS}")
         if not isinstance(geometry, Geometry):
             raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, (int, np.integer))
+            or batch_size <= 0
+        ):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (np.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
@@ -227,12 +231,16 @@ class Regressor:
             return
         feats = np.asarray(x, np.float32) if self.uses_features else self.features(x)
         if feats.ndim != 2 or feats.shape[1] != RESNET_FEATURES:
-            raise ValueError(f"standardize needs (n, {RESNET_FEATURES}) features, got {feats.shape}")
+            raise ValueError(
+                f"standardize needs (n, {RESNET_FEATURES}) features, got {feats.shape}"
+            )
         mean = feats.astype(float).mean(axis=0)
         var = feats.astype(float).var(axis=0)
         var = np.maximum(var, FEATURE_VAR_FLOOR * max(float(var.mean()), 1e-30))
         ones = np.ones(RESNET_FEATURES, np.float32)
-        layer.set_weights([ones, np.zeros_like(ones), mean.astype(np.float32), var.astype(np.float32)])
+        layer.set_weights(
+            [ones, np.zeros_like(ones), mean.astype(np.float32), var.astype(np.float32)]
+        )
 
     # ------------------------------------------------------------------ inputs
     def images(self, intensity: np.ndarray) -> np.ndarray:
@@ -301,7 +309,9 @@ class Regressor:
         x = np.asarray(x, dtype=np.float32)
         y = np.asarray(y, dtype=np.float32)
         if len(x) != len(y) or len(x) == 0:
-            raise ValueError(f"need matching, non-empty inputs and targets, got {len(x)} and {len(y)}")
+            raise ValueError(
+                f"need matching, non-empty inputs and targets, got {len(x)} and {len(y)}"
+            )
         train = np.full(epochs, np.nan)
         test = np.full(epochs, np.nan)
         n = len(x)
@@ -384,12 +394,12 @@ class Regressor:
         weights = self.model.weights
         if len(weights) != len(state["weights"]):
             raise ValueError("weights do not match this model")
-        for var, value in zip(weights, state["weights"]):
+        for var, value in zip(weights, state["weights"], strict=True):
             var.assign(value)
         variables = self.model.optimizer.variables
         if len(variables) != len(state["optimizer"]):
             raise ValueError("optimizer state does not match this model")
-        for var, value in zip(variables, state["optimizer"]):
+        for var, value in zip(variables, state["optimizer"], strict=True):
             var.assign(value)
 
     def reset(self) -> None:

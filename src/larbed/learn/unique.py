@@ -91,7 +91,12 @@ def _reflection_table(ug, geometry: Geometry | None):
     if values.ndim == 0:
         raise ValueError("U_g must be an array (..., n_reflections), got a scalar")
     _check_geometry(geometry, values.shape[-1], None)
-    return values, np.asarray(geometry.reflection_xy, float), np.asarray(geometry.reflection_hkl), False
+    return (
+        values,
+        np.asarray(geometry.reflection_xy, float),
+        np.asarray(geometry.reflection_hkl),
+        False,
+    )
 
 
 def _check_geometry(geometry: Geometry, n: int, hkl: np.ndarray | None) -> None:
@@ -125,7 +130,9 @@ def _choose(strength: np.ndarray, gxy: np.ndarray, rel_threshold: float) -> tupl
     scale = np.outer(glen, glen)
     nonzero = cr_all > _COLLINEAR_RTOL * np.maximum(scale, 1e-300)
     if not np.any(nonzero):
-        raise ValueError("all reflections are collinear: no two non-collinear reference reflections")
+        raise ValueError(
+            "all reflections are collinear: no two non-collinear reference reflections"
+        )
     area0 = float(cr_all[nonzero].min())
     shell = np.unique(np.round(glen, _SHELL_DECIMALS), return_inverse=True)[1].reshape(-1)
     p, q = np.meshgrid(cand, cand, indexing="ij")
@@ -219,7 +226,9 @@ def _resolve_reference(reference, values, gxy, hkl, geometry, rel_threshold) -> 
         else:
             key = np.asarray(item, dtype=int).reshape(-1)
             if key.shape != (3,) or hkl is None:
-                raise ValueError(f"reference reflection must be an index or (h, k, l), got {item!r}")
+                raise ValueError(
+                    f"reference reflection must be an index or (h, k, l), got {item!r}"
+                )
             hit = np.flatnonzero(np.all(hkl == key, axis=1))
             hit_neg = np.flatnonzero(np.all(hkl == -key, axis=1))
             if hit.size:
@@ -227,10 +236,16 @@ def _resolve_reference(reference, values, gxy, hkl, geometry, rel_threshold) -> 
             elif hit_neg.size:
                 idx.append(int(hit_neg[0]))
             else:
-                raise ValueError(f"reflection {tuple(key.tolist())} is not among the U_g reflections")
+                raise ValueError(
+                    f"reflection {tuple(key.tolist())} is not among the U_g reflections"
+                )
     p, q = idx
-    if abs(_cross(gxy[p], gxy[q])) <= _COLLINEAR_RTOL * np.linalg.norm(gxy[p]) * np.linalg.norm(gxy[q]):
-        raise ValueError(f"reference reflections {p} and {q} are collinear; they cannot fix an origin")
+    if abs(_cross(gxy[p], gxy[q])) <= _COLLINEAR_RTOL * np.linalg.norm(gxy[p]) * np.linalg.norm(
+        gxy[q]
+    ):
+        raise ValueError(
+            f"reference reflections {p} and {q} are collinear; they cannot fix an origin"
+        )
     return p, q
 
 
@@ -298,7 +313,11 @@ def make_unique_ug_vector(
     refs = vals[..., [p, q]]
     delta = np.angle(np.exp(1j * tgt) * np.conj(refs))  # φ_target − φ, wrapped to (−π, π]
     gmat = 2.0 * np.pi * gxy[[p, q]]  # rows: 2π g_1, 2π g_2
-    r0 = np.linalg.solve(gmat, delta[..., :, None])[..., 0] if delta.ndim > 1 else np.linalg.solve(gmat, delta)
+    r0 = (
+        np.linalg.solve(gmat, delta[..., :, None])[..., 0]
+        if delta.ndim > 1
+        else np.linalg.solve(gmat, delta)
+    )
     phase = np.exp(2j * np.pi * (r0 @ gxy.T))
     out = vals * phase
     # the references themselves: set exactly |U| exp(iφ_target) (removes round-off in the phase)
@@ -309,7 +328,9 @@ def make_unique_ug_vector(
         result = da.copy(data=out)
         result = result.transpose(*ug.dims)
         labels = (
-            [" ".join(str(int(v)) for v in hkl[i]) for i in (p, q)] if hkl is not None else [str(p), str(q)]
+            [" ".join(str(int(v)) for v in hkl[i]) for i in (p, q)]
+            if hkl is not None
+            else [str(p), str(q)]
         )
         result.attrs["unique_reference"] = labels
         result.attrs["unique_targets_rad"] = [float(tgt[0]), float(tgt[1])]

@@ -1,0 +1,125 @@
+"""Shared pieces of the two tasks: inputs, defaults, seeds, prediction and checks."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import platform
+
+import numpy as np
+import xarray as xr
+
+from ..geometry import Geometry
+from ..metrics import r_factor
+from ..simulation import check_ug, extract_ug, simulate
+from .dataset import split_targets
+from .models import MODEL_KINDS
+from .results import TaskInputs
+from .training import Regressor
+
+logger = logging.getLogger(__name__)
+
+#: Initial training epochs (thesis Table 3.2).
+EPOCHS = {"cnn": 20, "ann": 30}
+#: Epochs per Task 2 loop iteration (thesis Table 3.2).
+LOOP_EPOCHS = 5
+#: Task 1 stops once R reaches this value (thesis 3.3.1).
+R_STOP = 0.5
+#: Task 1 threshold criterion: R below this … (thesis 4.1.3)
+R_THRESHOLD = 0.3
+#: … and max |U_pred| below this [1/Å²].
+UG_MAX = 0.2
+# SeedSequence spawn keys, one per purpose
+_KEY_T1_DATA, _KEY_T1_TRAIN, _KEY_T2_DATA, _KEY_T2_TRAIN, _KEY_T2_ITER = 11, 12, 21, 22, 23
+
+
+def default_scales(n: int = 13) -> list[float]:
+    """Deviation scales 0.01·2^k, k = 0 … n-1 (0.01 … 40.96 for n = 13)."""
+    return [0.01 * 2.0**k for k in range(n)]
+
+
+def resolve_inputs(
+    preset_or_inputs, *, dose: float | None = None, noise_seed: int = 0
+) -> TaskInputs:
+    """Accept a preset name, a :class:`~larbed.presets.Preset`, a :class:`TaskInputs` or a tuple
+    ``(pattern, geometry[, ug_true[, thickness_true_nm]])``.
+
+    For presets the pattern is the noise-free pseudo-experimental one (or Poisson noise with
+    ``dose`` electrons per tilt and seed ``noise_seed``).
+    """
+    from .. import presets
+
+    obj = preset_or_inputs
+    if isinstance(obj, str):
+        obj = presets.load(obj)
+    if isinstance(obj, presets.Preset):
+        pattern = obj.simulate(dose=dose, seed=noise_seed)
+        return TaskInputs(pattern, obj.geometry, obj.ug(), obj.thickness_nm, obj.name)
+    if isinstance(obj, TaskInputs):
+        inputs = obj
+    elif isinstance(obj, tuple) and 2 <= len(obj) <= 4:
+        inputs = TaskInputs(*obj)
+    else:
+        raise TypeError(
+            "preset_or_inputs must be a preset name, a Preset, a TaskInputs or a tuple "
+            f"(pattern, geometry[, ug_true[, thickness_true_nm]]); got {type(obj).__name__}"
+        )
+    if not isinstance(inputs.geometry, Geometry):
+        raise TypeError(f"geometry must be a larbed.Geometry, got {type(inputs.geometry).__name__}")
+    inputs.intensity()  # validates shape against the geometry
+    if inputs.ug_true is None and isinstance(inputs.pattern, xr.Dataset) and "ug" in inputs.pattern:
+        inputs.ug_true = extract_ug(inputs.pattern)
+        t = inputs.pattern.attrs.get("thickness_nm")
+        if inputs.thickness_true_nm is None and isinstance(t, (int, float)):
+            inputs.thickness_true_nm = float(t)
+    if inputs.ug_true is not None:
+        inputs.ug_true = check_ug(inputs.geometry, inputs.ug_true)
+    return inputs
+
+
+def _check_common(model, n_train, n_test, epochs, thickness_range_nm) -> int:
+    if model not in MODEL_KINDS:
+        raise ValueError(f"unknown model {model!r}; choose one of {MODEL_KINDS}")
+    for name, val in (("n_train", n_train), ("n_test", n_test)):
+        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {val!r}")
+    ep = EPOCHS[model] if epochs is None else epochs
+    if isinstance(ep, bool) or not isinstance(ep, (int, np.integer)) or ep <= 0:
+        raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+    lo, hi = np.asarray(thickness_range_nm, dtype=float)
+    if not (0 < lo <= hi):
+        raise ValueError(
+            f"thickness_range_nm must be (low, high) with 0 < low <= high, got {thickness_range_nm}"
+        )
+    return int(ep)
+
+
+def _machine() -> dict:
+    try:
+        import keras
+        import tensorflow as tf
+
+        versions = f"tensorflow {tf.__version__}, keras {keras.__version__}"
+    except ImportError:  # pragma: no cover
+        versions = "n/a"
+    return {
+        "machine_cpus": os.cpu_count() or 0,
+        "machine_platform": platform.platform(),
+        "machine_processor": platform.processor() or platform.machine(),
+        "software": versions,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _predict(reg: Regressor, x_exp: np.ndarray, geometry: Geometry, i_exp: np.ndarray, t_range):
+    out = reg.predict(x_exp)[0]
+    ug, t = split_targets(out, t_range)
+    sim = simulate(geometry, ug, float(t))["intensity"].values
+    return ug, float(t), r_factor(i_exp, sim)
+
+
+def _weights_label(model: str, weights) -> str:
+    if model != "cnn":
+        return "n/a"
+    return "none" if weights is None else os.fspath(weights)
