@@ -33,7 +33,8 @@ from ._kernels import bloch, gradients
 from .geometry import Geometry
 from .metrics import r_factor as _r_factor
 from .simulation import check_thickness, check_ug, prepare_matrices, simulate
-from .structure_factors import compute_ug, input_ug
+from .structure_factors import input_ug
+from .symmetry import SymmetryGroup, _hkl_lookup, symmetry_groups
 
 __all__ = [
     "RefinementResult",
@@ -41,7 +42,6 @@ __all__ = [
     "WEIGHTS",
     "intensity_jacobian",
     "refine",
-    "symmetry_groups",
     "thickness_scan",
 ]
 
@@ -54,10 +54,6 @@ SCAN_METRICS: tuple[str, ...] = get_args(ScanMetric)
 
 #: Refinement keeps the thickness at or above this [nm] (a step below is clipped).
 MIN_THICKNESS_NM = 0.1
-#: Two reflections are related by a lattice operation when their in-plane g agree to this [1/Å].
-G_MATCH_ATOL = 1e-6
-#: A point-group operation holds for the crystal when U_Rg = U_g to this fraction of max |U_g|.
-SYMMETRY_RTOL = 1e-8
 #: An origin shift is a null direction of the constrained problem when the parametrization
 #: reproduces it to this relative accuracy.
 GAUGE_RTOL = 1e-8
@@ -350,138 +346,6 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
     )
 
 
-# ---------------------------------------------------------------------------------- symmetry
-def _lattice_operations(geometry: Geometry) -> list[np.ndarray]:
-    """In-plane orthogonal 2×2 operations (rotations, mirrors) that map the reflections ±g onto
-    themselves."""
-    ops = []
-    angles = sorted({round(a, 9) for a in np.deg2rad(np.r_[np.arange(0, 360, 30), np.arange(0, 360, 45)])})
-    for a in angles:
-        c, s = np.cos(a), np.sin(a)
-        ops.append(np.array([[c, -s], [s, c]]))
-    for a in np.deg2rad(np.arange(0, 180, 15)):
-        c, s = np.cos(2 * a), np.sin(2 * a)
-        ops.append(np.array([[c, s], [s, -c]]))
-    return ops
-
-
-def _op_permutation(geometry: Geometry, op: np.ndarray):
-    """(index, sign) with R g_p = sign · g_index for every reflection p, or None."""
-    xy = geometry.reflection_xy
-    mapped = xy @ op.T
-    idx = np.empty(len(xy), dtype=int)
-    sign = np.empty(len(xy), dtype=int)
-    for p, g in enumerate(mapped):
-        plus = np.flatnonzero(np.all(np.abs(xy - g) < G_MATCH_ATOL, axis=1))
-        minus = np.flatnonzero(np.all(np.abs(xy + g) < G_MATCH_ATOL, axis=1))
-        if plus.size:
-            idx[p], sign[p] = plus[0], 1
-        elif minus.size:
-            idx[p], sign[p] = minus[0], -1
-        else:
-            return None
-    return idx, sign
-
-
-def _hkl_lookup(geometry: Geometry, key) -> tuple[int, int]:
-    if isinstance(key, str):
-        parts = key.replace(",", " ").split()
-    else:
-        parts = list(key)
-    if len(parts) != 3:
-        raise ValueError(f"a reflection must be (h, k, l), got {key!r}")
-    hkl = tuple(int(v) for v in parts)
-    table = {tuple(r): i for i, r in enumerate(geometry.reflection_hkl.tolist())}
-    if hkl in table:
-        return table[hkl], 1
-    neg = tuple(-v for v in hkl)
-    if neg in table:
-        return table[neg], -1
-    raise ValueError(f"reflection {hkl} does not enter the structure matrix of {geometry}")
-
-
-def symmetry_groups(geometry: Geometry, symmetry="auto") -> list[list[tuple[int, int]]]:
-    """Groups of reflections whose U_g are tied by symmetry.
-
-    Parameters
-    ----------
-    geometry : Geometry
-    symmetry : 'auto' or sequence of groups
-        ``'auto'``: the in-plane operations of the zone-axis lattice (rotations and mirrors mapping
-        the reflections onto themselves) under which the U_g of ``geometry.crystal`` (in the origin
-        of its atom list) are invariant; the orbits of the reflections under them. Or user-given
-        groups, each a sequence of reflections ``(h, k, l)`` (or ``'h k l'``) with equal U_g (a
-        reflection given as −g stands for U_{−g} = U_g*).
-
-    Returns
-    -------
-    list of list of (int, int)
-        Each group as (reflection index, sign): U_p = z for sign +1 and U_p = z* for −1, with z the
-        group's value. A group whose members force z = z* (a reflection tied to its own conjugate)
-        gets a leading entry (−1, 0) meaning "real".
-
-    Examples
-    --------
-    >>> from larbed import Crystal, Geometry
-    >>> geo = Geometry(Crystal.builtin("SrTiO3"), 120, (0, 0, 1), 13, 1, 70)
-    >>> [len(g) for g in symmetry_groups(geo, "auto")][:4]  # {100}, {110}, {200}, {210}
-    [3, 3, 3, 5]
-    """
-    p = geometry.n_reflections
-    edges: list[tuple[int, int, int]] = []  # (p, q, s): U_q = U_p (s=+1) or U_p* (s=-1)
-    if isinstance(symmetry, str):
-        if symmetry != "auto":
-            raise ValueError(f"symmetry must be None, 'auto' or a list of groups of (h, k, l), got {symmetry!r}")
-        ug = compute_ug(geometry.crystal, geometry).values
-        scale = max(np.max(np.abs(ug)), 1e-300)
-        for op in _lattice_operations(geometry):
-            perm = _op_permutation(geometry, op)
-            if perm is None:
-                continue
-            idx, sign = perm
-            mapped = np.where(sign > 0, ug[idx], np.conj(ug[idx]))
-            if np.max(np.abs(mapped - ug)) <= SYMMETRY_RTOL * scale:
-                edges.extend((a, int(idx[a]), int(sign[a])) for a in range(p))
-    else:
-        seen: dict[int, int] = {}
-        for gi, group in enumerate(symmetry):
-            members = [_hkl_lookup(geometry, key) for key in group]
-            for q, _ in members:
-                if q in seen and seen[q] != gi:
-                    raise ValueError(f"reflection {geometry.reflection_hkl[q].tolist()} is in two groups")
-                seen[q] = gi
-            first, s0 = members[0]
-            edges.extend((first, q, s * s0) for q, s in members[1:])
-    # union of relations by breadth-first search, tracking the sign relative to each root
-    adj: dict[int, list[tuple[int, int]]] = {i: [] for i in range(p)}
-    for a, b, s in edges:
-        if a != b or s < 0:
-            adj[a].append((b, s))
-            adj[b].append((a, s))
-    done = np.zeros(p, dtype=bool)
-    groups = []
-    for root in range(p):
-        if done[root]:
-            continue
-        members = {root: 1}
-        real = False
-        queue = [root]
-        while queue:
-            a = queue.pop()
-            for b, s in adj[a]:
-                sb = members[a] * s
-                if b in members:
-                    real |= members[b] != sb
-                else:
-                    members[b] = sb
-                    queue.append(b)
-        for b in members:
-            done[b] = True
-        group = sorted(members.items())
-        groups.append(([(-1, 0)] if real else []) + group)
-    return groups
-
-
 # ---------------------------------------------------------------------------------- parameters
 @dataclass
 class _Map:
@@ -500,7 +364,7 @@ class _Map:
         return (self.t.T @ (x - self.base)) / norm
 
 
-def _build_map(geometry: Geometry, x0: np.ndarray, *, groups, real: bool, refine_thickness: bool,
+def _build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup], real: bool, refine_thickness: bool,
                absorbing: bool, refine_absorption: bool, free_reflections=None) -> _Map:
     p = geometry.n_reflections
     n_x = len(x0)
@@ -510,8 +374,8 @@ def _build_map(geometry: Geometry, x0: np.ndarray, *, groups, real: bool, refine
     free = np.ones(p, bool) if free_reflections is None else np.asarray(free_reflections, bool)
     covered = np.zeros(n_x, bool)
     for group in groups:
-        is_real = real or (group and group[0][0] < 0)
-        members = [(q, s) for q, s in group if q >= 0]
+        is_real = real or group.real
+        members = group.members
         if not any(free[q] for q, _ in members):
             continue
         col = np.zeros(n_x)
@@ -861,9 +725,12 @@ def refine(
         ``'auto'``: Poisson when a dose is known.
     dose : float, optional
         Electrons per tilt (default ``pattern.attrs['dose']``).
-    symmetry : None, 'auto' or sequence of groups of (h, k, l)
-        Tie symmetry-equivalent U_g (see :func:`symmetry_groups`); the start is projected onto the
-        constraint (group means).
+    symmetry : None, 'auto', 'pattern', 'crystal' or sequence
+        Tie symmetry-equivalent U_g (see :func:`larbed.symmetry.symmetry_groups`: ``'auto'`` detects
+        the pattern's point group, ``'crystal'`` uses the geometry's atoms, or give operation names
+        or groups of (h, k, l)). The constraints hold with the origin on the symmetry elements; the
+        start is projected onto them (group means) as it is, so give a start in that origin
+        (e.g. :func:`larbed.symmetry.align_to_groups`).
     real : bool
         Keep every U_g real (centrosymmetric projection, origin on the centre); the start must be real.
     absorption : float, optional
@@ -921,7 +788,10 @@ def refine(
                          "align the origin first (e.g. make_unique_ug_vector) or use real=False")
     p = geometry.n_reflections
     absorbing = absorption is not None
-    groups = [[(i, 1)] for i in range(p)] if symmetry is None else symmetry_groups(geometry, symmetry)
+    if symmetry is None:
+        groups = [SymmetryGroup(((i, 1),), False) for i in range(p)]
+    else:
+        groups = symmetry_groups(geometry, symmetry, intensity=exp, dose=d)
     free = _reflection_mask(geometry, refine_reflections)
     x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
     pmap = _build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
