@@ -165,7 +165,8 @@ def test_eigen_route_equals_matrix_exponential(kind):
         ug = shift_origin(geo, ug, (1.1, -0.4, 0.0))
     if kind == "absorbing":
         absorption = 0.08
-    ds = simulate(geo, ug, THICKNESSES_NM, absorption=absorption)
+    # use_symmetry=False: the shifted (complex) U_g must go through the Hermitian solver here
+    ds = simulate(geo, ug, THICKNESSES_NM, absorption=absorption, use_symmetry=False)
     expected_path = {"real": "real", "complex": "hermitian", "absorbing": "general"}[kind]
     assert ds.attrs["eigen_path"] == expected_path
     ref = simulate_expm(geo, ug, THICKNESSES_NM, absorption=absorption)
@@ -177,6 +178,23 @@ def test_eigen_route_equals_matrix_exponential(kind):
 
 
 # ----------------------------------------------------------------------------- origin shift
+def test_symmetry_shortcuts_change_no_intensity():
+    """simulate's shortcuts (origin moved to the centre of symmetry → real solver; only
+    symmetry-independent tilts computed) give the plain computation to round-off."""
+    geo = sto_geometry(13, 49)
+    ug = shift_origin(geo, compute_ug(sto(), geo), (1.1, -0.4, 0.0))
+    fast = simulate(geo, ug, THICKNESSES_NM)
+    plain = simulate(geo, ug, THICKNESSES_NM, use_symmetry=False)
+    assert fast.attrs["eigen_path"] == "real" and plain.attrs["eigen_path"] == "hermitian"
+    # origin on the 4mm axis after the shift: 8 operations, 49 tilts → 10 independent ones
+    assert fast.attrs["symmetry_operations"] == 8 and fast.attrs["independent_tilts"] == 10
+    assert_patterns_allclose(fast.intensity.values, plain.intensity.values, rtol=0, atol=EXPM_ATOL)
+    # a U_g without any symmetry is computed tilt by tilt on the Hermitian path
+    rnd = random_ug(geo, seed=3, ug_range=0.05)
+    ds = simulate(geo, rnd, THICKNESSES_NM)
+    assert ds.attrs["eigen_path"] == "hermitian" and ds.attrs["independent_tilts"] == 49
+
+
 @pytest.mark.parametrize("shift", [(0.37, 1.21, 0.5), (2.2, -0.9)])
 def test_origin_shift_changes_no_intensity(shift):
     geo = sto_geometry()

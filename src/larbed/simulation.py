@@ -8,13 +8,22 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ._kernels import bloch
 from .geometry import Geometry
 from .structure_factors import input_ug, ug_matrix
 
-__all__ = ["simulate", "prepare_matrices", "check_thickness", "check_ug", "is_real_ug"]
+__all__ = [
+    "simulate",
+    "prepare_matrices",
+    "check_thickness",
+    "check_ug",
+    "is_real_ug",
+    "tilt_symmetry",
+    "real_origin_shift",
+    "one_blas_thread",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,10 +83,65 @@ def is_real_ug(values: np.ndarray) -> bool:
     return bool(np.max(np.abs(values.imag), initial=0.0) <= REAL_RTOL * scale)
 
 
+def real_origin_shift(geometry: Geometry, ug_values: np.ndarray) -> list[np.ndarray]:
+    """In-plane origin shifts r0 [Å] that make every U_g real (empty if none exists).
+
+    A projection that is centrosymmetric about some point has real U_g with the origin there;
+    intensities do not depend on the origin (U_g → U_g exp(2πi g·r0)), so such patterns can use
+    the real symmetric eigensolver. Up to four inequivalent centres are returned (phases 0 or π
+    of two reference reflections).
+    """
+    values = np.asarray(ug_values, dtype=complex)
+    mag = np.abs(values)
+    scale = float(np.max(mag, initial=0.0))
+    if scale == 0.0:
+        return []
+    xy = geometry.reflection_xy
+    strong = np.flatnonzero(mag > 1e-3 * scale)
+    if strong.size < 2:
+        return []
+    first = strong[np.argmax(mag[strong])]
+    second = None
+    for idx in strong[np.argsort(-mag[strong], kind="stable")]:
+        cross = xy[first, 0] * xy[idx, 1] - xy[first, 1] * xy[idx, 0]
+        if abs(cross) > 1e-6 * np.linalg.norm(xy[first]) * np.linalg.norm(xy[idx]):
+            second = idx
+            break
+    if second is None:
+        return []
+    basis = xy[[first, second]]
+    phases = np.angle(values[[first, second]])
+    g_all = geometry.reflection_xy
+    for t1 in (0.0, np.pi):
+        for t2 in (0.0, np.pi):
+            r0 = np.linalg.solve(2 * np.pi * basis, np.array([t1, t2]) - phases)
+            shifted = values * np.exp(2j * np.pi * (g_all @ r0))
+            if np.max(np.abs(shifted.imag), initial=0.0) <= REAL_RTOL * 10 * scale:
+                # every centre of the projection: r0 plus half in-plane lattice vectors
+                from .image import _zolz_basis
+
+                real_basis = np.linalg.inv(_zolz_basis(geometry)).T
+                return [
+                    r0 + (i * real_basis[0] + j * real_basis[1]) / 2 for i in (0, 1) for j in (0, 1)
+                ]
+    return []
+
+
 def prepare_matrices(
-    geometry: Geometry, ug_values: np.ndarray, absorption: float | None = None, u0: float = 0.0
+    geometry: Geometry,
+    ug_values: np.ndarray,
+    absorption: float | None = None,
+    u0: float = 0.0,
+    *,
+    allow_origin_shift: bool = False,
 ):
-    """Kernel inputs scaled by 1/(2K): (offdiag, diag, path) with path in {'real', 'hermitian', 'general'}."""
+    """Kernel inputs scaled by 1/(2K): (offdiag, diag, path) with path in {'real', 'hermitian', 'general'}.
+
+    With ``allow_origin_shift`` complex U_g of a projection that is centrosymmetric about some
+    in-plane point are moved to that origin (see :func:`real_origin_shift`) and take the real
+    path: the intensities are the same, but the matrix no longer matches ``ug_values`` element by
+    element (so derivative code must leave it off).
+    """
     inv2k = 1.0 / (2.0 * geometry.k0)
     mat = ug_matrix(geometry, ug_values) * inv2k
     diag = geometry.excitation_diagonal * inv2k
@@ -87,7 +151,124 @@ def prepare_matrices(
         return np.ascontiguousarray(off), np.ascontiguousarray(dg), "general"
     if is_real_ug(ug_values):
         return np.ascontiguousarray(mat.real), np.ascontiguousarray(diag), "real"
+    centres = real_origin_shift(geometry, ug_values) if allow_origin_shift else []
+    if centres:
+        # of the centres of symmetry, take the one with the most tilt-grid symmetry
+        best = None
+        for r0 in centres:
+            shifted = np.asarray(ug_values) * np.exp(2j * np.pi * (geometry.reflection_xy @ r0))
+            if not is_real_ug(shifted):
+                continue
+            cand = np.ascontiguousarray(ug_matrix(geometry, shifted.real).real * inv2k)
+            n_ops = len(tilt_symmetry(geometry, cand))
+            if best is None or n_ops > best[0]:
+                best = (n_ops, cand)
+        if best is not None:
+            return best[1], np.ascontiguousarray(diag), "real"
     return np.ascontiguousarray(mat), np.ascontiguousarray(diag.astype(float)), "hermitian"
+
+
+#: Off-diagonal structure-matrix elements agree under a symmetry operation to this fraction of
+#: max |U_g| (round-off of exp(-2πi g·r) is ~1e-16; a real asymmetry is far larger).
+SYMMETRY_RTOL = 1e-12
+
+# The eight operations of the square tilt grid (acting on in-plane (x, y)); only these can map the
+# integer tilt grid onto itself.
+_GRID_OPERATIONS = tuple(
+    np.array(m, dtype=float)
+    for m in (
+        [[0, -1], [1, 0]],
+        [[-1, 0], [0, -1]],
+        [[0, 1], [-1, 0]],
+        [[1, 0], [0, -1]],
+        [[-1, 0], [0, 1]],
+        [[0, 1], [1, 0]],
+        [[0, -1], [-1, 0]],
+    )
+)
+
+_CONTROLLER: ThreadpoolController | None = None
+
+
+def one_blas_thread():
+    """Context manager limiting BLAS/LAPACK to one thread (parallelism comes from the tilt loop)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER.limit(limits=1, user_api="blas")
+
+
+def _match_rows(points: np.ndarray, mapped: np.ndarray, atol: float) -> np.ndarray | None:
+    """Index of the row of ``points`` equal to each row of ``mapped``; None if any is missing."""
+    d = np.abs(mapped[:, None, :] - points[None, :, :]).max(axis=2)
+    idx = np.argmin(d, axis=1)
+    if np.any(d[np.arange(len(mapped)), idx] > atol):
+        return None
+    return idx
+
+
+def _map_tilts(tilt_ij: np.ndarray, op: np.ndarray) -> np.ndarray | None:
+    """Index of the tilt R (i, j) for every tilt (i, j); None if one falls off the grid."""
+    r = int(np.max(np.abs(tilt_ij), initial=0))
+    grid = -np.ones((2 * r + 1, 2 * r + 1), dtype=np.int64)
+    grid[tilt_ij[:, 0] + r, tilt_ij[:, 1] + r] = np.arange(len(tilt_ij))
+    mapped = np.rint(tilt_ij @ op.T).astype(np.int64)
+    if np.any(np.abs(mapped) > r):
+        return None
+    perm = grid[mapped[:, 0] + r, mapped[:, 1] + r]
+    return None if np.any(perm < 0) else perm
+
+
+def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Operations R of the square tilt grid under which the pattern is exactly invariant.
+
+    R qualifies when it maps the tilt grid and the beam set onto themselves (beam permutation π)
+    and leaves the structure matrix invariant, U_{g_π(n) − g_π(m)} = U_{g_n − g_m}. Then
+    A(R k_t) = P A(k_t) Pᵀ and I(R k_t)[π(n)] = I(k_t)[n] exactly. The check uses the actual U_g
+    (and absorption), so it never changes a result.
+
+    Returns
+    -------
+    list of (tilt_permutation, beam_permutation)
+        Index arrays for each qualifying operation other than the identity.
+    """
+    if geometry.n_tilts == 1:
+        return []
+    scale = float(np.max(np.abs(offdiag), initial=0.0))
+    atol_g = 1e-6 * max(float(np.max(geometry.g_abs)), 1.0)
+    center = np.asarray(geometry.tilt_center_mrad)
+    found = []
+    for op in _GRID_OPERATIONS:
+        if not np.allclose(op @ center, center, atol=1e-9 * max(1.0, geometry.tilt_range_mrad)):
+            continue
+        beam_perm = _match_rows(geometry.g_xy, geometry.g_xy @ op.T, atol_g)
+        if beam_perm is None or beam_perm[0] != 0:
+            continue
+        moved = offdiag[np.ix_(beam_perm, beam_perm)]
+        if np.max(np.abs(moved - offdiag), initial=0.0) > SYMMETRY_RTOL * scale:
+            continue
+        tilt_perm = _map_tilts(geometry.tilt_ij, op)
+        if tilt_perm is None:
+            continue
+        found.append((tilt_perm, beam_perm))
+    return found
+
+
+def _independent_tilts(n_tilts: int, operations) -> np.ndarray:
+    """Smallest tilt index of each orbit under the operations (the operations form a group)."""
+    rep = np.arange(n_tilts)
+    for tilt_perm, _ in operations:
+        rep = np.minimum(rep, tilt_perm)
+    # orbits under a group: one pass over the group's elements reaches every orbit minimum, but a
+    # partial set of generators would not; iterate to a fixed point to be safe
+    while True:
+        new = rep.copy()
+        for tilt_perm, _ in operations:
+            new = np.minimum(new, rep[tilt_perm])
+        if np.array_equal(new, rep):
+            break
+        rep = new
+    return np.flatnonzero(rep == np.arange(n_tilts))
 
 
 def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
@@ -98,7 +279,7 @@ def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
         "hermitian": bloch.intensities_hermitian,
         "general": bloch.intensities_general,
     }[path]
-    with threadpool_limits(limits=1, user_api="blas"):
+    with one_blas_thread():
         if not progress:
             kernel(offdiag, diag, thickness_a, out)
         else:
@@ -114,6 +295,20 @@ def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
     return out
 
 
+def _run_symmetric(geometry, path, offdiag, diag, thickness_a, progress, use_symmetry):
+    """Run the kernel on symmetry-independent tilts only and fill the rest by permutation."""
+    ops = tilt_symmetry(geometry, offdiag) if use_symmetry else []
+    if not ops:
+        return _run_kernel(path, offdiag, diag, thickness_a, progress), 1, diag.shape[0]
+    reps = _independent_tilts(diag.shape[0], ops)
+    part = _run_kernel(path, offdiag, np.ascontiguousarray(diag[reps]), thickness_a, progress)
+    out = np.empty((len(thickness_a),) + diag.shape)
+    out[:, reps, :] = part
+    for tilt_perm, beam_perm in ops:
+        out[:, tilt_perm[reps][:, None], beam_perm[None, :]] = part
+    return out, len(ops) + 1, len(reps)
+
+
 def simulate(
     geometry: Geometry,
     ug,
@@ -123,6 +318,7 @@ def simulate(
     dose: float | None = None,
     seed: int | np.random.Generator | None = None,
     progress: bool = False,
+    use_symmetry: bool = True,
 ) -> xr.Dataset:
     """Simulate a LARBED pattern with the Bloch-wave method.
 
@@ -144,6 +340,13 @@ def simulate(
         Seed of the Poisson noise.
     progress : bool
         Show a progress bar.
+    use_symmetry : bool
+        Exploit exact symmetries of the problem: complex U_g of a projection that is
+        centrosymmetric about some point are moved to that origin and use the real eigensolver
+        (:func:`real_origin_shift`), and when the structure matrix is invariant under operations
+        of the square tilt grid (e.g. 4mm at a centred [001] zone axis; :func:`tilt_symmetry`) only
+        independent tilts are computed and the others filled by permuting beams. The result is
+        the same to round-off; ``False`` computes every tilt as given.
 
     Returns
     -------
@@ -181,26 +384,33 @@ def simulate(
             "mean and can add intensity (Σ I > 1); set ug.attrs['u0'] (compute_ug does)",
             absorption,
         )
-    offdiag, diag, path = prepare_matrices(geometry, ug_da.values, absorption, u0)
+    offdiag, diag, path = prepare_matrices(
+        geometry, ug_da.values, absorption, u0, allow_origin_shift=use_symmetry
+    )
     logger.debug(
         "simulate: %s path, %d tilts, %d beams, %d thicknesses", path, *diag.shape, len(thick)
     )
-    out = _run_kernel(path, offdiag, diag, thick * 10.0, progress)
+    out, n_ops, n_independent = _run_symmetric(
+        geometry, path, offdiag, diag, thick * 10.0, progress, use_symmetry
+    )
 
     intensity = out[0] if scalar else out
     dims = ("tilt", "beam") if scalar else ("thickness", "tilt", "beam")
-    ds = xr.Dataset(coords=pattern_coords(geometry))
+    coords = pattern_coords(geometry)
     if not scalar:
-        ds = ds.assign_coords(thickness=("thickness", thick, {"units": "nm"}))
+        coords["thickness"] = ("thickness", thick, {"units": "nm"})
+    coords.update(_ug_coords(ug_da))
     attrs = {"units": "1", "long_name": "beam intensity (fraction of incident electrons)"}
+    data_vars = {}
     if dose is not None:
         rng = np.random.default_rng(seed)
         noisy = rng.poisson(np.clip(intensity, 0, None) * dose) / dose
-        ds["intensity"] = (dims, noisy, attrs)
-        ds["intensity_noise_free"] = (dims, intensity, attrs)
+        data_vars["intensity"] = (dims, noisy, attrs)
+        data_vars["intensity_noise_free"] = (dims, intensity, attrs)
     else:
-        ds["intensity"] = (dims, intensity, attrs)
-    ds = attach_ug(ds, ug_da)
+        data_vars["intensity"] = (dims, intensity, attrs)
+    data_vars["ug"] = ("reflection", np.asarray(ug_da.values, dtype=complex), dict(_UG_ATTRS))
+    ds = xr.Dataset(data_vars, coords=coords)
     ds.attrs.update(geometry.to_attrs())
     ds.attrs.update(
         {
@@ -214,6 +424,8 @@ def simulate(
             if seed is None or not isinstance(seed, (int, np.integer))
             else int(seed),
             "eigen_path": path,
+            "symmetry_operations": n_ops,
+            "independent_tilts": n_independent,
             "u0": u0,
             "ug_source": str(ug_da.attrs.get("source", "input")),
             "parameterization": str(ug_da.attrs.get("parameterization", "n/a")),
@@ -248,13 +460,22 @@ _REFL_RENAME = {
 }
 
 
+_UG_ATTRS = {"units": "1/Å^2", "long_name": "structure factor U_g (one per Friedel pair)"}
+
+
+def _ug_coords(ug: xr.DataArray) -> dict:
+    coords = {"reflection": ("reflection", ug.reflection.values)}
+    for old, new in _REFL_RENAME.items():
+        if old in ug.coords:
+            c = ug.coords[old]
+            coords[new] = ("reflection", c.values, dict(c.attrs))
+    return coords
+
+
 def attach_ug(ds: xr.Dataset, ug: xr.DataArray, name: str = "ug") -> xr.Dataset:
     """Store a U_g DataArray in a pattern Dataset (reflection coordinates prefixed ``reflection_``)."""
-    da = ug.rename({k: v for k, v in _REFL_RENAME.items() if k in ug.coords})
-    da.attrs = {"units": "1/Å^2", "long_name": "structure factor U_g (one per Friedel pair)"}
-    ds = ds.assign_coords({k: da.coords[k] for k in da.coords if k != "reflection"})
-    ds = ds.assign_coords(reflection=da.reflection.values)
-    ds[name] = ("reflection", da.values, da.attrs)
+    ds = ds.assign_coords(_ug_coords(ug))
+    ds[name] = ("reflection", np.asarray(ug.values, dtype=complex), dict(_UG_ATTRS))
     return ds
 
 
