@@ -90,7 +90,7 @@ def test_bad_model_options(small_geometry, srtio3):
         Regressor("ann", "SrTiO3-1")
     big = larbed.Geometry(srtio3, 120, (0, 0, 1), 69, 441, 70)
     with pytest.raises(ValueError, match="hidden"):
-        Regressor("ann", big)  # the thesis ANN at 69 beams × 441 tilts: ~6e8 weights
+        Regressor("ann", big)  # the thesis ANN at 69 beams × 441 tilts: 8.3e8 weights
     reg = Regressor("ann", small_geometry, hidden=(8, 4, 41))
     with pytest.raises(ValueError, match="shape"):
         reg.inputs(np.zeros((2, 13, 5)))

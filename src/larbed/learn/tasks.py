@@ -159,7 +159,8 @@ def run_task1(
         t0 = time.perf_counter()
         path = None
         if data_dir is not None:
-            path = os.path.join(data_dir, f"seed{seed}_scale{k:02d}.nc")
+            n_all = n_train + n_test
+            path = os.path.join(data_dir, f"seed{seed}_k{k:02d}_s{s:g}_n{n_all}.nc")
         ds = generate_dataset(
             geo,
             n_train + n_test,

@@ -46,8 +46,8 @@ _FEATURE_BATCH = 32
 #: XLA-compile the training step only for models at least this large (compiling costs ~2 s and
 #: pays off only for big dense layers such as the thesis ANN: ~1.5× faster steps).
 XLA_MIN_PARAMS = 5_000_000
-#: Refuse ANNs with more weights than this (the thesis ANN at 69 beams × 441 tilts has ~6e8,
-#: ~10 GB with Adam's state, and hours per run on a workstation CPU): pass smaller ``hidden``.
+#: Refuse ANNs with more weights than this (the thesis ANN at 69 beams × 441 tilts has 8.3e8,
+#: ~13 GB with Adam's state, and hours per run on a workstation CPU): pass smaller ``hidden``.
 ANN_MAX_WEIGHTS = 250_000_000
 #: Floor of the feature variances in :meth:`Regressor.standardize` (fraction of their mean).
 FEATURE_VAR_FLOOR = 1e-2
