@@ -65,7 +65,7 @@ SUCCESS_R_NOISE_FACTOR = 1.5
 #: Groups with |U| below this fraction of the largest are "weak" (tried at zero and negated).
 WEAK_FRACTION = 0.1
 #: A weak-reflection move is kept when it lowers R by at least this factor.
-WEAK_IMPROVEMENT = 0.9
+WEAK_IMPROVEMENT = 0.999
 
 
 # ---------------------------------------------------------------------------------- search
@@ -134,25 +134,31 @@ def _evaluate_chunk(objective: _Objective, zs) -> list[float]:
         return [objective(z) for z in zs]
 
 
-def _dask_map(client, objective_future):
+def _evaluator(objective: _Objective, client):
+    """Function mapping an (n, d) array of candidates to their energies (Dask when given)."""
+    if client is None:
+        return lambda zs: np.array([objective(z) for z in zs])
     n_workers = max(len(client.scheduler_info().get("workers", {})), 1)
+    remote = client.scatter(objective, broadcast=True)
 
-    def mapper(func, items):
-        items = list(items)
-        chunks = np.array_split(np.arange(len(items)), min(n_workers * 2, len(items)))
-        futures = client.map(_evaluate_chunk, [objective_future] * len(chunks),
-                             [[items[i] for i in c] for c in chunks], pure=False)
-        return [v for part in client.gather(futures) for v in part]
+    def evaluate(zs):
+        chunks = np.array_split(np.arange(len(zs)), min(2 * n_workers, len(zs)))
+        futures = client.map(_evaluate_chunk, [remote] * len(chunks), [zs[c] for c in chunks], pure=False)
+        return np.array([v for part in client.gather(futures) for v in part])
 
-    return mapper
+    return evaluate
 
 
 def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[SymmetryGroup], *,
                   thickness_range_nm=(5.0, 100.0), ug_bound: float = UG_BOUND, seed: int = 0,
-                  time_budget_s: float = 90.0, popsize: int = 10, max_generations: int = 500,
+                  time_budget_s: float = 90.0, popsize: int = 10, max_generations: int = 1000,
                   tilts: int = 150, init: Sequence[np.ndarray] = (), probe=None,
-                  probe_every: int = 10, client=None, progress: bool = False) -> dict:
+                  probe_every: int = 5, probe_top: int = 3, client=None,
+                  progress: bool = False) -> dict:
     """Differential evolution over symmetry-reduced U_g, thickness optimised by scan per candidate.
+
+    DE/rand/1/bin (mutation factor dithered in [0.5, 1), crossover 0.7), which explores more than
+    the greedy best/1 variant: the pattern's R has many false minima in U_g.
 
     Parameters
     ----------
@@ -169,15 +175,16 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     time_budget_s : float
         Stop after this wall time [s] (checked every generation).
     popsize : int
-        Population size per parameter (scipy's ``popsize``).
+        Population size per parameter.
     max_generations : int
     tilts : int
         Evaluate on about this many tilts (every k-th), 0 for all.
     init : sequence of ndarray
         U_g vectors (n_reflections,) to place in the initial population (e.g. network starts).
     probe : callable, optional
-        ``probe(values) -> bool`` called every ``probe_every`` generations with the best U_g so
-        far; returning True stops the search (the basin has been reached).
+        ``probe(values) -> bool``: every ``probe_every`` generations it is called with the
+        ``probe_top`` best distinct members not probed before; True stops the search (the basin of
+        the solution has been reached).
     client : dask.distributed.Client, optional
         Evaluate each generation's candidates on this cluster.
     progress : bool
@@ -185,12 +192,9 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     Returns
     -------
     dict
-        ``population`` (n, n_reflections) complex U_g sorted by R, ``energies`` (n,), ``thickness_nm``
-        (n,) best scan thickness of each, ``history`` best R per generation, ``generations``,
-        ``stopped`` (reason), ``evaluations``.
+        ``population`` (n, n_reflections) complex U_g sorted by R, ``energies`` (n,), ``history`` best
+        R per generation, ``generations``, ``stopped`` (reason), ``evaluations``.
     """
-    import scipy.optimize
-
     inten = np.asarray(intensity, float)
     lo, hi = (float(v) for v in thickness_range_nm)
     thick = np.arange(lo, hi + 1e-9, SCAN_STEP_NM)
@@ -199,57 +203,71 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     obj = _Objective(geometry, inten, groups, thick, rows)
     n = obj.n_params
     rng = np.random.default_rng(seed)
-    n_pop = max(popsize * n, 5)
+    n_pop = max(popsize * n, 8)
     pop = rng.uniform(-ug_bound, ug_bound, (n_pop, n))
-    # Latin-hypercube-like spread of the rest, explicit starts first
     for i, u in enumerate(init):
         if i < n_pop:
             pop[i] = np.clip(obj.params(u), -ug_bound, ug_bound)
-    history: list[float] = []
+    evaluate = _evaluator(obj, client)
     t0 = time.perf_counter()
-    state = {"stopped": "converged", "gen": 0}
-
-    def callback(intermediate_result):
-        state["gen"] += 1
-        history.append(float(intermediate_result.fun))
-        if progress:
-            bar.update(1)
-            bar.set_postfix(R=f"{intermediate_result.fun:.3f}")
-        if probe is not None and state["gen"] % probe_every == 0:
-            if probe(obj.values(intermediate_result.x)):
-                state["stopped"] = "probe reached the solution"
-                return True
-        if time.perf_counter() - t0 > time_budget_s:
-            state["stopped"] = f"time budget {time_budget_s:g} s"
-            return True
-        return False
-
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_generations, desc="search", unit="gen", disable=not progress, leave=False)
-    workers = 1
-    if client is not None:
-        workers = _dask_map(client, client.scatter(obj, broadcast=True))
-    try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            res = scipy.optimize.differential_evolution(
-                obj, [(-ug_bound, ug_bound)] * n, init=pop, maxiter=max_generations, polish=False,
-                seed=rng, tol=1e-10, atol=0, callback=callback, workers=workers,
-                updating="deferred" if client is not None else "immediate",
-            )
-    finally:
-        bar.close()
-    order = np.argsort(res.population_energies)
-    population = np.array([obj.values(z) for z in res.population[order]])
-    energies = np.asarray(res.population_energies)[order]
-    best_t = [float(obj.thickness_nm[np.argmin(obj.r_by_thickness(z))])
-              for z in res.population[order][: min(len(order), 32)]]
-    logger.info("search: %d generations, %d evaluations, best R = %.3g (%s)", state["gen"],
-                res.nfev, energies[0], state["stopped"])
-    return {"population": population, "energies": energies, "thickness_nm": np.asarray(best_t),
-            "history": np.asarray(history), "generations": state["gen"],
-            "stopped": state["stopped"], "evaluations": int(res.nfev),
-            "n_params": n, "tilt_stride": stride}
+    history: list[float] = []
+    probed: list[np.ndarray] = []
+    stopped = f"max_generations={max_generations}"
+    n_eval = 0
+    with threadpool_limits(limits=1, user_api="blas"):
+        energy = evaluate(pop)
+        n_eval += n_pop
+        gen = 0
+        for gen in range(1, max_generations + 1):
+            f = rng.uniform(0.5, 1.0)
+            r = np.array([rng.choice(np.delete(np.arange(n_pop), i), 3, replace=False) for i in range(n_pop)])
+            mutant = pop[r[:, 0]] + f * (pop[r[:, 1]] - pop[r[:, 2]])
+            cross = rng.random((n_pop, n)) < 0.7
+            cross[np.arange(n_pop), rng.integers(0, n, n_pop)] = True
+            trial = np.where(cross, mutant, pop)
+            # reflect into the bounds
+            trial = np.where(trial > ug_bound, 2 * ug_bound - trial, trial)
+            trial = np.where(trial < -ug_bound, -2 * ug_bound - trial, trial)
+            trial = np.clip(trial, -ug_bound, ug_bound)
+            e_trial = evaluate(trial)
+            n_eval += n_pop
+            better = e_trial <= energy
+            pop[better], energy[better] = trial[better], e_trial[better]
+            history.append(float(energy.min()))
+            bar.update(1)
+            bar.set_postfix(R=f"{history[-1]:.3f}")
+            if probe is not None and gen % probe_every == 0:
+                hit, n_new = False, 0
+                for i in np.argsort(energy):
+                    if any(np.linalg.norm(pop[i] - q) <= 0.05 * max(np.linalg.norm(q), 1e-12)
+                           for q in probed):
+                        continue
+                    probed.append(pop[i].copy())
+                    n_new += 1
+                    if probe(obj.values(pop[i])):
+                        hit = True
+                    if hit or n_new == probe_top:
+                        break
+                if hit:
+                    stopped = "probe reached the solution"
+                    break
+            if time.perf_counter() - t0 > time_budget_s:
+                stopped = f"time budget {time_budget_s:g} s"
+                break
+            if np.ptp(energy) <= 1e-12 * max(abs(energy.min()), 1e-300):
+                stopped = "population converged"
+                break
+    bar.close()
+    order = np.argsort(energy)
+    population = np.array([obj.values(z) for z in pop[order]])
+    logger.info("search: %d generations, %d evaluations, best R = %.3g (%s)", gen, n_eval,
+                energy[order[0]], stopped)
+    return {"population": population, "energies": energy[order], "history": np.asarray(history),
+            "generations": gen, "stopped": stopped, "evaluations": n_eval, "n_params": n,
+            "tilt_stride": stride}
 
 
 # ---------------------------------------------------------------------------------- starts

@@ -57,6 +57,11 @@ MIN_THICKNESS_NM = 0.1
 #: An origin shift is a null direction of the constrained problem when the parametrization
 #: reproduces it to this relative accuracy.
 GAUGE_RTOL = 1e-8
+#: Poisson variances: σ² = max(I, floor/dose)/dose, floor 1 count for the data-based first pass and
+#: this for the model-based passes (the maximum-likelihood fit needs σ² = I_model/dose).
+MODEL_VARIANCE_FLOOR = 1e-3
+#: A Poisson re-weighting pass that raises R by more than this factor is undone.
+POISSON_REVERT_FACTOR = 1.05
 #: Eigenvalues of JᵀWJ (outside the origin null space) below this fraction of the largest count
 #: as undetermined: their variance is reported as infinite.
 UNDETERMINED_RCOND = 1e-13
@@ -813,17 +818,18 @@ def refine(
         stage0 = int(saved.get("stage", 0))
         logger.info("resuming refinement from %s (%d iterations done)", checkpoint, len(history))
 
-    def weights_for(inten):
+    def weights_for(inten, from_model=True):
         if weights == "none":
             return np.ones_like(exp)
-        return d / np.maximum(inten, 1.0 / d)
+        floor = (MODEL_VARIANCE_FLOOR if from_model else 1.0) / d
+        return d / np.maximum(inten, floor)
 
     n_stages = 1 + (poisson_passes if weights == "poisson" else 0)
     from tqdm.auto import tqdm
 
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it", disable=not progress, leave=False)
     state = _LMState(q=q, history=history, iterations=len(history))
-    prob = _Problem(model, pmap, exp, weights_for(exp))
+    prob = _Problem(model, pmap, exp, weights_for(exp, from_model=False))
 
     def save(st):
         if checkpoint is not None:
@@ -835,9 +841,21 @@ def refine(
             if stage > 0:
                 prob.set_weights(weights_for(model.intensities(pmap.x(state.q))))
             q_before = state.q.copy()
+            r_before = _r(exp, model.intensities(pmap.x(q_before))) if stage > 0 else np.inf
             state.mu = None
             state = _levenberg_marquardt(prob, state, max_iter=max_iter, ftol=ftol, xtol=ftol,
                                          stage=stage, bar=bar, on_iteration=save)
+            if stage > 0 and _r(exp, state.inten) > POISSON_REVERT_FACTOR * r_before:
+                # model-based weights only make sense near the solution: keep the previous pass
+                logger.warning("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping "
+                               "the previous pass (the fit is far from the data)", stage, r_before,
+                               _r(exp, state.inten))
+                state.q = q_before
+                state.r, state.inten, state.jac = prob.residual_jacobian(q_before)
+                prob.set_weights(weights_for(model.intensities(pmap.x(q_before))) if stage > 1
+                                 else weights_for(exp, from_model=False))
+                state.r, state.inten, state.jac = prob.residual_jacobian(q_before)
+                break
             if stage > 0:
                 cov, _ = _covariance(state.jac, _gauge_basis(pmap, geometry, pmap.x(state.q)))
                 sig = np.sqrt(np.abs(np.diag(cov)))
