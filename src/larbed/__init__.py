@@ -11,9 +11,11 @@ from . import accessor as _accessor  # noqa: F401  (registers the Dataset.larbed
 from . import presets
 from .constants import electron_wavelength, relativistic_gamma, wave_number
 from .crystal import Atom, Crystal
+from .determine import DeterminationResult, determine
 from .geometry import Geometry
 from .io import load_pattern, load_ug, read_csv, save_pattern, save_ug, write_csv
 from .metrics import r_factor
+from .refinement import RefinementResult, intensity_jacobian, refine, thickness_scan
 from .scattering import scattering_factor
 from .simulation import simulate
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug, shift_origin
@@ -21,11 +23,15 @@ from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug, sh
 __all__ = [
     "Atom",
     "Crystal",
+    "DeterminationResult",
     "Geometry",
+    "RefinementResult",
     "__version__",
     "compute_ug",
+    "determine",
     "electron_wavelength",
     "input_ug",
+    "intensity_jacobian",
     "load_pattern",
     "load_ug",
     "normalize_ug",
@@ -33,12 +39,14 @@ __all__ = [
     "r_factor",
     "random_ug",
     "read_csv",
+    "refine",
     "relativistic_gamma",
     "save_pattern",
     "save_ug",
     "scattering_factor",
     "shift_origin",
     "simulate",
+    "thickness_scan",
     "wave_number",
     "write_csv",
 ]

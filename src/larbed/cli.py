@@ -134,6 +134,7 @@ _SUBCOMMANDS: list[Callable | str] = [
     _register_presets,
     _register_simulate,
     "larbed.learn.cli:register",
+    "larbed.refinement_cli:register",
 ]
 
 

@@ -44,7 +44,7 @@ from ._kernels import bloch
 from .geometry import Geometry
 from .refinement import RefinementResult, check_pattern, pattern_dose, refine, thickness_scan
 from .simulation import check_ug
-from .structure_factors import input_ug, random_ug
+from .structure_factors import input_ug
 from .symmetry import SymmetryGroup, align_origin, align_to_groups, symmetry_groups
 
 __all__ = ["DeterminationResult", "determine", "global_search"]
@@ -101,7 +101,7 @@ class _Objective:
 
     def values(self, z) -> np.ndarray:
         vals = np.zeros(self.n_refl, complex)
-        for zi, (idx, coef, is_im) in zip(z, self.cols):
+        for zi, (idx, coef, is_im) in zip(z, self.cols, strict=True):
             if is_im:
                 vals[idx] += 1j * coef * zi
             else:
@@ -468,12 +468,12 @@ class DeterminationResult:
         x = np.arange(self.geometry.n_reflections)
         found, err = self.ug.values, self.ug_error.values
         ax.errorbar(x - 0.12, found.real, yerr=err.real, fmt="o", ms=3, label="Re U found")
-        if np.any(found.imag != 0):
+        if np.max(np.abs(found.imag)) > 1e-12 * np.max(np.abs(found)):
             ax.errorbar(x + 0.12, found.imag, yerr=err.imag, fmt="s", ms=3, label="Im U found")
         if ug_true is not None:
             truth, _ = align_origin(self.geometry, check_ug(self.geometry, ug_true).values, found)
             ax.plot(x, truth.real, "k_", ms=10, label="Re U true (origin aligned)")
-            if np.any(truth.imag != 0):
+            if np.max(np.abs(truth.imag)) > 1e-9 * np.max(np.abs(truth)):
                 ax.plot(x, truth.imag, "r_", ms=10, label="Im U true")
         ax.set_xticks(x)
         ax.set_xticklabels(self.geometry.reflection_labels(), rotation=90, fontsize=7)
@@ -717,10 +717,11 @@ def determine(
         if client is not None:
             from dask.distributed import as_completed
 
-            futures = {client.submit(_refine_start, *a, pure=False): k for (k, _), a in zip(todo, args)}
+            futures = {client.submit(_refine_start, *a, pure=False): k
+                       for (k, _), a in zip(todo, args, strict=True)}
             outs = ((futures[f], f.result()) for f in as_completed(futures))
         else:
-            outs = ((k, _refine_start(*a)) for (k, _), a in zip(todo, args))
+            outs = ((k, _refine_start(*a)) for (k, _), a in zip(todo, args, strict=True))
         for key, out in outs:
             out["source"] = key
             results[key] = out

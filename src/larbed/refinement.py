@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -388,7 +387,7 @@ def _build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup
             col[q] = 1.0
         cols.append(col)
         labels.append(f"Re U({names[members[0][0]]})")
-        for q, s in members:
+        for q, _ in members:
             covered[q] = True
             covered[p + q] = is_real  # a real group pins Im U to 0
         if not is_real:
@@ -870,7 +869,7 @@ def refine(
 
 def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.DataArray,
             weights: str, absorbing: bool) -> RefinementResult:
-    pmap, model = prob.pmap, prob.model
+    pmap = prob.pmap
     p = geometry.n_reflections
     x = pmap.x(state.q)
     jac = state.jac
