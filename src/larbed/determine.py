@@ -62,8 +62,15 @@ START_ITERATIONS = 40
 SUCCESS_R_NOISE_FREE = 1e-3
 #: … or below this multiple of the expected Poisson floor of R (data with a dose).
 SUCCESS_R_NOISE_FACTOR = 1.5
+#: R below this is an exact fit of noise-free data: nothing left to polish.
+EXACT_FIT_R = 1e-9
 #: Groups with |U| below this fraction of the largest are "weak" (tried at zero and negated).
 WEAK_FRACTION = 0.1
+#: An origin is a pseudo-symmetry centre when the strong U_g break the constraints there by less
+#: than this fraction of their norm.
+PSEUDO_ORIGIN_RTOL = 0.02
+#: Every sign pattern of at most this many of the weakest groups is tried (2^n − 1 refinements).
+MAX_SIGN_GROUPS = 4
 #: A weak-reflection move is kept when it lowers R by at least this factor.
 WEAK_IMPROVEMENT = 0.999
 
@@ -294,24 +301,77 @@ def _refine_from(intensity: np.ndarray, geometry: Geometry, values: np.ndarray, 
             "scan_thickness_nm": thickness_nm, "iterations": res.n_iterations}
 
 
-def _weak_moves(values: np.ndarray, groups: Sequence[SymmetryGroup], weak_fraction: float):
-    """Trial starts for the weak groups: all weak set to zero, then each weak group zeroed and
-    negated (weak reflections have nearby local minima with the wrong sign or size)."""
-    vals = np.asarray(values, complex)
+def _pseudo_origin_moves(geometry: Geometry, vals: np.ndarray, groups: Sequence[SymmetryGroup],
+                         strong: np.ndarray) -> list:
+    """Origins where the strong U_g obey the constraints but the weak ones do not.
+
+    With weak reflections near zero a structure looks like one with a smaller cell (a
+    pseudo-translation, e.g. (½, ½) in SrTiO3 [001] where only h + k even are strong), and the
+    symmetry constraints then also hold for the strong U_g around false symmetry centres. A solution
+    refined around such a centre fits the weak reflections badly; moving the origin to the true
+    centre (weak U_g averaged by the constraints) and refining again reaches the right one.
+    """
+    from .symmetry import _primitive_basis, symmetrize
+
+    if all(len(g.members) == 1 and not g.real for g in groups):
+        return []
+    inv = np.linalg.inv(_primitive_basis(geometry))
+    xy = geometry.reflection_xy
+    norm = max(float(np.linalg.norm(vals[strong])), 1e-300)
+    moves, seen = [], []
+    for f1 in (0, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4):
+        for f2 in (0, 1 / 4, 1 / 3, 1 / 2, 2 / 3, 3 / 4):
+            if f1 == f2 == 0:
+                continue
+            shifted = vals * np.exp(2j * np.pi * (xy @ (inv @ np.array([f1, f2]))))
+            sym = symmetrize(shifted, groups)
+            if np.linalg.norm((shifted - sym)[strong]) > PSEUDO_ORIGIN_RTOL * norm:
+                continue  # the strong U_g break the constraints here: not a candidate centre
+            if np.linalg.norm(sym - vals) <= 1e-6 * norm or any(
+                    np.linalg.norm(sym - m) <= 1e-6 * norm for m in seen):
+                continue  # an equivalent centre (true symmetry) or a duplicate
+            seen.append(sym)
+            moves.append((f"origin_{f1:.3f}_{f2:.3f}", sym))
+    return moves
+
+
+def _weak_groups(vals: np.ndarray, groups: Sequence[SymmetryGroup], weak_fraction: float):
+    """Indices of the weak groups (weakest first) and the mask of strong reflections."""
     size = np.array([np.abs(vals[g.members[0][0]]) for g in groups])
-    weak = [i for i in np.argsort(size) if size[i] < weak_fraction * size.max()]
+    weak = [int(i) for i in np.argsort(size) if size[i] < weak_fraction * size.max()]
+    strong = np.ones(len(vals), bool)
+    for i in weak:
+        strong[[q for q, _ in groups[i].members]] = False
+    return weak, strong
+
+
+def _weak_moves(values: np.ndarray, groups: Sequence[SymmetryGroup], weak_fraction: float):
+    """Trial starts for the weak groups (weak reflections have local minima nearby): all weak at
+    zero, every sign pattern of the weakest :data:`MAX_SIGN_GROUPS` (one flip at a time for the
+    others), and each weak group at zero."""
+    import itertools
+
+    vals = np.asarray(values, complex)
+    weak, _ = _weak_groups(vals, groups, weak_fraction)
+    idx = {i: [q for q, _ in groups[i].members] for i in weak}
     moves = []
     if len(weak) > 1:
         v = vals.copy()
         for i in weak:
-            v[[q for q, _ in groups[i].members]] = 0.0
+            v[idx[i]] = 0.0
         moves.append(("weak_all_zero", v))
+    head = weak[:MAX_SIGN_GROUPS]
+    subsets = [c for k in range(1, len(head) + 1) for c in itertools.combinations(head, k)]
+    subsets += [(i,) for i in weak[MAX_SIGN_GROUPS:]]
+    for sub in subsets:
+        v = vals.copy()
+        for i in sub:
+            v[idx[i]] *= -1.0
+        moves.append(("weak_negate_" + "_".join(map(str, sub)), v))
     for i in weak:
-        idx = [q for q, _ in groups[i].members]
-        for name, fac in (("zero", 0.0), ("negate", -1.0)):
-            v = vals.copy()
-            v[idx] *= fac
-            moves.append((f"weak{i}_{name}", v))
+        v = vals.copy()
+        v[idx[i]] = 0.0
+        moves.append((f"weak_zero_{i}", v))
     return moves
 
 
@@ -495,6 +555,30 @@ class DeterminationResult:
         paths.append(os.path.join(out_dir, "refinement_history.png"))
         fig.savefig(paths[-1], dpi=110)
         return paths
+
+
+def _unique_origin(geometry: Geometry, ug: xr.DataArray, groups: Sequence[SymmetryGroup]):
+    """make_unique_ug_vector, then among the origins that keep the two reference phases (a finite
+    set when the references span a sublattice) the one where the symmetry constraints hold."""
+    from .learn import make_unique_ug_vector
+    from .symmetry import symmetrize
+
+    unique, r0, (p, q) = make_unique_ug_vector(ug, geometry, return_shift=True)
+    if all(len(g.members) == 1 and not g.real for g in groups):
+        return unique, np.asarray(r0, float)
+    xy = geometry.reflection_xy
+    inv = np.linalg.inv(xy[[p, q]])
+    vals = unique.values
+    best = (np.inf, np.zeros(2))
+    for m1 in range(-3, 4):
+        for m2 in range(-3, 4):
+            r = inv @ np.array([m1, m2], float)
+            shifted = vals * np.exp(2j * np.pi * (xy @ r))
+            viol = float(np.linalg.norm(shifted - symmetrize(shifted, groups)))
+            if viol < best[0] - 1e-12 * np.linalg.norm(vals):
+                best = (viol, r)
+    shifted = vals * np.exp(2j * np.pi * (xy @ best[1]))
+    return unique.copy(data=shifted), np.asarray(r0, float) + best[1]
 
 
 def _rotate_errors(res: RefinementResult, phase: np.ndarray) -> np.ndarray:
@@ -733,26 +817,43 @@ def determine(
     def best():
         return min(results.values(), key=lambda r: r["r_factor"]) if results else None
 
+    def _try(key, values, thickness):
+        saved = _read_json(os.path.join(ckpt, f"start_{key}.json")) if ckpt else None
+        out = saved or _refine_from(inten, geometry, values, thickness, groups, START_ITERATIONS)
+        out["source"] = key
+        results[key] = out
+        if ckpt and saved is None:
+            _write_json(os.path.join(ckpt, f"start_{key}.json"), out)
+        return out
+
+    def _values(r):
+        return np.asarray(r["ug_real"]) + 1j * np.asarray(r["ug_imag"])
+
     def _polish(b):
-        """Greedy weak-reflection moves from the best start until none improves R."""
-        for round_ in range(len(groups)):
-            vals = np.asarray(b["ug_real"]) + 1j * np.asarray(b["ug_imag"])
-            improved = False
-            for name, v in _weak_moves(vals, groups, WEAK_FRACTION):
-                key = f"polish{round_}_{name}"
-                saved = _read_json(os.path.join(ckpt, f"start_{key}.json")) if ckpt else None
-                out = saved or _refine_from(inten, geometry, v, b["thickness_nm"], groups, START_ITERATIONS)
-                out["source"] = key
-                results[key] = out
-                if ckpt and saved is None:
-                    _write_json(os.path.join(ckpt, f"start_{key}.json"), out)
-                if out["r_factor"] < WEAK_IMPROVEMENT * b["r_factor"]:
-                    logger.info("determine: %s lowers R from %.3g to %.3g", key, b["r_factor"],
-                                out["r_factor"])
-                    b, improved = out, True
-                    break
-            if not improved or b["r_factor"] <= 1e-3 * success_r:
+        """Weak-reflection and pseudo-symmetry-origin moves from the best start (two rounds)."""
+        for round_ in range(2):
+            start_r = b["r_factor"]
+            if start_r <= EXACT_FIT_R:
                 return b
+            vals = _values(b)
+            _, strong = _weak_groups(vals, groups, WEAK_FRACTION)
+            bases = [b] + [_try(f"polish{round_}_{name}", v, b["thickness_nm"])
+                           for name, v in _pseudo_origin_moves(geometry, vals, groups, strong)]
+            best_out = min(bases, key=lambda r: r["r_factor"])
+            for base_i, base in enumerate(sorted(bases, key=lambda r: r["r_factor"])):
+                for name, v in _weak_moves(_values(base), groups, WEAK_FRACTION):
+                    out = _try(f"polish{round_}_{base_i}_{name}", v, base["thickness_nm"])
+                    if out["r_factor"] < best_out["r_factor"]:
+                        best_out = out
+                    if best_out["r_factor"] <= 1e-3 * min(start_r, success_r):
+                        break
+                if best_out["r_factor"] <= 1e-3 * min(start_r, success_r):
+                    break
+            if best_out["r_factor"] >= WEAK_IMPROVEMENT * start_r:
+                return b
+            logger.info("determine: %s lowers R from %.3g to %.3g", best_out["source"], start_r,
+                        best_out["r_factor"])
+            b = best_out
         return b
 
     # explicit starts (network, trained model, user) and their perturbations
@@ -825,9 +926,7 @@ def determine(
     final = refine(pattern, geometry, ug_best, b["thickness_nm"], symmetry=list(groups), weights=weights,
                    dose=d, max_iter=max_iter, progress=progress,
                    checkpoint=None if ckpt is None else os.path.join(ckpt, "final_refine.json"))
-    from .learn import make_unique_ug_vector
-
-    unique, r0, _ = make_unique_ug_vector(final.ug, geometry, return_shift=True)
+    unique, r0 = _unique_origin(geometry, final.ug, groups)
     phase = np.exp(2j * np.pi * (geometry.reflection_xy @ np.asarray(r0)))
     err = _rotate_errors(final, phase)
     ug_error = input_ug(geometry, err)
