@@ -62,6 +62,9 @@ START_ITERATIONS = 40
 SUCCESS_R_NOISE_FREE = 1e-3
 #: … or below this multiple of the expected Poisson floor of R (data with a dose).
 SUCCESS_R_NOISE_FACTOR = 1.5
+#: A standard error below this fraction of the largest one belongs to a fixed part (e.g. Im U_g
+#: of a real, centrosymmetric solution after an origin shift by a lattice fraction).
+FIXED_ERROR_RTOL = 1e-9
 #: R below this is an exact fit of noise-free data: nothing left to polish.
 EXACT_FIT_R = 1e-9
 #: Groups with |U| below this fraction of the largest are "weak" (tried at zero and negated).
@@ -455,20 +458,26 @@ class DeterminationResult:
 
         Returns a Dataset over ``reflection``: ``found``, ``true`` (aligned), ``error`` (complex
         standard errors), ``deviation`` (found − true), ``relative`` (|found − true| / |true|),
-        ``z`` (largest |Re, Im deviation| / standard error); attrs ``thickness_true_nm``.
+        ``z_real``, ``z_imag`` (|deviation| / standard error of Re and Im; NaN where that part was
+        fixed, e.g. Im U_g of a centrosymmetric projection) and ``z`` (the larger); attrs
+        ``thickness_true_nm``.
         """
         truth = check_ug(self.geometry, ug_true).values
         aligned, _ = align_origin(self.geometry, truth, self.ug.values)
         found = self.ug.values
         dev = found - aligned
         err = self.ug_error.values
+        scale = max(float(np.max(np.abs(err.real))), float(np.max(np.abs(err.imag))), 1e-300)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = np.maximum(np.abs(dev.real) / err.real, np.abs(dev.imag) / np.where(err.imag > 0, err.imag, np.inf))
+            z_re = np.where(err.real > FIXED_ERROR_RTOL * scale, np.abs(dev.real) / err.real, np.nan)
+            z_im = np.where(err.imag > FIXED_ERROR_RTOL * scale, np.abs(dev.imag) / err.imag, np.nan)
             rel = np.abs(dev) / np.abs(aligned)
+        z = np.fmax(z_re, z_im)
         ds = xr.Dataset(
             {"found": ("reflection", found), "true": ("reflection", aligned),
              "error": ("reflection", err), "deviation": ("reflection", dev),
-             "relative": ("reflection", rel), "z": ("reflection", z)},
+             "relative": ("reflection", rel), "z_real": ("reflection", z_re),
+             "z_imag": ("reflection", z_im), "z": ("reflection", z)},
             coords={c: self.ug.coords[c] for c in self.ug.coords},
         )
         ds.attrs["thickness_true_nm"] = np.nan if thickness_true_nm is None else float(thickness_true_nm)
@@ -586,6 +595,8 @@ def _rotate_errors(res: RefinementResult, phase: np.ndarray) -> np.ndarray:
     p = len(phase)
     cov = res.covariance.values
     c, s = np.cos(np.angle(phase)), np.sin(np.angle(phase))
+    s = np.where(np.abs(s) < 1e-12, 0.0, s)  # shifts by lattice fractions: no Re/Im mixing
+    c = np.where(s == 0.0, np.sign(c), c)
     out = np.empty(p, complex)
     for i in range(p):
         block = cov[np.ix_([i, p + i], [i, p + i])]
@@ -763,7 +774,8 @@ def determine(
                 "ug_bound": ug_bound, "perturbation": perturbation, "n_perturbed": n_perturbed,
                 "task2_iterations": task2_iterations, "task2_kwargs": task2_kwargs or {},
                 "polish_weak": polish_weak,
-                "user_start": None if explicit_kind != "user" else np.round(start.values, 12).tolist()}
+                "user_start": None if explicit_kind != "user" else
+                [np.round(start.values.real, 12).tolist(), np.round(start.values.imag, 12).tolist()]}
     ckpt = None
     if out_dir is not None:
         ckpt = os.path.join(os.fspath(out_dir), "determine_checkpoint")
