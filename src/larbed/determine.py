@@ -54,8 +54,10 @@ logger = logging.getLogger(__name__)
 #: Search bounds of Re U_g and Im U_g [1/Å²] (real crystals stay below ~0.1; the thesis's random
 #: range is ±0.2).
 UG_BOUND = 0.1
-#: Thickness grid step of the search and of the start scans [nm].
+#: Thickness grid step of the start scans [nm] …
 SCAN_STEP_NM = 0.5
+#: … and of the global search (coarser: the scan over t is most of a candidate's cost) [nm].
+SEARCH_STEP_NM = 1.0
 #: Refinement iterations of each multi-start candidate.
 START_ITERATIONS = 40
 #: A refinement counts as having reached the solution when R is below this (noise-free data) …
@@ -162,7 +164,7 @@ def _evaluator(objective: _Objective, client):
 def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[SymmetryGroup], *,
                   thickness_range_nm=(5.0, 100.0), ug_bound: float = UG_BOUND, seed: int = 0,
                   time_budget_s: float = 90.0, popsize: int = 10, max_generations: int = 1000,
-                  tilts: int = 150, init: Sequence[np.ndarray] = (), probe=None,
+                  tilts: int = 100, init: Sequence[np.ndarray] = (), probe=None,
                   probe_every: int = 5, probe_top: int = 3, client=None,
                   progress: bool = False) -> dict:
     """Differential evolution over symmetry-reduced U_g, thickness optimised by scan per candidate.
@@ -178,7 +180,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     groups : sequence of SymmetryGroup
         Parameter groups (:func:`larbed.symmetry.symmetry_groups`).
     thickness_range_nm : (float, float)
-        Thicknesses scanned for every candidate [nm] (step :data:`SCAN_STEP_NM`).
+        Thicknesses scanned for every candidate [nm] (step :data:`SEARCH_STEP_NM`).
     ug_bound : float
         Bounds ±ug_bound of every Re/Im parameter [1/Å²].
     seed : int
@@ -207,7 +209,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     """
     inten = np.asarray(intensity, float)
     lo, hi = (float(v) for v in thickness_range_nm)
-    thick = np.arange(lo, hi + 1e-9, SCAN_STEP_NM)
+    thick = np.arange(lo, hi + 1e-9, SEARCH_STEP_NM)
     stride = max(1, -(-geometry.n_tilts // tilts)) if tilts else 1
     rows = np.arange(0, geometry.n_tilts, stride)
     obj = _Objective(geometry, inten, groups, thick, rows)
@@ -666,7 +668,7 @@ def determine(
     search: bool = True,
     search_time_s: float = 90.0,
     search_popsize: int = 10,
-    search_tilts: int = 150,
+    search_tilts: int = 100,
     ug_bound: float = UG_BOUND,
     perturbation: float = 0.3,
     n_perturbed: int = 3,
