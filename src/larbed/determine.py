@@ -69,6 +69,8 @@ SUCCESS_R_NOISE_FACTOR = 1.5
 FIXED_ERROR_RTOL = 1e-9
 #: R below this is an exact fit of noise-free data: nothing left to polish.
 EXACT_FIT_R = 1e-9
+#: Polishing is tried only when R is within this factor of the success threshold.
+POLISH_MAX_FACTOR = 10.0
 #: Groups with |U| below this fraction of the largest are "weak" (tried at zero and negated).
 WEAK_FRACTION = 0.1
 #: An origin is a pseudo-symmetry centre when the strong U_g break the constraints there by less
@@ -847,8 +849,8 @@ def determine(
         """Weak-reflection and pseudo-symmetry-origin moves from the best start (two rounds)."""
         for round_ in range(2):
             start_r = b["r_factor"]
-            if start_r <= EXACT_FIT_R:
-                return b
+            if start_r <= EXACT_FIT_R or start_r > POLISH_MAX_FACTOR * success_r:
+                return b  # exact already, or a wrong basin that weak moves cannot leave
             vals = _values(b)
             _, strong = _weak_groups(vals, groups, WEAK_FRACTION)
             bases = [b] + [_try(f"polish{round_}_{name}", v, b["thickness_nm"])
