@@ -437,6 +437,8 @@ class DeterminationResult:
         The final refinement (in the origin it was refined in).
     symmetry : list of str
         Operations detected in the pattern (or given) that tie the U_g.
+    groups : list of SymmetryGroup
+        The resulting groups of tied U_g (one free Re, and Im unless real, per group).
     origin_shift : ndarray
         In-plane shift r0 [Å] applied by make_unique.
     elapsed_s : float
@@ -453,6 +455,7 @@ class DeterminationResult:
     history: xr.Dataset
     refinement: RefinementResult = field(repr=False)
     symmetry: list
+    groups: list
     origin_shift: np.ndarray
     elapsed_s: float
     geometry: Geometry = field(repr=False)
@@ -974,6 +977,6 @@ def determine(
     return DeterminationResult(
         ug=unique, ug_error=ug_error, thickness_nm=final.thickness_nm,
         thickness_error_nm=final.thickness_error_nm, r_factor=final.r_factor, chi2=final.chi2,
-        standard_errors=std, history=hist, refinement=final, symmetry=list(ops),
+        standard_errors=std, history=hist, refinement=final, symmetry=list(ops), groups=list(groups),
         origin_shift=np.asarray(r0, float), elapsed_s=elapsed, geometry=geometry,
     )
