@@ -57,11 +57,13 @@ def _cpu() -> str:
     return platform.processor() or "unknown"
 
 
-def run_one(name: str, dose: float | None, search_time: float) -> dict:
+def run_one(name: str, dose: float | None, search_time: float, popsize: int = 10,
+            symmetry: str = "auto") -> dict:
     preset = larbed.presets.load(name)
     pattern = preset.simulate(dose=dose, seed=1)
     t0 = time.perf_counter()
-    res = larbed.determine(pattern, preset.geometry, progress=False, search_time_s=search_time)
+    res = larbed.determine(pattern, preset.geometry, progress=False, search_time_s=search_time,
+                           search_popsize=popsize, symmetry=symmetry)
     elapsed = time.perf_counter() - t0
     truth = preset.ug()
     cmp = res.compare(truth, preset.thickness_nm)
@@ -69,12 +71,13 @@ def run_one(name: str, dose: float | None, search_time: float) -> dict:
     row = {
         "preset": name, "condition": "noise-free" if dose is None else f"Poisson {dose:g}",
         "beams": preset.geometry.n_beams, "tilts": preset.geometry.n_tilts,
-        "n_ug": preset.geometry.n_reflections, "symmetry_groups": None,
+        "n_ug": preset.geometry.n_reflections,
         "r_factor": res.r_factor, "t_found": res.thickness_nm, "t_true": preset.thickness_nm,
         "dt": abs(res.thickness_nm - preset.thickness_nm),
         "strong_max_rel": float(np.max(cmp.relative.values[strong])),
         "time_s": elapsed, "symmetry": " ".join(res.symmetry),
         "search_stopped": str(res.history.attrs.get("search_stopped", "no search")),
+        "search_time_s": search_time, "popsize": popsize, "symmetry_groups": len(res.groups),
     }
     if dose is not None:
         r_truth = larbed.r_factor(pattern.intensity, pattern.intensity_noise_free)
@@ -122,6 +125,8 @@ def main(argv=None) -> int:
                         choices=["noise-free", "poisson"])
     parser.add_argument("--dose", type=float, default=1e5)
     parser.add_argument("--search-time", type=float, default=90.0)
+    parser.add_argument("--popsize", type=int, default=10)
+    parser.add_argument("--symmetry", default="auto", choices=["auto", "crystal"])
     parser.add_argument("--jacobian", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
     rows = []
     for name in args.presets:
         for cond in args.conditions:
-            row = run_one(name, None if cond == "noise-free" else args.dose, args.search_time)
+            row = run_one(name, None if cond == "noise-free" else args.dose, args.search_time,
+                          args.popsize, args.symmetry)
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(table(rows))

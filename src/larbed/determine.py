@@ -58,6 +58,8 @@ UG_BOUND = 0.1
 SCAN_STEP_NM = 0.5
 #: … and of the global search (coarser: the scan over t is most of a candidate's cost) [nm].
 SEARCH_STEP_NM = 1.0
+#: Largest search population (the initial population is evaluated before the time budget counts).
+MAX_POPULATION = 400
 #: Refinement iterations of each multi-start candidate.
 START_ITERATIONS = 40
 #: A refinement counts as having reached the solution when R is below this (noise-free data) …
@@ -189,7 +191,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     time_budget_s : float
         Stop after this wall time [s] (checked every generation).
     popsize : int
-        Population size per parameter.
+        Population size per parameter (at most :data:`MAX_POPULATION` in all).
     max_generations : int
     tilts : int
         Evaluate on about this many tilts (every k-th), 0 for all.
@@ -217,7 +219,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     obj = _Objective(geometry, inten, groups, thick, rows)
     n = obj.n_params
     rng = np.random.default_rng(seed)
-    n_pop = max(popsize * n, 8)
+    n_pop = int(np.clip(popsize * n, 8, MAX_POPULATION))
     pop = rng.uniform(-ug_bound, ug_bound, (n_pop, n))
     for i, u in enumerate(init):
         if i < n_pop:
