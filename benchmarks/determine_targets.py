@@ -128,6 +128,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def rst_table(rows: list[dict]) -> str:
+    """The same table as an reStructuredText list-table (for docs/refinement.rst)."""
+    head = ["preset", "data", "beams × tilts", "R", "|Δt| [nm]", "strong U_g max rel. err.",
+            "R / R(truth)", "within 3σ", "time [s]", "target"]
+    out = [".. list-table::", "   :header-rows: 1", ""]
+    out.append("   * - " + "\n     - ".join(h.replace("|", "\\|") for h in head))
+    for r in rows:
+        noise = "Poisson" in r["condition"]
+        cells = [r["preset"], r["condition"], f"{r['beams']} × {r['tilts']}", f"{r['r_factor']:.2g}",
+                 f"{r['dt']:.2g}", f"{r['strong_max_rel']:.2g}",
+                 f"{r['r_over_truth']:.3f}" if noise else "–",
+                 f"{100 * r['cover_3sigma']:.0f} % of {r['n_params']}" if noise else "–",
+                 f"{r['time_s']:.0f}", "met" if r["met"] else "**missed**"]
+        out.append("   * - " + "\n     - ".join(cells))
+    return "\n".join(out)
+
+
+def pooled_coverage(rows: list[dict]) -> str:
+    noisy = [r for r in rows if "Poisson" in r["condition"]]
+    n = sum(r["n_params"] for r in noisy)
+    inside = sum(round(r["cover_3sigma"] * r["n_params"]) for r in noisy)
+    return f"{inside} of {n} parameters ({100 * inside / max(n, 1):.1f} %) within 3σ"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presets", nargs="+", default=list(larbed.presets.names()))
@@ -141,8 +165,18 @@ def main(argv=None) -> int:
                         help="start from the truth × (1 ± F) instead of searching (tests refine)")
     parser.add_argument("--jacobian", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
+                        help="print the tables of earlier runs (rows concatenated) and exit")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.from_json:
+        rows = [r for f in args.from_json for r in json.loads(Path(f).read_text())["rows"]]
+        print(table(rows))
+        print()
+        print(rst_table(rows))
+        print()
+        print("pooled:", pooled_coverage(rows))
+        return 0
     if args.verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import numba
