@@ -18,6 +18,10 @@ alone — no atoms, default settings — and records
 ``--perturbed-start F`` replaces the search by a start made from the truth, U_g × (1 ± F) (labelled
 in the table): it measures the refinement alone where the search does not reach the solution.
 
+``--coverage-mc SEEDS`` instead calibrates the standard errors: refinements from the truth on SEEDS
+noise realisations, RMS of z = (found − true)/σ (1 when the errors are right) and the share beyond
+2σ and 3σ.
+
 ``--jacobian`` adds one exact Jacobian at 69 beams × 441 tilts (SrTiO3-10) against central finite
 differences (timed on 20 columns, extrapolated; see ``bench_refinement.py``).
 
@@ -103,6 +107,26 @@ def run_one(name: str, dose: float | None, search_time: float, popsize: int = 10
     return row
 
 
+def coverage_mc(name: str, seeds: int, dose: float) -> dict:
+    """Calibration of the standard errors: refine from the truth on ``seeds`` noise realisations
+    (symmetry-constrained) and collect z = (found − true)/σ of every independent parameter."""
+    from larbed.symmetry import symmetry_groups
+
+    preset = larbed.presets.load(name)
+    geo, truth = preset.geometry, preset.ug()
+    groups = symmetry_groups(geo, "crystal")
+    first = [g.members[0][0] for g in groups]
+    z = []
+    for seed in range(1, seeds + 1):
+        pattern = preset.simulate(dose=dose, seed=seed)
+        res = larbed.refine(pattern, geo, truth, preset.thickness_nm, symmetry=groups, progress=False)
+        z.extend((res.ug.values.real - truth.values.real)[first] / res.ug_error.values.real[first])
+        z.append((res.thickness_nm - preset.thickness_nm) / res.thickness_error_nm)
+    z = np.asarray(z)
+    return {"preset": name, "seeds": seeds, "n": int(z.size), "rms_z": float(np.sqrt(np.mean(z**2))),
+            "beyond_2sigma": float(np.mean(np.abs(z) > 2)), "beyond_3sigma": int(np.sum(np.abs(z) > 3))}
+
+
 def jacobian_row() -> dict:
     sys.path.insert(0, str(Path(__file__).parent))
     import bench_refinement
@@ -165,6 +189,8 @@ def main(argv=None) -> int:
                         help="start from the truth × (1 ± F) instead of searching (tests refine)")
     parser.add_argument("--jacobian", action="store_true")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--coverage-mc", type=int, default=0, metavar="SEEDS",
+                        help="calibrate the standard errors on SEEDS noise realisations per preset")
     parser.add_argument("--from-json", nargs="+", default=None, metavar="FILE",
                         help="print the tables of earlier runs (rows concatenated) and exit")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -182,6 +208,13 @@ def main(argv=None) -> int:
     import numba
 
     print(f"{_cpu()}, {os.cpu_count()} CPUs, Numba threads {numba.get_num_threads()}")
+    if args.coverage_mc:
+        out = [coverage_mc(name, args.coverage_mc, args.dose) for name in args.presets]
+        for row in out:
+            print(json.dumps(row))
+        if args.json:
+            Path(args.json).write_text(json.dumps({"coverage_mc": out}, indent=1), encoding="utf-8")
+        return 0
     rows = []
     for name in args.presets:
         for cond in args.conditions:
