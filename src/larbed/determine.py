@@ -388,6 +388,7 @@ def determine(
     task2_iterations: int = 10,
     task2_kwargs: dict | None = None,
     polish_weak: bool = True,
+    polish_time_s: float = 120.0,
     max_iter: int = 100,
     out_dir: str | os.PathLike | None = None,
     resume: bool = True,
@@ -440,6 +441,8 @@ def determine(
     polish_weak : bool
         After the best start, try the weak U_g (below :data:`WEAK_FRACTION` of the largest) at zero
         and with the opposite sign; keep moves that lower R (weak reflections have local minima).
+    polish_time_s : float
+        Time budget of those moves [s] (each is one short refinement).
     max_iter : int
         Iterations of the final refinement.
     out_dir : path, optional
@@ -488,7 +491,7 @@ def determine(
                 "search": search, "popsize": search_popsize, "tilts": search_tilts,
                 "ug_bound": ug_bound, "perturbation": perturbation, "n_perturbed": n_perturbed,
                 "task2_iterations": task2_iterations, "task2_kwargs": task2_kwargs or {},
-                "polish_weak": polish_weak,
+                "polish_weak": polish_weak, "polish_time_s": polish_time_s,
                 "user_start": None if explicit_kind != "user" else
                 [np.round(start.values.real, 12).tolist(), np.round(start.values.imag, 12).tolist()]}
     ckpt = None
@@ -558,6 +561,7 @@ def determine(
 
     def _polish(b):
         """Weak-reflection and pseudo-symmetry-origin moves from the best start (two rounds)."""
+        t_polish = time.perf_counter()
         for round_ in range(2):
             start_r = b["r_factor"]
             if start_r <= EXACT_FIT_R or start_r > POLISH_MAX_FACTOR * success_r:
@@ -569,6 +573,9 @@ def determine(
             best_out = min(bases, key=lambda r: r["r_factor"])
             for base_i, base in enumerate(sorted(bases, key=lambda r: r["r_factor"])):
                 for name, v in _weak_moves(_values(base), groups, WEAK_FRACTION):
+                    if time.perf_counter() - t_polish > polish_time_s:
+                        logger.info("determine: polish time budget %g s used up", polish_time_s)
+                        break
                     out = _try(f"polish{round_}_{base_i}_{name}", v, base["thickness_nm"])
                     if out["r_factor"] < best_out["r_factor"]:
                         best_out = out
