@@ -185,3 +185,22 @@ def test_determine_with_task2_network_start(small):
     assert res.r_factor < EXACT_R
     assert res.history.attrs["source"] == "task2-ann"
     assert any(s.startswith("task2") for s in res.history.start_source.values)
+
+
+def test_staged_refinement_refines_low_orders_first(small, monkeypatch):
+    """Many groups: low-order reflections first, then all (ZnO needs it; forced here)."""
+    geo, truth, data = small
+    monkeypatch.setattr(determine_module, "STAGED_MIN_GROUPS", 1)
+    seen = []
+    real_refine = determine_module.refine
+
+    def spy(*args, refine_reflections=None, **kw):
+        seen.append(None if refine_reflections is None else int(np.sum(refine_reflections)))
+        return real_refine(*args, refine_reflections=refine_reflections, **kw)
+
+    monkeypatch.setattr(determine_module, "refine", spy)
+    groups = [larbed.symmetry.SymmetryGroup(((i, 1),), False) for i in range(geo.n_reflections)]
+    start = truth * (1 + np.random.default_rng(2).uniform(-0.2, 0.2, truth.size))
+    res = determine_module._refine_staged(data, geo, start, 20.5, groups, 40)
+    assert seen[-1] is None and seen[0] < seen[1] < geo.n_reflections  # growing sets, then all
+    assert res.r_factor < EXACT_R

@@ -60,7 +60,11 @@ logger = logging.getLogger(__name__)
 
 #: Thickness grid step of the start scans [nm].
 SCAN_STEP_NM = 0.5
-#: Refinement iterations of each multi-start candidate.
+#: From this many symmetry groups on, each start is refined in stages: the reflections up to these
+#: quantiles of |g| (the others held at the start), then all.
+STAGED_MIN_GROUPS = 30
+STAGES = (0.3, 0.6, 1.0)
+#: Refinement iterations of each multi-start candidate (per stage).
 START_ITERATIONS = 40
 #: A refinement counts as having reached the solution when R is below this (noise-free data) …
 SUCCESS_R_NOISE_FREE = 1e-3
@@ -78,14 +82,33 @@ WEAK_IMPROVEMENT = 0.999
 
 
 # ---------------------------------------------------------------------------------- starts
+def _refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
+                   groups: Sequence[SymmetryGroup], max_iter: int):
+    """Constrained least squares; for many groups low orders first (:data:`STAGES`).
+
+    With many U_g, those that couple only distant beams are hardly seen by the data; refined from
+    the start together with the rest they wander off to unphysical values and least squares stalls
+    (ZnO-1 from truth ±10 %: R = 0.008 after 150 iterations, some |U| ~ 1 1/Å²). Refining the
+    lower-order ones first and then all reaches the solution (R = 3e-14 in 21 iterations).
+    """
+    stages = (1.0,) if len(groups) < STAGED_MIN_GROUPS else STAGES
+    glen = np.linalg.norm(geometry.reflection_xy, axis=1)
+    res = None
+    for frac in stages:
+        mask = None if frac >= 1.0 else glen <= np.quantile(glen, frac) + 1e-9
+        res = refine(intensity, geometry, start, thickness_nm, symmetry=list(groups), weights="none",
+                     max_iter=max_iter, progress=False, refine_reflections=mask)
+        start, thickness_nm = res.ug, res.thickness_nm
+    return res
+
+
 def _refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,
                   groups: Sequence[SymmetryGroup], thickness_range_nm, max_iter: int) -> dict:
     """Thickness scan + constrained least squares from one start (picklable for Dask)."""
     lo, hi = thickness_range_nm
     start = input_ug(geometry, values)
     scan = thickness_scan(intensity, geometry, start, np.arange(lo, hi + 1e-9, SCAN_STEP_NM))
-    res = refine(intensity, geometry, start, scan.attrs["best_thickness_nm"], symmetry=list(groups),
-                 weights="none", max_iter=max_iter, progress=False)
+    res = _refine_staged(intensity, geometry, start, scan.attrs["best_thickness_nm"], groups, max_iter)
     return {"ug_real": res.ug.values.real.tolist(), "ug_imag": res.ug.values.imag.tolist(),
             "thickness_nm": res.thickness_nm, "r_factor": res.r_factor,
             "scan_r": float(scan.attrs["best_value"]), "scan_thickness_nm": scan.attrs["best_thickness_nm"],
@@ -94,8 +117,7 @@ def _refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,
 
 def _refine_from(intensity: np.ndarray, geometry: Geometry, values: np.ndarray, thickness_nm: float,
                  groups: Sequence[SymmetryGroup], max_iter: int) -> dict:
-    res = refine(intensity, geometry, input_ug(geometry, values), thickness_nm, symmetry=list(groups),
-                 weights="none", max_iter=max_iter, progress=False)
+    res = _refine_staged(intensity, geometry, input_ug(geometry, values), thickness_nm, groups, max_iter)
     return {"ug_real": res.ug.values.real.tolist(), "ug_imag": res.ug.values.imag.tolist(),
             "thickness_nm": res.thickness_nm, "r_factor": res.r_factor, "scan_r": float("nan"),
             "scan_thickness_nm": thickness_nm, "iterations": res.n_iterations}
@@ -663,7 +685,7 @@ def determine(
     unique, r0 = _unique_origin(geometry, final.ug, groups)
     phase = np.exp(2j * np.pi * (geometry.reflection_xy @ np.asarray(r0)))
     err = _rotate_errors(final, phase)
-    ug_error = input_ug(geometry, err)
+    ug_error = unique.copy(data=err)  # may hold inf (undetermined)
     ug_error.attrs.update({"source": "standard error",
                            "long_name": "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
     unique.attrs["source"] = "determine"

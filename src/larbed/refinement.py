@@ -899,7 +899,7 @@ def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.Da
 
     ug = input_ug(geometry, x[:p] + 1j * x[p:2 * p])
     ug.attrs.update({"source": "refined", "u0": float(ug_start.attrs.get("u0", 0.0))})
-    ug_error = input_ug(geometry, sig[:p] + 1j * sig[p:2 * p])
+    ug_error = ug.copy(data=sig[:p] + 1j * sig[p:2 * p])  # may hold inf (undetermined)
     ug_error.attrs.update({"source": "standard error", "long_name":
                            "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
     t, t_err = float(x[2 * p]), float(sig[2 * p])
