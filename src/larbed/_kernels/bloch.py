@@ -11,15 +11,22 @@ from numba import njit, prange
 TWO_PI = 2.0 * np.pi
 
 
+@njit(cache=True)
+def _matrix_at(offdiag, diag, m):
+    """Structure matrix of tilt m: ``offdiag`` with ``diag[m]`` on its diagonal (a new array)."""
+    a = offdiag.copy()
+    for i in range(offdiag.shape[0]):
+        a[i, i] = diag[m, i]
+    return a
+
+
 @njit(parallel=True, cache=True)
 def intensities_real(offdiag, diag, thickness, out):
     """Real symmetric structure matrices. out: (n_thickness, n_tilts, n_beams)."""
     n_tilts, n = diag.shape
     n_t = thickness.shape[0]
     for m in prange(n_tilts):
-        a = offdiag.copy()
-        for i in range(n):
-            a[i, i] = diag[m, i]
+        a = _matrix_at(offdiag, diag, m)
         w, c = np.linalg.eigh(a)
         x = c[0, :].copy()
         for it in range(n_t):
@@ -38,9 +45,7 @@ def intensities_hermitian(offdiag, diag, thickness, out):
     n_tilts, n = diag.shape
     n_t = thickness.shape[0]
     for m in prange(n_tilts):
-        a = offdiag.copy()
-        for i in range(n):
-            a[i, i] = diag[m, i]
+        a = _matrix_at(offdiag, diag, m)
         w, c = np.linalg.eigh(a)
         x = np.conj(c[0, :])
         for it in range(n_t):
@@ -56,9 +61,7 @@ def intensities_general(offdiag, diag, thickness, out):
     n_tilts, n = diag.shape
     n_t = thickness.shape[0]
     for m in prange(n_tilts):
-        a = offdiag.copy()
-        for i in range(n):
-            a[i, i] = diag[m, i]
+        a = _matrix_at(offdiag, diag, m)
         w, c = np.linalg.eig(a)
         e0 = np.zeros(n, dtype=np.complex128)
         e0[0] = 1.0
@@ -75,9 +78,7 @@ def eigensystems_hermitian(offdiag, diag, w_out, c_out):
     """Eigenvalues (n_tilts, n) and eigenvectors (n_tilts, n, n) of Hermitian matrices."""
     n_tilts, n = diag.shape
     for m in prange(n_tilts):
-        a = offdiag.copy()
-        for i in range(n):
-            a[i, i] = diag[m, i]
+        a = _matrix_at(offdiag, diag, m)
         w, c = np.linalg.eigh(a)
         w_out[m, :] = w
         c_out[m, :, :] = c
@@ -88,9 +89,7 @@ def eigensystems_general(offdiag, diag, w_out, c_out, cinv0_out):
     """Eigenvalues, eigenvectors and C⁻¹e₀ of general complex matrices."""
     n_tilts, n = diag.shape
     for m in prange(n_tilts):
-        a = offdiag.copy()
-        for i in range(n):
-            a[i, i] = diag[m, i]
+        a = _matrix_at(offdiag, diag, m)
         w, c = np.linalg.eig(a)
         e0 = np.zeros(n, dtype=np.complex128)
         e0[0] = 1.0
