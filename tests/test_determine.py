@@ -37,9 +37,11 @@ def small(srtio3):
 
 def test_determine_from_pattern_alone(small):
     geo, truth, data = small
-    res = larbed.determine(data, geo, progress=False, search_time_s=60)
+    # kinematic=False: the global search alone (the kinematic starts are tested below)
+    res = larbed.determine(data, geo, progress=False, search_time_s=60, kinematic=False)
     assert res.r_factor < EXACT_R
     assert abs(res.thickness_nm - 20.0) < THICKNESS_ATOL_NM
+    assert not any(s.startswith("kinematic") for s in res.history.start_source.values)
     cmp = res.compare(truth, 20.0)
     strong = np.abs(cmp.true.values) > 0.01
     assert np.max(cmp.relative.values[strong]) < STRONG_RTOL
@@ -131,7 +133,7 @@ def test_determine_bad_input(small):
     with pytest.raises(ValueError, match="NaN"):
         larbed.determine(bad, geo, progress=False)
     with pytest.raises(ValueError, match="no start"):
-        larbed.determine(data, geo, search=False, progress=False)
+        larbed.determine(data, geo, search=False, kinematic=False, progress=False)
 
 
 @pytest.mark.slow
@@ -204,3 +206,36 @@ def test_staged_refinement_refines_low_orders_first(small, monkeypatch):
     res = determine_module._refine_staged(data, geo, start, 20.5, groups, 40)
     assert seen[-1] is None and seen[0] < seen[1] < geo.n_reflections  # growing sets, then all
     assert res.r_factor < EXACT_R
+
+
+def test_kinematic_start_reaches_solution_without_search(small):
+    geo, truth, data = small
+    res = larbed.determine(data, geo, search=False, n_starts=1, progress=False)
+    assert res.history.start_source.values[0].startswith("kinematic")  # best start
+    assert res.r_factor < EXACT_R
+    assert abs(res.thickness_nm - 20.0) < THICKNESS_ATOL_NM
+    cmp = res.compare(truth, 20.0)
+    strong = np.abs(cmp.true.values) > 0.01
+    assert np.max(cmp.relative.values[strong]) < STRONG_RTOL
+
+
+def test_kinematic_magnitudes_separate_strong_from_weak(srtio3):
+    """sqrt of the tilt-averaged beam intensity ranks |U_g|: h + k even (strong) above odd (weak)."""
+    from larbed.search import _group_magnitudes, kinematic_starts
+    from larbed.symmetry import symmetry_groups
+
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 25, 49, 70)
+    truth = larbed.compute_ug(srtio3, geo).values
+    data = larbed.simulate(geo, truth, 25.0).intensity.values
+    groups = symmetry_groups(geo, "crystal")
+    size = _group_magnitudes(data, geo, groups)
+    true_size = np.array([abs(truth[g.members[0][0]]) for g in groups])
+    is_beam = size > 0  # reflections that are beams; the others have no intensity of their own
+    strong, weak = is_beam & (true_size > 0.01), is_beam & (true_size < 0.005)
+    assert strong.sum() >= 3 and weak.sum() >= 2
+    assert size[strong].min() > 5 * size[weak].max()
+    starts = kinematic_starts(data, geo, groups, thickness_range_nm=(5, 60))
+    assert 1 <= len(starts) <= 2 and starts[0].shape == (geo.n_reflections,)
+    assert np.all(starts[0].imag == 0)  # real starts; the weak groups at zero
+    weak_refl = [g.members[0][0] for g, w in zip(groups, weak, strict=True) if w]
+    assert np.all(starts[0][weak_refl] == 0)
