@@ -224,3 +224,23 @@ def test_check_pattern_accepts_beam_major_dataarray(geo49, data49):
     np.testing.assert_array_equal(check_pattern(da, geo49), data49.intensity.values)
     with pytest.raises(ValueError, match="dims"):
         check_pattern(larbed.simulate(geo49, larbed.compute_ug(geo49.crystal, geo49), [10.0, 20.0]).intensity, geo49)
+
+
+def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49):
+    """A Gaussian prior: σ → 0 holds a U_g at its centre, σ = inf is no prior; bad priors raise."""
+    start = truth49 * 1.05
+    p = geo49.n_reflections
+    i = int(np.argmax(np.abs(truth49.values)))
+    sigma = np.full(p, np.inf)
+    sigma[i] = 1e-9  # [1/Å²]: far tighter than the data
+    centre = truth49.values * 0.9
+    pinned = refine(data49, geo49, start, 21.0, symmetry="crystal", prior=(centre, sigma), progress=False)
+    assert abs(pinned.ug.values[i].real - centre[i].real) < 1e-6  # held at the centre …
+    assert pinned.r_factor > 100 * EXACT_R  # … so the data can no longer be fitted exactly
+    free = refine(data49, geo49, start, 21.0, symmetry="crystal", prior=(0, np.inf), progress=False)
+    plain = refine(data49, geo49, start, 21.0, symmetry="crystal", progress=False)
+    np.testing.assert_allclose(free.ug.values, plain.ug.values, atol=1e-12)
+    with pytest.raises(ValueError, match="prior"):
+        refine(data49, geo49, start, 21.0, prior=(0, -1.0), progress=False)
+    with pytest.raises(TypeError, match="prior"):
+        refine(data49, geo49, start, 21.0, prior=np.ones(p), progress=False)

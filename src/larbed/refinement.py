@@ -434,25 +434,44 @@ def _gauge_basis(pmap: _Map, geometry: Geometry, x: np.ndarray) -> np.ndarray:
 class _Problem:
     """Weighted residuals r = √w (I_sim − I_exp) and their Jacobian in the free parameters q."""
 
-    def __init__(self, model: _Model, pmap: _Map, data: np.ndarray, weights: np.ndarray):
+    def __init__(self, model: _Model, pmap: _Map, data: np.ndarray, weights: np.ndarray,
+                 prior: tuple[np.ndarray, np.ndarray] | None = None):
         import scipy.sparse
 
         self.model, self.pmap, self.data = model, pmap, data
         self.set_weights(weights)
         self._t_sparse = scipy.sparse.csc_matrix(pmap.t)
+        # Gaussian prior on x (Re U_g, Im U_g): residual rows (x_i − centre_i)/σ_i for finite σ_i
+        self.prior_idx = np.zeros(0, int)
+        if prior is not None:
+            centre, sigma = prior
+            self.prior_idx = np.flatnonzero(np.isfinite(sigma) & np.any(pmap.t != 0, axis=1)[:len(sigma)])
+            self.prior_centre = np.asarray(centre, float)[self.prior_idx]
+            self.prior_inv = 1.0 / np.asarray(sigma, float)[self.prior_idx]
+            self._t_prior = np.asarray(pmap.t[self.prior_idx]) * self.prior_inv[:, None]
 
     def set_weights(self, weights: np.ndarray) -> None:
         self.sw = np.sqrt(np.asarray(weights, float)).ravel()
 
+    def _prior_rows(self, q):
+        return (self.pmap.x(q)[self.prior_idx] - self.prior_centre) * self.prior_inv
+
     def residual(self, q):
         inten = self.model.intensities(self.pmap.x(q))
-        return self.sw * (inten - self.data).ravel(), inten
+        r = self.sw * (inten - self.data).ravel()
+        if self.prior_idx.size:
+            r = np.concatenate([r, self._prior_rows(q)])
+        return r, inten
 
     def residual_jacobian(self, q):
         inten, jac = self.model.jacobian(self.pmap.x(q))
         jq = np.asarray((self._t_sparse.T @ jac.reshape(-1, jac.shape[2]).T).T)
         jq *= self.sw[:, None]
-        return self.sw * (inten - self.data).ravel(), inten, jq
+        r = self.sw * (inten - self.data).ravel()
+        if self.prior_idx.size:
+            r = np.concatenate([r, self._prior_rows(q)])
+            jq = np.vstack([jq, self._t_prior])
+        return r, inten, jq
 
     def clip(self, q):
         """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0)."""
@@ -701,6 +720,7 @@ def refine(
     absorption: float | None = None,
     refine_absorption: bool = False,
     refine_reflections=None,
+    prior=None,
     max_iter: int = 100,
     ftol: float = 1e-10,
     poisson_passes: int = 3,
@@ -743,6 +763,13 @@ def refine(
         Refine κ too (needs ``absorption``).
     refine_reflections : bool mask or sequence of (h, k, l), optional
         Refine only these U_g; the others stay at the start (continuation strategies).
+    prior : (centre, sigma), optional
+        Gaussian prior on U_g: ``centre`` (n_reflections,) complex U_g [1/Å²] and ``sigma``
+        (n_reflections,) [1/Å²], ``inf`` for none. Adds the residuals (Re U − Re c)/σ and
+        (Im U − Im c)/σ to the weighted intensity residuals: with Poisson weights a maximum a
+        posteriori fit, with ``weights='none'`` σ counts in units of U per unit intensity residual.
+        It keeps U_g that the data hardly see from running off (continuation strategies); the
+        standard errors are then the posterior ones.
     max_iter : int
         Iterations per pass.
     ftol : float
@@ -802,6 +829,15 @@ def refine(
                       absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
     if pmap.t.shape[1] == 0:
         raise ValueError("nothing to refine: no free U_g, thickness or absorption")
+    prior_x = None
+    if prior is not None:
+        if not isinstance(prior, (tuple, list)) or len(prior) != 2:
+            raise TypeError("prior must be a (centre, sigma) pair")
+        centre = np.broadcast_to(np.asarray(prior[0], complex), (p,))
+        sigma = np.broadcast_to(np.asarray(prior[1], float), (p,))
+        if not np.all(np.isfinite(centre)) or np.any(np.isnan(sigma)) or np.any(sigma <= 0):
+            raise ValueError("prior: centre must be finite and sigma positive (inf for no prior)")
+        prior_x = (np.concatenate([centre.real, centre.imag]), np.concatenate([sigma, sigma]))
     model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, refine_absorption)
     q = pmap.q(x0)
     if symmetry is not None:
@@ -828,7 +864,7 @@ def refine(
 
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it", disable=not progress, leave=False)
     state = _LMState(q=q, history=history, iterations=len(history))
-    prob = _Problem(model, pmap, exp, weights_for(exp, from_model=False))
+    prob = _Problem(model, pmap, exp, weights_for(exp, from_model=False), prior_x)
 
     def save(st):
         if checkpoint is not None:
