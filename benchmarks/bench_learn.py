@@ -18,25 +18,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
 import pytest
 
+from _machine import cpu_model
+
 TARGET_S = 60.0
 PRESET = "SrTiO3-1"
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _load() -> float:
@@ -148,7 +138,7 @@ def main(argv=None) -> int:
     if not args.skip_task2:
         for model in args.models:
             rows.append(task2(model))
-    print(f"{_cpu_model()}, {os.cpu_count()} CPUs, load average {_load():.2f}")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average {_load():.2f}")
     for row in rows:
         extra = ""
         if "r_min" in row:
@@ -162,7 +152,7 @@ def main(argv=None) -> int:
     print(f"cached features are {ratio:.0f}× faster per loop iteration")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"cpu": _cpu_model(), "cpus": os.cpu_count(), "rows": rows}, fh, indent=1)
+            json.dump({"cpu": cpu_model(), "cpus": os.cpu_count(), "rows": rows}, fh, indent=1)
     return 0
 
 

@@ -23,27 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 
 import numba
 import numpy as np
 
 import larbed
+from _machine import cpu_model
 from larbed.refinement import intensity_jacobian
 
 TARGET_S = 2.0
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def finite_difference_columns(geo, ug, t, columns, h_u=1e-6, h_t=1e-5):
@@ -103,7 +92,7 @@ def main(argv=None) -> int:
     info = {
         "preset": preset.name,
         "shape": f"{geo.n_beams} beams × {geo.n_tilts} tilts, {n_cols} parameters",
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "numba_threads": numba.get_num_threads(),
         "exact_s": exact_s,
         "fd_s": fd_s,

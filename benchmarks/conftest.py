@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _cases import markdown_table, one_blas_thread  # noqa: E402
+from _machine import cpu_model  # noqa: E402
 
 _TIMES: dict[str, dict] = {}
 
@@ -34,17 +35,6 @@ def timings() -> dict[str, dict]:
     return _TIMES
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _with_ratios(row: dict) -> dict:
     out = {**row, "ratio": row["reference"] / row["larbed"]}
     if "larbed_1thread" in row:
@@ -58,7 +48,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     table = markdown_table(rows)
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "rows": [_with_ratios(r) for r in rows],

@@ -35,7 +35,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -43,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 import larbed
+from _machine import cpu_model
 
 T_R = 1e-3
 T_DT = 0.5
@@ -51,17 +51,6 @@ T_NOISE_R = 1.1
 T_COVER = 0.95
 T_TIME_S = 120.0
 T_JAC_S = 2.0
-
-
-def _cpu() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def run_one(name: str, dose: float | None, search_time: float, popsize: int = 10,
@@ -207,7 +196,7 @@ def main(argv=None) -> int:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import numba
 
-    print(f"{_cpu()}, {os.cpu_count()} CPUs, Numba threads {numba.get_num_threads()}")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs, Numba threads {numba.get_num_threads()}")
     if args.coverage_mc:
         out = [coverage_mc(name, args.coverage_mc, args.dose) for name in args.presets]
         for row in out:
@@ -223,7 +212,7 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
     print(table(rows))
-    info = {"cpu": _cpu(), "rows": rows, "table": table(rows)}
+    info = {"cpu": cpu_model(), "rows": rows, "table": table(rows)}
     if args.jacobian:
         info["jacobian"] = jacobian_row()
     if args.json:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,17 +33,7 @@ from _cases import (  # noqa: E402
     rst_table,
     run,
 )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _machine import cpu_model  # noqa: E402
 
 
 def measure(case, repeat: int, implementations=IMPLEMENTATIONS) -> dict:
@@ -89,7 +78,7 @@ def main(argv=None) -> int:
         for case in cases:
             rows.append(measure(case, args.repeat))
             print(f"  measured {case.id}", file=sys.stderr, flush=True)
-    cpu = _cpu_model()
+    cpu = cpu_model()
     load = (load_before, os.getloadavg()[0])
     print(
         f"larbed vs plain NumPy reference — {cpu}, {os.cpu_count()} CPUs, "

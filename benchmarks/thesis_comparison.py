@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from _machine import cpu_model
+
 THESIS_COLUMNS = (
     "task1_threshold",
     "task1_time_s",
@@ -39,17 +41,6 @@ THESIS_COLUMNS = (
     "task2_thickness_nm",
     "task2_time_s",
 )
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _ann_hidden(preset, max_weights: float, reduced: tuple[int, int]):
@@ -73,7 +64,7 @@ def _load_rows(path: Path) -> list[dict]:
 
 def _save_rows(path: Path, rows: list[dict]) -> None:
     info = {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "rows": rows,
@@ -252,7 +243,7 @@ def main(argv=None) -> int:
         return 1
     text = table(rows, args.format)
     (Path(args.out) / f"table.{args.format}").write_text(text + "\n", encoding="utf-8")
-    print(f"{_cpu_model()}, {os.cpu_count()} CPUs")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs")
     print(text)
     return 0
 

@@ -20,7 +20,7 @@ from ._kernels import bloch
 from .geometry import Geometry
 from .symmetry import SymmetryGroup
 
-__all__ = ["global_search"]
+__all__ = ["global_search", "kinematic_starts"]
 
 logger = logging.getLogger(__name__)
 
