@@ -87,9 +87,63 @@ EXACT_FIT_R = 1e-9
 POLISH_MAX_FACTOR = 10.0
 #: A weak-reflection move is kept when it lowers R by at least this factor.
 WEAK_IMPROVEMENT = 0.999
+#: … and, in the Poisson polish, when it lowers the deviance by more than this (Δχ² = 9: 3σ).
+POISSON_DEVIANCE_GAIN = 9.0
 
 
 # ---------------------------------------------------------------------------------- starts
+def _poisson_deviance(observed: np.ndarray, fitted: np.ndarray, dose: float) -> float:
+    """Poisson deviance 2 Σ [μ − y + y ln(y/μ)] of counts y = dose·I_obs, μ = dose·I_fit."""
+    y = dose * np.asarray(observed, float)
+    mu = dose * np.maximum(np.asarray(fitted, float), 1e-300)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        term = np.where(y > 0, y * np.log(y / mu), 0.0)
+    return float(2.0 * np.sum(mu - y + term))
+
+
+def _polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: RefinementResult,
+                    groups: Sequence[SymmetryGroup], dose: float, max_iter: int, time_s: float,
+                    ckpt: str | None, progress: bool) -> RefinementResult:
+    """Pseudo-origin and weak-reflection moves again, now in the Poisson likelihood of the fit.
+
+    The starts are compared by unweighted R, which hardly sees the weak beams: with noise the
+    best of them can lie around a false symmetry centre whose R is within 0.2 % of the right one
+    (SrTiO3-7, dose 1e5, seed 1: origin (½, 0), weak U_g 300σ off, reduced χ² 2.09 instead of
+    1.03). The Poisson deviance separates them clearly, so each move is refined with Poisson
+    weights and the fit of lowest deviance is kept.
+    """
+    t0 = time.perf_counter()
+    best, best_dev = final, _poisson_deviance(intensity, final.fit.intensity.values, dose)
+    vals0 = final.ug.values
+    _, strong = _weak_groups(vals0, groups, WEAK_FRACTION)
+    moves = _pseudo_origin_moves(geometry, vals0, groups, strong) + _weak_moves(vals0, groups, WEAK_FRACTION)
+    for name, vals in moves:
+        if time.perf_counter() - t0 > time_s:
+            logger.info("determine: Poisson polish time budget %g s used up", time_s)
+            break
+        path = os.path.join(ckpt, f"poisson_{name}.json") if ckpt else None
+        saved = _read_json(path) if path else None
+        if saved is None:
+            res = refine(pattern, geometry, input_ug(geometry, vals), final.thickness_nm,
+                         symmetry=list(groups), weights="poisson", dose=dose, max_iter=START_ITERATIONS,
+                         poisson_passes=1, progress=False)
+            saved = {"ug_real": res.ug.values.real.tolist(), "ug_imag": res.ug.values.imag.tolist(),
+                     "thickness_nm": res.thickness_nm,
+                     "deviance": _poisson_deviance(intensity, res.fit.intensity.values, dose)}
+            if path:
+                _write_json(path, saved)
+        if saved["deviance"] < best_dev - POISSON_DEVIANCE_GAIN:
+            logger.info("determine: %s lowers the Poisson deviance from %.6g to %.6g", name, best_dev,
+                        saved["deviance"])
+            best, best_dev = saved, saved["deviance"]
+    if best is final:
+        return final
+    start = input_ug(geometry, np.asarray(best["ug_real"]) + 1j * np.asarray(best["ug_imag"]))
+    return refine(pattern, geometry, start, best["thickness_nm"], symmetry=list(groups), weights="poisson",
+                  dose=dose, max_iter=max_iter, progress=progress,
+                  checkpoint=None if ckpt is None else os.path.join(ckpt, "final_refine_polished.json"))
+
+
 def _refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
                    groups: Sequence[SymmetryGroup], max_iter: int):
     """Constrained least squares; for many groups low orders first (:data:`STAGES`).
@@ -750,6 +804,9 @@ def determine(
     final = refine(pattern, geometry, ug_best, b["thickness_nm"], symmetry=list(groups), weights=weights,
                    dose=d, max_iter=max_iter, progress=progress,
                    checkpoint=None if ckpt is None else os.path.join(ckpt, "final_refine.json"))
+    if polish_weak and final.weights == "poisson":
+        final = _polish_poisson(pattern, inten, geometry, final, groups, d, max_iter, polish_time_s,
+                                ckpt, progress)
     unique, r0 = _unique_origin(geometry, final.ug, groups)
     phase = np.exp(2j * np.pi * (geometry.reflection_xy @ np.asarray(r0)))
     err = _rotate_errors(final, phase)
