@@ -239,6 +239,14 @@ def test_kinematic_magnitudes_separate_strong_from_weak(srtio3):
     assert np.all(starts[0].imag == 0)  # real starts; the weak groups at zero
     weak_refl = [g.members[0][0] for g, w in zip(groups, weak, strict=True) if w]
     assert np.all(starts[0][weak_refl] == 0)
+    with pytest.raises(ValueError, match="shape"):
+        kinematic_starts(data[:, :9], geo, groups)
+    bad = data.copy()
+    bad[2, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        kinematic_starts(bad, geo, groups)
+    with pytest.raises(ValueError, match="thickness_range"):
+        kinematic_starts(data, geo, groups, thickness_range_nm=(60, 5))
 
 
 def test_data_continuation_widens_the_basin(srtio3):

@@ -362,7 +362,14 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
         Up to ``n_out`` U_g vectors (n_reflections,) [1/Å²], best first.
     """
     inten = np.asarray(intensity, float)
+    if inten.shape != (geometry.n_tilts, geometry.n_beams):
+        raise ValueError(f"intensity must have shape (n_tilts, n_beams) = "
+                         f"{(geometry.n_tilts, geometry.n_beams)}, got {inten.shape}")
+    if not np.all(np.isfinite(inten)) or np.any(inten < 0):
+        raise ValueError("intensity must be finite and non-negative (NaN, inf or negative values found)")
     lo, hi = (float(v) for v in thickness_range_nm)
+    if not (0 < lo < hi) or not np.isfinite(hi):
+        raise ValueError(f"thickness_range_nm must be (low, high) with 0 < low < high, got {thickness_range_nm}")
     thick = np.arange(lo, hi + 1e-9, SEARCH_STEP_NM)
     stride = max(1, -(-geometry.n_tilts // tilts)) if tilts else 1
     obj = _Objective(geometry, inten, groups, thick, np.arange(0, geometry.n_tilts, stride))
