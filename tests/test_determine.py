@@ -118,6 +118,14 @@ def test_result_save_plot_and_compare(tmp_path, small):
     shifted = larbed.shift_origin(geo, truth, (1.1, 0.3))  # the truth in another origin
     cmp = res.compare(shifted)
     assert np.nanmax(cmp.relative.values[np.abs(truth.values) > 0.01]) < STRONG_RTOL
+    # the CLI table: an exact fit's σ are round-off, so |Δ|/σ is not printed
+    from larbed.refinement_cli import format_ug_table
+
+    text = format_ug_table(res, truth)
+    assert "exact fit" in text and len(text.splitlines()) == geo.n_reflections + 3
+    noisy = larbed.determine(larbed.simulate(geo, truth, 20.0, dose=1e5, seed=4), geo, start=truth,
+                             search=False, n_perturbed=0, progress=False)
+    assert "exact fit" not in format_ug_table(noisy, truth)
 
 
 def test_determine_bad_input(small):

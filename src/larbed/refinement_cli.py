@@ -20,6 +20,8 @@ import time
 
 import numpy as np
 
+from .determine import EXACT_FIT_R
+
 __all__ = ["register", "format_ug_table"]
 
 logger = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ def format_ug_table(result, ug_true=None) -> str:
     scale = max(float(np.max(np.abs(found))), 1e-300)
     complex_ = bool(np.max(np.abs(found.imag)) > 1e-12 * scale or np.any(err.imag != 0))
     cmp = result.compare(ug_true) if ug_true is not None else None
+    exact = result.r_factor <= EXACT_FIT_R  # noise-free data fitted to round-off
     head = f"{'hkl':>10}  {'Re U found':>11} {'± σ':>9}"
     if complex_:
         head += f"  {'Im U found':>11} {'± σ':>9}"
@@ -75,8 +78,11 @@ def format_ug_table(result, ug_true=None) -> str:
         if cmp is not None:
             true = cmp.true.values[i]
             row += f"  {true.real:11.6f}" + (f" {true.imag:11.6f}" if complex_ else "")
-            row += f"  {cmp.relative.values[i]:8.2e} {cmp.z.values[i]:6.2f}"
+            z = f"{cmp.z.values[i]:6.2f}" if not exact else f"{'–':>6}"
+            row += f"  {cmp.relative.values[i]:8.2e} {z}"
         lines.append(row)
+    if cmp is not None and exact:
+        lines.append(f"(exact fit, R = {result.r_factor:.2g}: the errors σ are round-off, so |Δ|/σ is not shown)")
     return "\n".join(lines)
 
 
