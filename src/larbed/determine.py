@@ -164,7 +164,6 @@ def _refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
     return res
 
 
-
 def _refine_continuation(intensity, geometry: Geometry, start, thickness_nm: float,
                          groups: Sequence[SymmetryGroup], max_iter: int):
     """Least squares along a path of data: I_λ = (1 − λ) I(start) + λ I_exp, λ → 1.
@@ -172,11 +171,12 @@ def _refine_continuation(intensity, geometry: Geometry, start, thickness_nm: flo
     At λ = 0 the start fits exactly; each step refines from the previous solution, so the fit
     follows the data to the measured pattern instead of jumping into the nearest false minimum.
     It reaches the solution from farther than direct least squares: ZnO-2 (97 beams, 101 U_g
-    groups, 60 kV, 50 nm) from truth ±30 %: R = 4e-14 (staged least squares: R = 0.17).
+    groups, 60 kV, 50 nm) from truth ±30 % and t 3 % off, 8 steps of 12 iterations and 60 final
+    ones: R = 4e-14, where staged least squares from the same U_g ends at R = 0.17.
     """
     from .simulation import simulate
 
-    ug = input_ug(geometry, start.values if hasattr(start, "values") else start)
+    ug = input_ug(geometry, start)
     inten0 = simulate(geometry, ug, thickness_nm).intensity.values
     t = thickness_nm
     for lam in np.linspace(1.0 / CONTINUATION_STEPS, 1.0, CONTINUATION_STEPS)[:-1]:
