@@ -13,6 +13,7 @@ from threadpoolctl import ThreadpoolController
 from ._kernels import bloch
 from .geometry import Geometry
 from .structure_factors import input_ug, ug_matrix
+from .symmetry import largest_subgroup
 
 __all__ = [
     "simulate",
@@ -172,11 +173,12 @@ def prepare_matrices(
 #: max |U_g| (round-off of exp(-2πi g·r) is ~1e-16; a real asymmetry is far larger).
 SYMMETRY_RTOL = 1e-12
 
-# The eight operations of the square tilt grid (acting on in-plane (x, y)); only these can map the
-# integer tilt grid onto itself.
+# The eight operations of the square tilt grid (acting on in-plane (x, y)), identity first; only
+# these can map the integer tilt grid onto itself.
 _GRID_OPERATIONS = tuple(
     np.array(m, dtype=float)
     for m in (
+        [[1, 0], [0, 1]],
         [[0, -1], [1, 0]],
         [[-1, 0], [0, -1]],
         [[0, 1], [-1, 0]],
@@ -220,25 +222,31 @@ def _map_tilts(tilt_ij: np.ndarray, op: np.ndarray) -> np.ndarray | None:
 
 
 def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Operations R of the square tilt grid under which the pattern is exactly invariant.
+    """Operations R of the square tilt grid under which the pattern is invariant (to round-off).
 
     R qualifies when it maps the tilt grid and the beam set onto themselves (beam permutation π)
-    and leaves the structure matrix invariant, U_{g_π(n) − g_π(m)} = U_{g_n − g_m}. Then
-    A(R k_t) = P A(k_t) Pᵀ and I(R k_t)[π(n)] = I(k_t)[n] exactly. The check uses the actual U_g
-    (and absorption), so it never changes a result.
+    and leaves the structure matrix invariant, U_{g_π(n) − g_π(m)} = U_{g_n − g_m} to
+    :data:`SYMMETRY_RTOL`. Then A(R k_t) = P A(k_t) Pᵀ and I(R k_t)[π(n)] = I(k_t)[n]. The check
+    uses the actual U_g (and absorption), so it changes a result by round-off at most.
+
+    The operations returned always form a group (with the identity): the largest subgroup of the
+    grid's operations whose every element qualifies (:func:`larbed.symmetry.largest_subgroup`).
+    Near-symmetric U_g can pass the test for R₁ and R₂ but not for R₁R₂; the independent tilts of
+    a set that is not a group would leave tilts uncomputed.
 
     Returns
     -------
     list of (tilt_permutation, beam_permutation)
-        Index arrays for each qualifying operation other than the identity.
+        Index arrays for each operation of the group other than the identity.
     """
     if geometry.n_tilts == 1:
         return []
     scale = float(np.max(np.abs(offdiag), initial=0.0))
     atol_g = 1e-6 * max(float(np.max(geometry.g_abs)), 1.0)
     center = np.asarray(geometry.tilt_center_mrad)
-    found = []
+    perms: list[tuple[np.ndarray, np.ndarray] | None] = []
     for op in _GRID_OPERATIONS:
+        perms.append(None)
         if not np.allclose(op @ center, center, atol=1e-9 * max(1.0, geometry.tilt_range_mrad)):
             continue
         beam_perm = _match_rows(geometry.g_xy, geometry.g_xy @ op.T, atol_g)
@@ -250,30 +258,22 @@ def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndar
         tilt_perm = _map_tilts(geometry.tilt_ij, op)
         if tilt_perm is None:
             continue
-        found.append((tilt_perm, beam_perm))
-    return found
+        perms[-1] = (tilt_perm, beam_perm)
+    group = largest_subgroup(_GRID_OPERATIONS, [p is not None for p in perms])
+    return [perms[i] for i in group if i != 0]  # type: ignore[misc]
 
 
 def _independent_tilts(n_tilts: int, operations) -> np.ndarray:
-    """Smallest tilt index of each orbit under the operations (the operations form a group)."""
+    """Smallest tilt index of each orbit under the operations (a group without its identity)."""
     rep = np.arange(n_tilts)
     for tilt_perm, _ in operations:
         rep = np.minimum(rep, tilt_perm)
-    # orbits under a group: one pass over the group's elements reaches every orbit minimum, but a
-    # partial set of generators would not; iterate to a fixed point to be safe
-    while True:
-        new = rep.copy()
-        for tilt_perm, _ in operations:
-            new = np.minimum(new, rep[tilt_perm])
-        if np.array_equal(new, rep):
-            break
-        rep = new
     return np.flatnonzero(rep == np.arange(n_tilts))
 
 
 def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
     n_tilts, n = diag.shape
-    out = np.empty((len(thickness_a), n_tilts, n))
+    out = np.full((len(thickness_a), n_tilts, n), np.nan)
     kernel = {
         "real": bloch.intensities_real,
         "hermitian": bloch.intensities_hermitian,
@@ -302,7 +302,7 @@ def _run_symmetric(geometry, path, offdiag, diag, thickness_a, progress, use_sym
         return _run_kernel(path, offdiag, diag, thickness_a, progress), 1, diag.shape[0]
     reps = _independent_tilts(diag.shape[0], ops)
     part = _run_kernel(path, offdiag, np.ascontiguousarray(diag[reps]), thickness_a, progress)
-    out = np.empty((len(thickness_a),) + diag.shape)
+    out = np.full((len(thickness_a),) + diag.shape, np.nan)  # anything left unfilled shows
     out[:, reps, :] = part
     for tilt_perm, beam_perm in ops:
         out[:, tilt_perm[reps][:, None], beam_perm[None, :]] = part
@@ -393,6 +393,14 @@ def simulate(
     out, n_ops, n_independent = _run_symmetric(
         geometry, path, offdiag, diag, thick * 10.0, progress, use_symmetry
     )
+    if not np.all(np.isfinite(out)):
+        bad = np.argwhere(~np.isfinite(out))[:, -2]
+        raise RuntimeError(
+            f"simulate left {int(np.sum(~np.isfinite(out)))} intensities undefined (NaN/inf) at "
+            f"{len(np.unique(bad))} tilts, e.g. tilt {int(bad[0])} ({path} eigensolver, "
+            f"{n_ops} symmetry operations); this is a larbed bug or an eigensolver failure, "
+            "please report it (use_symmetry=False may work around it)"
+        )
 
     intensity = out[0] if scalar else out
     dims = ("tilt", "beam") if scalar else ("thickness", "tilt", "beam")
