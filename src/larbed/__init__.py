@@ -19,17 +19,21 @@ from .refinement import RefinementResult, intensity_jacobian, refine, thickness_
 from .scattering import scattering_factor
 from .simulation import simulate
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug, shift_origin
+from .threads import get_num_threads, set_num_threads
+from .trust import FitWarning
 
 __all__ = [
     "Atom",
     "Crystal",
     "DeterminationResult",
+    "FitWarning",
     "Geometry",
     "RefinementResult",
     "__version__",
     "compute_ug",
     "determine",
     "electron_wavelength",
+    "get_num_threads",
     "input_ug",
     "intensity_jacobian",
     "load_pattern",
@@ -44,6 +48,7 @@ __all__ = [
     "save_pattern",
     "save_ug",
     "scattering_factor",
+    "set_num_threads",
     "shift_origin",
     "simulate",
     "thickness_scan",

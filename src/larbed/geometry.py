@@ -218,45 +218,36 @@ class Geometry:
 
     def _build_reflections(self) -> None:
         n = self.n_beams
-        diff = self.hkl[:, None, :] - self.hkl[None, :, :]  # g_n - g_m
-        canon = {}
-        reps = []
-        for a in range(n):
-            for b in range(n):
-                if a == b:
-                    continue
-                d = tuple(int(x) for x in diff[a, b])
-                neg = tuple(-x for x in d)
-                if d in canon or neg in canon:
-                    continue
-                first = next(x for x in d if x != 0)
-                rep = d if first > 0 else neg
-                canon[rep] = None
-                reps.append(rep)
-        reps_arr = np.array(reps, dtype=int).reshape(-1, 3)
+        diff = (self.hkl[:, None, :] - self.hkl[None, :, :]).reshape(-1, 3)  # g_n - g_m
+        off = ~np.eye(n, dtype=bool).ravel()
+        # canonical member of each Friedel pair: first non-zero index positive
+        first = np.take_along_axis(diff, np.argmax(diff != 0, axis=1)[:, None], axis=1)[:, 0]
+        sign = np.where(first > 0, 1, -1)
+        canon = diff * sign[:, None]
+        # one integer key per (h, k, l): a 1-D unique is many times faster than unique(axis=0)
+        lo = canon.min(axis=0)
+        width = canon.max(axis=0) - lo + 1
+        key = ((canon[:, 0] - lo[0]) * width[1] + canon[:, 1] - lo[1]) * width[2] + canon[:, 2] - lo[2]
+        ukeys, inverse = np.unique(key[off], return_inverse=True)
+        reps_arr = np.stack([ukeys // (width[1] * width[2]) + lo[0],
+                             (ukeys // width[2]) % width[1] + lo[1],
+                             ukeys % width[2] + lo[2]], axis=1)
         g = reps_arr @ self.crystal.reciprocal_vectors
         glen = np.round(np.linalg.norm(g, axis=1), _G_DECIMALS)
         ang = np.round(
             np.mod(np.arctan2(g @ self.frame[1], g @ self.frame[0]), 2 * np.pi), _ANGLE_DECIMALS
         )
         order = np.lexsort((ang, glen))
-        reps_arr = reps_arr[order]
-        lookup = {tuple(r): i for i, r in enumerate(reps_arr.tolist())}
-        index = -np.ones((n, n), dtype=np.int64)
-        sign = np.zeros((n, n), dtype=np.int64)
-        for a in range(n):
-            for b in range(n):
-                if a == b:
-                    continue
-                d = tuple(int(x) for x in diff[a, b])
-                if d in lookup:
-                    index[a, b], sign[a, b] = lookup[d], 1
-                else:
-                    index[a, b], sign[a, b] = lookup[tuple(-x for x in d)], -1
-        self.reflection_hkl = reps_arr
-        self.reflection_g = reps_arr @ self.crystal.reciprocal_vectors
-        self.pair_index = index
-        self.pair_sign = sign
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        index = -np.ones(n * n, dtype=np.int64)
+        pair_sign = np.zeros(n * n, dtype=np.int64)
+        index[off] = rank[np.ravel(inverse)]
+        pair_sign[off] = sign[off]
+        self.reflection_hkl = reps_arr[order]
+        self.reflection_g = self.reflection_hkl @ self.crystal.reciprocal_vectors
+        self.pair_index = index.reshape(n, n)
+        self.pair_sign = pair_sign.reshape(n, n)
         for arr in (self.reflection_hkl, self.reflection_g, self.pair_index, self.pair_sign):
             arr.flags.writeable = False
 

@@ -23,6 +23,7 @@ from numbers import Number
 import numpy as np
 import xarray as xr
 
+from ._checkpoint import atomic_write
 from .geometry import Geometry
 from .simulation import extract_ug, pattern_coords
 
@@ -36,6 +37,7 @@ __all__ = [
     "read_csv",
     "write_csv",
     "CSV_COLUMNS",
+    "normalise_counts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -273,13 +275,9 @@ def _write(ds: xr.Dataset, path) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MissingFileError(f"cannot write {path!r}: folder {folder!r} does not exist")
-    tmp = path + ".part"
-    try:
-        ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=_fill_free(ds))
-        os.replace(tmp, path)  # never leave a half-written file under the final name
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    # a unique temporary, renamed into place: never a half-written file under the final name
+    atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4",
+                                                encoding=_fill_free(ds)))
     logger.info("wrote %s", path)
 
 
@@ -312,8 +310,18 @@ def save_pattern(ds: xr.Dataset, path: str | os.PathLike) -> None:
     _write(_encode(ds, "pattern"), path)
 
 
-def load_pattern(path: str | os.PathLike) -> xr.Dataset:
+def load_pattern(path: str | os.PathLike, *, counts: bool = False) -> xr.Dataset:
     """Read a pattern written by :func:`save_pattern` (values loaded into memory, file closed).
+
+    Parameters
+    ----------
+    path : str or path-like
+    counts : bool
+        The file's ``intensity`` holds detector counts, not fractions of the incident beam:
+        normalise each tilt by its total and keep the totals as the per-tilt dose (see
+        :func:`normalise_counts`).
+
+    The file's path is kept in ``ds.encoding['source']`` (results record it with its SHA-256).
 
     Raises
     ------
@@ -330,7 +338,63 @@ def load_pattern(path: str | os.PathLike) -> xr.Dataset:
             "it is not a larbed pattern file"
         )
     ds.attrs.pop(_KIND_ATTR, None)
-    return ds
+    _record_source(ds, path)
+    return normalise_counts(ds) if counts else ds
+
+
+def _record_source(ds: xr.Dataset, path) -> None:
+    """Remember the file a pattern came from in ``ds.encoding['source']`` (xarray's convention;
+    not an attribute, so a loaded file equals the saved one)."""
+    ds.encoding["source"] = os.path.abspath(os.fspath(path))
+
+
+def source_provenance(ds) -> dict:
+    """``{'source_path', 'source_sha256'}`` of the file a pattern was read from (empty if none)."""
+    from ._checkpoint import file_sha256
+
+    path = getattr(ds, "encoding", {}).get("source") if isinstance(ds, xr.Dataset) else None
+    if not path or not os.path.isfile(path):
+        return {}
+    return {"source_path": path, "source_sha256": file_sha256(path)}
+
+
+def normalise_counts(ds: xr.Dataset) -> xr.Dataset:
+    """Counts → intensities: divide each tilt by its total, keep the totals as the per-tilt dose.
+
+    Intensities in larbed are fractions of the incident beam. A pattern of detector counts N_tb
+    becomes I_tb = N_tb / Σ_b N_tb, and D_t = Σ_b N_tb [electrons per tilt] is stored as the
+    variable ``dose`` over ``tilt`` (Poisson weights then use σ²(I_tb) = I_tb / D_t). The counts are
+    kept as ``counts``. The recorded beams then sum to 1 at every tilt: the electrons scattered
+    outside them are not known from the counts.
+
+    Raises
+    ------
+    ValueError
+        Negative counts, or a tilt whose counts sum to zero.
+    """
+    if "intensity" not in ds:
+        raise ValueError("a pattern Dataset needs an 'intensity' variable (tilt, beam)")
+    da = ds["intensity"]
+    if set(da.dims) != {"tilt", "beam"}:
+        raise ValueError(f"counts must be over (tilt, beam), got dims {da.dims}")
+    c = da.transpose("tilt", "beam").values.astype(float)
+    if np.any(c < 0):
+        raise ValueError(f"counts must be >= 0; {int(np.sum(c < 0))} are negative (min {np.nanmin(c):g})")
+    total = np.nansum(c, axis=1)
+    if np.any(total <= 0):
+        bad = np.flatnonzero(total <= 0)
+        raise ValueError(f"{bad.size} tilt(s) have no counts at all (e.g. tilt {int(bad[0])}); "
+                         "remove them or check the file")
+    out = ds.copy()
+    out.encoding = dict(ds.encoding)
+    out["counts"] = (("tilt", "beam"), c, {"units": "electrons", "long_name": "detector counts"})
+    out["intensity"] = (("tilt", "beam"), c / total[:, None],
+                        {"units": "1", "long_name": "beam intensity (counts / counts of the tilt)"})
+    out["dose"] = ("tilt", total, {"units": "electrons per tilt",
+                                   "long_name": "recorded electrons per tilt (sum of its counts)"})
+    out.attrs["dose"] = "per tilt (variable 'dose', from the counts)"
+    out.attrs["normalisation"] = "per tilt, from counts"
+    return out
 
 
 def save_ug(da: xr.DataArray, path: str | os.PathLike) -> None:
@@ -414,8 +478,12 @@ def write_csv(ds: xr.Dataset, path: str | os.PathLike, variable: str = "intensit
         for n in range(vals.shape[1]):
             lines.append(f"{hkl[n, 0]},{hkl[n, 1]},{hkl[n, 2]},{tilt},{float(vals[m, n]):.17g}")
     path = os.fspath(path)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write("\n".join(lines) + "\n")
+
+    atomic_write(path, write)
     logger.info("wrote %d rows to %s", vals.size, path)
 
 
@@ -491,7 +559,8 @@ def _first_appearance(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq[order], rank[np.ravel(inverse)]
 
 
-def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Dataset:
+def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
+             counts: bool = False) -> xr.Dataset:
     """Read measured intensities from a CSV table into a pattern Dataset.
 
     Parameters
@@ -507,6 +576,13 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Da
         recorded in a ``# larbed-attrs:`` header (files of :func:`write_csv`) is used, and failing
         that beams and tilts are taken from the table in order of first appearance (coordinates
         h, k, l, tilt_x, tilt_y only; no geometry attributes).
+    counts : bool
+        The ``intensity`` column holds detector counts: normalise each tilt by its total and keep
+        the totals as the per-tilt dose (:func:`normalise_counts`). Without it the values must be
+        fractions of the incident beam (per-tilt sums ≤ 1); raw counts are then rejected when
+        larbed uses the pattern.
+
+    The file's path is kept in ``ds.encoding['source']`` (results record it with its SHA-256).
 
     Returns
     -------
@@ -562,19 +638,19 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Da
             )
     n_t, n_b = len(tilts), len(beams)
     flat = tilt_idx * n_b + beam_idx
-    counts = np.bincount(flat, minlength=n_t * n_b)
-    if np.any(counts > 1):
-        cell = int(np.flatnonzero(counts > 1)[0])
+    per_cell = np.bincount(flat, minlength=n_t * n_b)
+    if np.any(per_cell > 1):
+        cell = int(np.flatnonzero(per_cell > 1)[0])
         rows = (np.flatnonzero(flat == cell) + 1).tolist()
         raise LarbedFileError(
             f"{path!r}: duplicate data rows {rows[:5]} for beam {beams[cell % n_b].tolist()} "
             f"at tilt ({tilts[cell // n_b][0]:g}, {tilts[cell // n_b][1]:g}) mrad; "
             "each (tilt, beam) must appear once"
         )
-    if np.any(counts == 0):
-        cell = int(np.flatnonzero(counts == 0)[0])
+    if np.any(per_cell == 0):
+        cell = int(np.flatnonzero(per_cell == 0)[0])
         raise LarbedFileError(
-            f"{path!r}: incomplete table, {int(np.sum(counts == 0))} (tilt, beam) rows missing, "
+            f"{path!r}: incomplete table, {int(np.sum(per_cell == 0))} (tilt, beam) rows missing, "
             f"e.g. beam {beams[cell % n_b].tolist()} at tilt "
             f"({tilts[cell // n_b][0]:g}, {tilts[cell // n_b][1]:g}) mrad"
         )
@@ -601,5 +677,6 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None) -> xr.Da
         attrs.update(geometry.to_attrs())
     attrs.update({"source_file": os.path.basename(path), "source_format": "csv"})
     ds.attrs.update(attrs)
+    _record_source(ds, path)
     logger.info("read %d tilts × %d beams from %s", n_t, n_b, path)
-    return ds
+    return normalise_counts(ds) if counts else ds

@@ -17,7 +17,6 @@ covariance is the minimum-norm one (errors are those of U_g after aligning the o
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,14 +25,24 @@ from typing import Literal, get_args
 import numpy as np
 import scipy.linalg
 import xarray as xr
-from threadpoolctl import threadpool_limits
 
+from ._checkpoint import fingerprint, read_json, write_json
 from ._kernels import bloch, gradients
 from .geometry import Geometry
-from .metrics import r_factor as _r_factor
+from .metrics import check_dose, dose_column, expected_noise_r
 from .simulation import check_thickness, check_ug, prepare_matrices, simulate
 from .structure_factors import input_ug
 from .symmetry import SymmetryGroup, _hkl_lookup, symmetry_groups
+from .threads import kernel_threads
+from .trust import (
+    CHI2_MAX,
+    R_MAX_NOISE_FREE,
+    R_NOISE_FACTOR,
+    FitWarning,
+    check_thresholds,
+    fit_quality_warnings,
+    untrustworthy,
+)
 
 __all__ = [
     "RefinementResult",
@@ -86,16 +95,74 @@ def _geometry_mismatch(attrs: dict, geometry: Geometry) -> list[str]:
     return problems
 
 
-def check_pattern(pattern, geometry: Geometry) -> np.ndarray:
+#: Per-tilt sums of normalised intensities may exceed 1 by noise: by at most this many standard
+#: deviations √(1/D) of the sum when the dose D is known …
+SUM_NOISE_SIGMAS = 6.0
+#: … and, with no dose known, the median per-tilt sum by at most this and the largest by this.
+SUM_MEDIAN_SLACK = 0.05
+SUM_MAX_SLACK = 0.5
+#: A pattern whose diffracted beams (all but 000) hold less than this fraction of the intensity
+#: determines nothing (thickness 0, or no crystal in the beam).
+MIN_DIFFRACTED_FRACTION = 1e-9
+
+_NORMALISE_HINT = (
+    "intensities must be fractions of the incident beam (per-tilt sums ≤ 1; absorption, missing "
+    "beams or background subtraction make them smaller). Give counts=True (read_csv, load_pattern; "
+    "CLI --counts) to normalise each tilt by its total and keep the counts as the dose, or divide "
+    "each tilt by its incident dose yourself"
+)
+
+
+def check_normalisation(arr: np.ndarray, dose=None, what: str = "pattern") -> None:
+    """Raise ValueError when intensities look like raw counts or are not normalised.
+
+    Integer-valued data above 1, or per-tilt sums clearly above 1 (beyond the Poisson noise of the
+    sum when ``dose`` is known, else a median above 1.05 or a tilt above 1.5), are rejected.
+    """
+    finite = arr[np.isfinite(arr)]
+    if finite.size and finite.max() > 1 and np.all(finite == np.round(finite)):
+        raise ValueError(f"{what} holds integer values up to {finite.max():.0f}: these look like raw "
+                         f"counts; {_NORMALISE_HINT}")
+    sums = np.nansum(arr, axis=1)
+    if dose is not None:
+        limit = 1.0 + SUM_NOISE_SIGMAS * np.sqrt(1.0 / np.asarray(dose, float)) + 1e-9
+        bad = sums > limit
+        if np.any(bad):
+            i = int(np.argmax(sums - limit))
+            raise ValueError(f"{what}: the intensities of tilt {i} sum to {sums[i]:.6g}, beyond 1 plus "
+                             f"the Poisson noise of the dose; {_NORMALISE_HINT}")
+        return
+    med, top = float(np.median(sums)), float(np.max(sums))
+    if med > 1.0 + SUM_MEDIAN_SLACK or top > 1.0 + SUM_MAX_SLACK:
+        raise ValueError(f"{what}: per-tilt sums of the intensities are up to {top:.6g} (median "
+                         f"{med:.6g}); {_NORMALISE_HINT}")
+
+
+def check_diffracted(arr: np.ndarray) -> None:
+    """Raise ValueError when the diffracted beams carry (next to) no intensity."""
+    total = float(np.nansum(arr))
+    diffracted = float(np.nansum(arr[:, 1:]))
+    if diffracted <= MIN_DIFFRACTED_FRACTION * total:
+        raise ValueError(
+            f"the pattern has no diffracted intensity (beams other than 000 hold "
+            f"{diffracted / max(total, 1e-300):.3g} of it): a crystal of thickness 0, or no crystal, "
+            "determines neither U_g nor the thickness"
+        )
+
+
+def check_pattern(pattern, geometry: Geometry, dose=None) -> np.ndarray:
     """Intensities (n_tilts, n_beams) of ``pattern`` after checking them against ``geometry``.
 
     ``pattern`` is a Dataset with ``intensity``, a DataArray over (``tilt``, ``beam``) or an array of
     shape (n_tilts, n_beams). Raises ValueError when shape, beams (h, k, l), tilts or recorded
-    geometry attributes disagree with ``geometry``, or when intensities are NaN, infinite or < 0.
+    geometry attributes disagree with ``geometry``, when intensities are NaN, infinite or < 0, or
+    when they are not fractions of the incident beam (:func:`check_normalisation`; ``dose`` [electrons
+    per tilt], default the pattern's, sets the noise allowed on per-tilt sums).
     """
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
     attrs: dict = {}
+    source = pattern
     if isinstance(pattern, xr.Dataset):
         if "intensity" not in pattern:
             raise ValueError("pattern Dataset has no 'intensity' variable")
@@ -138,28 +205,30 @@ def check_pattern(pattern, geometry: Geometry) -> np.ndarray:
         )
     if arr.sum() <= 0:
         raise ValueError("pattern intensities sum to zero")
+    check_normalisation(arr, pattern_dose(source, dose, geometry.n_tilts))
     return arr
 
 
-def pattern_dose(pattern, dose: float | None = None) -> float | None:
-    """Electrons per tilt: ``dose`` if given, else ``pattern.attrs['dose']`` when numeric."""
+def pattern_dose(pattern, dose=None, n_tilts: int | None = None):
+    """Electrons per tilt: ``dose`` if given, else the pattern's ``dose`` variable (one value per
+    tilt, as :func:`larbed.read_csv` with ``counts=True`` records it) or numeric
+    ``attrs['dose']``; None when no dose is known. A float or an (n_tilts,) array."""
+    if dose is None and isinstance(pattern, xr.Dataset) and "dose" in pattern.data_vars:
+        dose = pattern["dose"].values
     if dose is None and isinstance(pattern, (xr.Dataset, xr.DataArray)):
         dose = pattern.attrs.get("dose")
         if isinstance(dose, str):
             dose = None
     if dose is None:
         return None
-    dose = float(dose)
-    if not np.isfinite(dose) or dose <= 0:
-        raise ValueError(f"dose must be a positive number of electrons per tilt, got {dose}")
-    return dose
+    return check_dose(dose, n_tilts)
 
 
 # ---------------------------------------------------------------------------------- model
 class _Model:
     """Forward model and Jacobian on the full vector x = [Re U (P), Im U (P), t [nm], (κ)].
 
-    Callers must hold ``threadpool_limits(1, user_api='blas')`` (the kernels run BLAS inside
+    Callers must hold :func:`larbed.threads.kernel_threads` (the kernels run BLAS inside
     parallel loops).
     """
 
@@ -193,13 +262,16 @@ class _Model:
         kernel = {"real": bloch.intensities_real, "hermitian": bloch.intensities_hermitian,
                   "general": bloch.intensities_general}[path]
         out = np.empty((thick.size,) + dg.shape)
-        kernel(off, dg, thick, out)  # callers hold threadpool_limits(1, 'blas')
+        kernel(off, dg, thick, out)  # callers hold kernel_threads()
         return out[0] if thickness_nm is None else out
 
-    def jacobian(self, x) -> tuple[np.ndarray, np.ndarray]:
-        """Intensities (M, N) and dI/dx (M, N, n_x); thickness column per nm."""
+    def jacobian(self, x, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Intensities (M, N) and dI/dx (M, N, n_x) of the tilts ``rows`` (default all);
+        thickness column per nm."""
         ug, t, kappa = self.unpack(x)
         off, dg, path = self._matrices(ug, kappa, self.kappa_column)
+        if rows is not None:
+            dg = np.ascontiguousarray(dg[rows])
         n_cols = 2 * self.p + 1 + int(self.kappa_column)
         m, n = dg.shape
         out_i = np.empty((m, n))
@@ -252,10 +324,15 @@ def intensity_jacobian(geometry: Geometry, ug, thickness_nm: float, *,
     absorbing = absorption is not None
     if absorbing and (not np.isfinite(absorption) or absorption < 0):
         raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
+    from .resources import check_memory, estimate_jacobian
+
+    check_memory(estimate_jacobian(geometry), "intensity_jacobian",
+                 "refine() sums the normal equations over tilt chunks and needs far less; or "
+                 "use a geometry with fewer tilts")
     model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, absorbing)
     vals = ug_da.values
     x = np.concatenate([vals.real, vals.imag, [t], [absorption] if absorbing else []])
-    with threadpool_limits(limits=1, user_api="blas"):
+    with kernel_threads():
         inten, jac = model.jacobian(x)
     p = geometry.n_reflections
     from .simulation import pattern_coords
@@ -323,7 +400,7 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
     >>> scan.attrs["best_thickness_nm"]
     31.5
     """
-    exp = check_pattern(pattern, geometry)
+    exp = check_pattern(pattern, geometry, dose)
     ug_da = check_ug(geometry, ug)
     if metric not in SCAN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {SCAN_METRICS}")
@@ -334,10 +411,11 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         values = np.abs(sim - exp[None]).sum(axis=(1, 2)) / exp.sum()
         units = "1"
     else:
-        d = pattern_dose(pattern, dose)
+        d = pattern_dose(pattern, dose, geometry.n_tilts)
         if d is None:
             raise ValueError("metric='chi2' needs a dose (argument or pattern.attrs['dose'])")
-        var = np.maximum(exp, 1.0 / d) / d
+        dc = dose_column(d)
+        var = np.maximum(exp, 1.0 / dc) / dc
         values = (((sim - exp[None]) ** 2) / var[None]).sum(axis=(1, 2)) / exp.size
         units = "1"
     best = int(np.argmin(values))
@@ -431,16 +509,26 @@ def _gauge_basis(pmap: _Map, geometry: Geometry, x: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------- solver
+#: Memory for one tilt chunk of the Jacobian in :meth:`_Problem.normal_equations` [bytes]: the
+#: normal equations JᵀWJ and JᵀWr are summed over chunks, so memory stays bounded at any size.
+JACOBIAN_CHUNK_BYTES = 256 * 2**20
+
+
 class _Problem:
-    """Weighted residuals r = √w (I_sim − I_exp) and their Jacobian in the free parameters q."""
+    """Weighted residuals r = √w (I_sim − I_exp) and their normal equations in the free parameters q.
+
+    Data points that are NaN (not measured) have weight 0 and count nowhere.
+    """
 
     def __init__(self, model: _Model, pmap: _Map, data: np.ndarray, weights: np.ndarray,
                  prior: tuple[np.ndarray, np.ndarray] | None = None):
-        import scipy.sparse
-
-        self.model, self.pmap, self.data = model, pmap, data
+        self.model, self.pmap = model, pmap
+        self.data = data
         self.set_weights(weights)
-        self._t_sparse = scipy.sparse.csc_matrix(pmap.t)
+        self._t_dense = np.ascontiguousarray(pmap.t)
+        n_tilts, n_beams = data.shape
+        per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.t.shape[1] + 4)
+        self.chunk = int(max(1, min(n_tilts, JACOBIAN_CHUNK_BYTES // per_tilt)))
         # Gaussian prior on x (Re U_g, Im U_g): residual rows (x_i − centre_i)/σ_i for finite σ_i
         self.prior_idx = np.zeros(0, int)
         if prior is not None:
@@ -456,22 +544,40 @@ class _Problem:
     def _prior_rows(self, q):
         return (self.pmap.x(q)[self.prior_idx] - self.prior_centre) * self.prior_inv
 
+    def _weighted(self, inten: np.ndarray) -> np.ndarray:
+        return self.sw * np.nan_to_num(inten - self.data).ravel()
+
     def residual(self, q):
         inten = self.model.intensities(self.pmap.x(q))
-        r = self.sw * (inten - self.data).ravel()
+        r = self._weighted(inten)
         if self.prior_idx.size:
             r = np.concatenate([r, self._prior_rows(q)])
         return r, inten
 
-    def residual_jacobian(self, q):
-        inten, jac = self.model.jacobian(self.pmap.x(q))
-        jq = np.asarray((self._t_sparse.T @ jac.reshape(-1, jac.shape[2]).T).T)
-        jq *= self.sw[:, None]
-        r = self.sw * (inten - self.data).ravel()
+    def normal_equations(self, q):
+        """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk."""
+        x = self.pmap.x(q)
+        n_tilts, n_beams = self.data.shape
+        n_q = self.pmap.t.shape[1]
+        hess = np.zeros((n_q, n_q))
+        grad = np.zeros(n_q)
+        inten = np.empty((n_tilts, n_beams))
+        for lo in range(0, n_tilts, self.chunk):
+            hi = min(lo + self.chunk, n_tilts)
+            part, jac = self.model.jacobian(x, slice(lo, hi))
+            inten[lo:hi] = part
+            sw = self.sw[lo * n_beams:hi * n_beams]
+            jq = jac.reshape(-1, jac.shape[2]) @ self._t_dense
+            jq *= sw[:, None]
+            hess += jq.T @ jq
+            grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())
+        r = self._weighted(inten)
         if self.prior_idx.size:
-            r = np.concatenate([r, self._prior_rows(q)])
-            jq = np.vstack([jq, self._t_prior])
-        return r, inten, jq
+            rows = self._prior_rows(q)
+            r = np.concatenate([r, rows])
+            hess += self._t_prior.T @ self._t_prior
+            grad += self._t_prior.T @ rows
+        return r, inten, hess, grad
 
     def clip(self, q):
         """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0)."""
@@ -497,7 +603,23 @@ class _LMState:
 
 
 def _r(data, inten) -> float:
-    return float(np.abs(inten - data).sum() / data.sum())
+    ok = np.isfinite(data)
+    return float(np.abs(inten[ok] - data[ok]).sum() / data[ok].sum())
+
+
+def _null_directions(hess: np.ndarray, gauge: np.ndarray) -> np.ndarray:
+    """Orthonormal columns spanning the directions JᵀJ does not determine, outside the gauge.
+
+    An eigenvalue of JᵀWJ below :data:`UNDETERMINED_RCOND` of the largest (on the complement of
+    the origin-shift null space) is a combination of parameters the data do not see.
+    """
+    nq = hess.shape[0]
+    v = scipy.linalg.null_space(gauge.T) if gauge.shape[1] else np.eye(nq)
+    if v.shape[1] == 0:
+        return np.zeros((nq, 0))
+    w, e = np.linalg.eigh(v.T @ hess @ v)
+    bad = w <= UNDETERMINED_RCOND * max(float(w.max(initial=0.0)), 1e-300)
+    return v @ e[:, bad]
 
 
 def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol: float, xtol: float,
@@ -506,14 +628,12 @@ def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol
 
     Steps are kept out of the origin-shift null space (see :func:`_gauge_basis`).
     """
-    r, inten, jac = prob.residual_jacobian(state.q)
+    r, inten, hess, grad = prob.normal_equations(state.q)
     cost = 0.5 * float(r @ r)
     nu = 2.0
     small_steps = 0
     geometry = prob.model.geometry
     for _ in range(max_iter):
-        grad = jac.T @ r
-        hess = jac.T @ jac
         diag = np.maximum(np.diag(hess).copy(), 1e-12 * max(np.max(np.diag(hess)), 1e-300))
         gauge = _gauge_basis(prob.pmap, geometry, prob.pmap.x(state.q))
         pin = np.max(diag) * (gauge @ gauge.T) if gauge.shape[1] else 0.0
@@ -556,7 +676,7 @@ def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol
         scaled_q = np.sqrt(np.sum(diag * state.q**2))
         state.q = q_new
         state.iterations += 1
-        r, inten, jac = prob.residual_jacobian(state.q)
+        r, inten, hess, grad = prob.normal_equations(state.q)
         cost = 0.5 * float(r @ r)
         x = prob.pmap.x(state.q)
         state.history.append((state.iterations, stage, 2.0 * cost, _r(prob.data, inten),
@@ -573,28 +693,38 @@ def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol
             break
     else:
         state.message = f"stopped after max_iter={max_iter} iterations"
-    state.jac, state.inten, state.r = jac, inten, r  # type: ignore[attr-defined]
+    state.hess, state.inten, state.r = hess, inten, r  # type: ignore[attr-defined]
     return state
 
 
-def _covariance(jac: np.ndarray, gauge: np.ndarray) -> tuple[np.ndarray, int]:
-    """(JᵀJ)⁻¹ on the complement of the origin null space; undetermined directions → inf."""
-    hess = jac.T @ jac
+def _covariance(hess: np.ndarray, gauge: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(JᵀJ)⁻¹ on the complement of the origin null space; undetermined directions → inf.
+
+    Returns the covariance and the (n_q, k) undetermined directions (:func:`_null_directions`).
+    """
     nq = hess.shape[0]
-    if gauge.shape[1]:
-        v = scipy.linalg.null_space(gauge.T)
-    else:
-        v = np.eye(nq)
+    v = scipy.linalg.null_space(gauge.T) if gauge.shape[1] else np.eye(nq)
     w, e = np.linalg.eigh(v.T @ hess @ v)
     keep = w > UNDETERMINED_RCOND * max(w.max(initial=0.0), 1e-300)
     ev = v @ e
     cov = (ev[:, keep] / w[keep]) @ ev[:, keep].T
-    n_bad = int(np.sum(~keep))
-    if n_bad:
-        loose = np.any(np.abs(ev[:, ~keep]) > 1e-3, axis=1)
+    null = ev[:, ~keep]
+    if null.shape[1]:
+        loose = np.any(np.abs(null) > 1e-3, axis=1)
         cov[loose, :] = np.inf
         cov[:, loose] = np.inf
-    return cov, n_bad
+    return cov, null
+
+
+def _describe_null(null: np.ndarray, labels: list[str], max_terms: int = 4) -> list[str]:
+    """Each undetermined direction as a readable combination of parameter labels."""
+    out = []
+    for vec in null.T:
+        order = np.argsort(-np.abs(vec))
+        big = [i for i in order[:max_terms] if abs(vec[i]) > 0.2 * abs(vec[order[0]])]
+        terms = " ".join(f"{'+' if vec[i] * vec[big[0]] > 0 else '−'} {labels[i]}" for i in big)
+        out.append(terms.lstrip("+ ") + (" …" if np.sum(np.abs(vec) > 1e-3) > len(big) else ""))
+    return out
 
 
 # ---------------------------------------------------------------------------------- result
@@ -631,6 +761,10 @@ class RefinementResult:
     converged : bool
     message : str
     n_iterations : int
+    warnings : list of FitWarning
+        What the fit found that makes a number doubtful (a ``str`` each, with a ``kind``:
+        'bound', 'chi2', 'r_factor' or 'undetermined'; see :mod:`larbed.trust`). Empty when
+        all is well.
     """
 
     ug: xr.DataArray
@@ -650,6 +784,13 @@ class RefinementResult:
     message: str
     n_iterations: int
     geometry: Geometry = field(repr=False)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def trustworthy(self) -> bool:
+        """False when a warning of kind 'bound', 'chi2' or 'r_factor' was raised (see
+        :mod:`larbed.trust`)."""
+        return not untrustworthy(self.warnings)
 
     def to_dataset(self) -> xr.Dataset:
         """Everything in one Dataset (fit, U_g with errors, history) for saving."""
@@ -684,26 +825,24 @@ def _reflection_mask(geometry: Geometry, spec) -> np.ndarray | None:
     return mask
 
 
-def _load_checkpoint(path, n_x: int):
+def _load_checkpoint(path, n_x: int, fp: str):
     if path is None or not os.path.exists(path):
         return None
-    try:
-        with open(path, encoding="utf-8") as fh:
-            state = json.load(fh)
-    except (OSError, ValueError):
-        logger.warning("ignoring unreadable refinement checkpoint %s", path)
-        return None
-    if len(state.get("x", [])) != n_x:
-        logger.warning("ignoring checkpoint %s: it has a different number of parameters", path)
-        return None
+    state = read_json(path)
+    if state is None:
+        raise ValueError(f"refinement checkpoint {os.fspath(path)!r} is unreadable (corrupt?); larbed "
+                         "does not overwrite it: delete it or give another checkpoint path")
+    if state.get("fingerprint", fp) != fp or len(state.get("x", [])) != n_x:
+        raise ValueError(f"refinement checkpoint {os.fspath(path)!r} belongs to another pattern or "
+                         "other settings; delete it or give another checkpoint path")
     return state
 
 
-def _save_checkpoint(path, x, history, stage) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump({"x": np.asarray(x).tolist(), "history": history, "stage": stage}, fh)
-    os.replace(tmp, path)
+def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=None) -> None:
+    """``finished_with``: the iteration limits of a finished refinement (None while it runs)."""
+    write_json(path, {"fingerprint": fp, "x": np.asarray(x).tolist(), "history": history,
+                      "stage": stage, "finished": finished_with is not None, "limits": finished_with,
+                      "x_weights": None if x_weights is None else np.asarray(x_weights).tolist()})
 
 
 def refine(
@@ -714,7 +853,7 @@ def refine(
     *,
     refine_thickness: bool = True,
     weights: Weights = "auto",
-    dose: float | None = None,
+    dose=None,
     symmetry=None,
     real: bool = False,
     absorption: float | None = None,
@@ -724,6 +863,9 @@ def refine(
     max_iter: int = 100,
     ftol: float = 1e-10,
     poisson_passes: int = 3,
+    chi2_max: float = CHI2_MAX,
+    r_noise_factor: float = R_NOISE_FACTOR,
+    r_max: float = R_MAX_NOISE_FREE,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
 ) -> RefinementResult:
@@ -795,23 +937,25 @@ def refine(
     >>> res.r_factor < 1e-8, round(res.thickness_nm, 6)
     (True, 30.0)
     """
-    exp = check_pattern(pattern, geometry)
+    exp = check_pattern(pattern, geometry, dose)
+    check_diffracted(exp)
     ug_da = check_ug(geometry, ug0)
     t0 = _check_start_thickness(thickness_nm0)
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
-    d = pattern_dose(pattern, dose)
+    d = pattern_dose(pattern, dose, geometry.n_tilts)
     if weights == "auto":
         weights = "poisson" if d is not None else "none"
     if weights == "poisson" and d is None:
         raise ValueError("weights='poisson' needs a dose (argument or pattern.attrs['dose'])")
+    check_thresholds(chi2_max, r_noise_factor, r_max)
     if absorption is not None:
         absorption = float(absorption)
         if not np.isfinite(absorption) or absorption < 0:
             raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
     if refine_absorption and absorption is None:
         raise ValueError("refine_absorption=True needs a starting absorption (e.g. absorption=0.05)")
-    if not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
         raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
     vals = ug_da.values
     if real and np.max(np.abs(vals.imag), initial=0) > 1e-12 * max(np.max(np.abs(vals)), 1e-300):
@@ -827,8 +971,13 @@ def refine(
     x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
     pmap = _build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
                       absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
-    if pmap.t.shape[1] == 0:
+    n_q = pmap.t.shape[1]
+    if n_q == 0:
         raise ValueError("nothing to refine: no free U_g, thickness or absorption")
+    n_data = int(np.isfinite(exp).sum())
+    if n_q >= n_data:
+        raise ValueError(f"{n_q} free parameters but only {n_data} measured intensities: the pattern "
+                         "cannot determine them (tie U_g by symmetry, fix some, or record more tilts)")
     prior_x = None
     if prior is not None:
         if not isinstance(prior, (tuple, list)) or len(prior) != 2:
@@ -843,81 +992,141 @@ def refine(
     if symmetry is not None:
         moved = np.max(np.abs(pmap.x(q) - x0)[:2 * p])
         logger.info("symmetry constraint moved the start by up to %.3g 1/Å²", moved)
+    settings = {"weights": weights, "symmetry": [g.members for g in groups], "real": real,
+                "refine_thickness": refine_thickness, "refine_absorption": refine_absorption,
+                "free": None if free is None else free.tolist(), "prior": None if prior_x is None else
+                [prior_x[0].tolist(), np.where(np.isfinite(prior_x[1]), prior_x[1], -1).tolist()]}
+    fp = _fingerprint(exp, d, x0, geometry.to_attrs(), settings)
+    limits_used = [int(max_iter), float(ftol), int(poisson_passes)]  # a rerun with others continues
 
     history: list = []
     stage0 = 0
-    saved = _load_checkpoint(checkpoint, len(x0))
+    x_weights = None  # the parameters whose fitted intensities set the current Poisson weights
+    finished = False
+    saved = _load_checkpoint(checkpoint, len(x0), fp)
     if saved is not None:
         q = pmap.q(np.asarray(saved["x"], float))
         history = [tuple(h) for h in saved["history"]]
         stage0 = int(saved.get("stage", 0))
-        logger.info("resuming refinement from %s (%d iterations done)", checkpoint, len(history))
+        finished = bool(saved.get("finished", False)) and saved.get("limits") == limits_used
+        x_weights = None if saved.get("x_weights") is None else np.asarray(saved["x_weights"], float)
+        logger.info("%s refinement from %s (%d iterations done)",
+                    "reusing the finished" if finished else "resuming", checkpoint, len(history))
 
-    def weights_for(inten, from_model=True):
+    def weights_for(x_w):
         if weights == "none":
             return np.ones_like(exp)
-        floor = (MODEL_VARIANCE_FLOOR if from_model else 1.0) / d
-        return d / np.maximum(inten, floor)
+        dc = dose_column(d)
+        if x_w is None:  # first pass: data-based variances with a floor of one count
+            return dc / np.maximum(exp, 1.0 / dc)
+        return dc / np.maximum(model.intensities(x_w), MODEL_VARIANCE_FLOOR / dc)
 
     n_stages = 1 + (poisson_passes if weights == "poisson" else 0)
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it", disable=not progress, leave=False)
-    state = _LMState(q=q, history=history, iterations=len(history))
-    prob = _Problem(model, pmap, exp, weights_for(exp, from_model=False), prior_x)
+    with kernel_threads():  # tilts in parallel, one BLAS thread each
+        prob = _Problem(model, pmap, exp, weights_for(x_weights), prior_x)
+        state = _LMState(q=q, history=history, iterations=len(history))
+        _log_cost(geometry, n_q, prob.chunk)
+        bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
+                   disable=not progress or finished, leave=False)
+        stage = stage0
+        q_start = pmap.q(x0)
 
-    def save(st):
-        if checkpoint is not None:
-            _save_checkpoint(checkpoint, pmap.x(st.q), st.history, stage)
+        def save(st, done=False):
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, fp, pmap.x(st.q), st.history, stage, x_weights,
+                                 limits_used if done else None)
 
-    limits = threadpool_limits(limits=1, user_api="blas")  # small matrices: one thread is fastest
-    try:
-        for stage in range(stage0, n_stages):
-            if stage > 0:
-                prob.set_weights(weights_for(model.intensities(pmap.x(state.q))))
-            q_before = state.q.copy()
-            r_before = _r(exp, model.intensities(pmap.x(q_before))) if stage > 0 else np.inf
-            state.mu = None
-            state = _levenberg_marquardt(prob, state, max_iter=max_iter, ftol=ftol, xtol=ftol,
-                                         stage=stage, bar=bar, on_iteration=save)
-            if stage > 0 and _r(exp, state.inten) > POISSON_REVERT_FACTOR * r_before:
-                # model-based weights only make sense near the solution: keep the previous pass
-                logger.warning("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping "
-                               "the previous pass (the fit is far from the data)", stage, r_before,
-                               _r(exp, state.inten))
-                state.q = q_before
-                state.r, state.inten, state.jac = prob.residual_jacobian(q_before)
-                prob.set_weights(weights_for(model.intensities(pmap.x(q_before))) if stage > 1
-                                 else weights_for(exp, from_model=False))
-                state.r, state.inten, state.jac = prob.residual_jacobian(q_before)
-                break
-            if stage > 0:
-                cov, _ = _covariance(state.jac, _gauge_basis(pmap, geometry, pmap.x(state.q)))
-                sig = np.sqrt(np.abs(np.diag(cov)))
-                if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
+        try:
+            if finished:
+                state.r, state.inten, state.hess, _ = prob.normal_equations(state.q)
+                state.converged, state.message = True, "finished earlier (reused from the checkpoint)"
+            prev_weights = None  # weights of the previous pass, under which q_before was fitted
+            for stage in range(stage0, 0 if finished else n_stages):
+                if stage > stage0 or (stage > 0 and x_weights is None):
+                    prev_weights, x_weights = x_weights, pmap.x(state.q)
+                    prob.set_weights(weights_for(x_weights))
+                q_before = state.q.copy()
+                r_before = _r(exp, model.intensities(pmap.x(q_before))) if stage > 0 else np.inf
+                state.mu = None
+                state = _levenberg_marquardt(prob, state, max_iter=max_iter, ftol=ftol, xtol=ftol,
+                                             stage=stage, bar=bar, on_iteration=save)
+                if stage > 0 and _r(exp, state.inten) > POISSON_REVERT_FACTOR * r_before:
+                    # model-based weights only make sense near the solution: keep the previous pass
+                    logger.warning("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping "
+                                   "the previous pass (the fit is far from the data)", stage, r_before,
+                                   _r(exp, state.inten))
+                    state.q, x_weights = q_before, prev_weights
+                    prob.set_weights(weights_for(x_weights))
+                    state.r, state.inten, state.hess, _ = prob.normal_equations(q_before)
                     break
-        save(state)
-        return _result(prob, state, geometry, ug_da, weights, absorbing)
-    finally:
-        bar.close()
-        limits.restore_original_limits()
+                if stage > 0:
+                    cov, _ = _covariance(state.hess, _gauge_basis(pmap, geometry, pmap.x(state.q)))
+                    sig = np.sqrt(np.abs(np.diag(cov)))
+                    if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
+                        break
+            _restore_undetermined(prob, state, q_start)
+            save(state, done=True)
+            return _result(prob, state, geometry, ug_da, weights, absorbing, d,
+                           (chi2_max, r_noise_factor, r_max))
+        finally:
+            bar.close()
+
+
+def _restore_undetermined(prob: _Problem, state: _LMState, q_start: np.ndarray) -> None:
+    """Put the parameter combinations the data do not determine back to their start.
+
+    Least squares moves along such directions only by accident (damping couples them to the
+    rest); they carry no information, so the fit reports them at the start with σ = inf. The move
+    is kept only when it leaves the misfit unchanged (to 1e-9), i.e. the directions are truly flat.
+    """
+    null = _null_directions(state.hess, _gauge_basis(prob.pmap, prob.model.geometry,
+                                                     prob.pmap.x(state.q)))
+    if not null.shape[1]:
+        return
+    q_new = state.q - null @ (null.T @ (state.q - q_start))
+    if np.allclose(q_new, state.q, rtol=0, atol=1e-15):
+        return
+    cost = float(state.r @ state.r)
+    r, inten, hess, _ = prob.normal_equations(q_new)
+    if float(r @ r) <= cost * (1 + 1e-9) + 1e-300:
+        state.q, state.r, state.inten, state.hess = q_new, r, inten, hess
+    else:
+        logger.info("refine: undetermined directions left where the fit put them (moving them "
+                    "back to the start would change the misfit)")
+
+
+def _fingerprint(exp, dose, x0, geometry_attrs, settings) -> str:
+    return fingerprint(exp, None if dose is None else np.asarray(dose, float), np.asarray(x0),
+                       geometry_attrs, settings)
+
+
+#: A refinement iteration estimated to take longer than this [s] is announced in the log.
+ANNOUNCE_ITERATION_S = 10.0
+
+
+def _log_cost(geometry: Geometry, n_q: int, chunk: int) -> None:
+    from .resources import estimate_jacobian
+
+    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk)
+    msg = (f"refine: {geometry.n_tilts} tilts × {geometry.n_beams} beams, {n_q} free parameters, "
+           f"Jacobian in chunks of {chunk} tilts; about {est.seconds:.3g} s and "
+           f"{est.memory_bytes / 2**20:.0f} MiB per iteration")
+    (logger.warning if est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
 
 
 def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.DataArray,
-            weights: str, absorbing: bool) -> RefinementResult:
+            weights: str, absorbing: bool, dose, thresholds) -> RefinementResult:
     pmap = prob.pmap
     p = geometry.n_reflections
     x = pmap.x(state.q)
-    jac = state.jac
     gauge = _gauge_basis(pmap, geometry, x)
-    cov_q, n_bad = _covariance(jac, gauge)
-    if n_bad:
-        logger.warning("%d parameter combinations are not determined by the pattern; their "
-                       "standard errors are reported as infinite", n_bad)
+    cov_q, null = _covariance(state.hess, gauge)
     inten = state.inten
-    resid = prob.sw * (inten - prob.data).ravel()
-    n_free = jac.shape[1] - gauge.shape[1]
-    dof = max(prob.data.size - n_free, 1)
+    resid = prob._weighted(inten)
+    n_free = state.hess.shape[1] - gauge.shape[1] - null.shape[1]
+    dof = max(int(np.isfinite(prob.data).sum()) - n_free, 1)
     chi2 = float(resid @ resid) / dof
     if weights == "none":
         cov_q = cov_q * chi2
@@ -967,8 +1176,26 @@ def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.Da
     fit = simulate(geometry, ug, t, absorption=kappa)
     fit["observed"] = (("tilt", "beam"), prob.data, {"units": "1"})
     fit["residual"] = (("tilt", "beam"), prob.data - fit.intensity.values, {"units": "1"})
-    r = _r_factor(prob.data, fit.intensity.values)
+    r = _r(prob.data, fit.intensity.values)
     fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights})
+    chi2_max, r_noise_factor, r_max = thresholds
+    noise_r = None if dose is None else expected_noise_r(fit.intensity.values, dose)
+    warnings = fit_quality_warnings(r, chi2 if weights == "poisson" else None, noise_r,
+                                    chi2_max=chi2_max, r_noise_factor=r_noise_factor, r_max=r_max)
+    if pmap.t[2 * p].any() and t <= MIN_THICKNESS_NM * (1 + 1e-9):
+        warnings.append(FitWarning("bound", f"the thickness ended at its lower bound "
+                                            f"{MIN_THICKNESS_NM:g} nm"))
+    if absorbing and pmap.t[2 * p + 1].any() and kappa <= 0.0:
+        warnings.append(FitWarning("bound", "the absorption κ ended at its lower bound 0"))
+    if null.shape[1]:
+        q_labels = [pmap.labels[c] for c in range(pmap.t.shape[1])]
+        combos = _describe_null(null, q_labels)
+        warnings.append(FitWarning(
+            "undetermined", f"{null.shape[1]} parameter combination(s) not determined by the pattern "
+                            f"were kept at their start (σ = inf): {'; '.join(combos[:6])}"
+                            + (" …" if len(combos) > 6 else "")))
+    for w in warnings:
+        logger.warning("refine: %s", w)
     logger.info("refine: R = %.3g, reduced χ² = %.3g, t = %.3f ± %.3f nm after %d iterations (%s)",
                 r, chi2, t, t_err, state.iterations, state.message)
     return RefinementResult(
@@ -976,5 +1203,5 @@ def _result(prob: _Problem, state: _LMState, geometry: Geometry, ug_start: xr.Da
         absorption_error=kappa_err, r_factor=r, chi2=chi2, standard_errors=std,
         covariance=covariance, history=history, fit=fit, weights=weights,
         converged=state.converged, message=state.message, n_iterations=state.iterations,
-        geometry=geometry,
+        geometry=geometry, warnings=warnings,
     )

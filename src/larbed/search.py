@@ -14,11 +14,11 @@ import time
 from collections.abc import Sequence
 
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from ._kernels import bloch
 from .geometry import Geometry
 from .symmetry import SymmetryGroup
+from .threads import kernel_threads
 
 __all__ = ["global_search", "kinematic_starts"]
 
@@ -101,7 +101,7 @@ class _Objective:
 
 
 def _evaluate_chunk(objective: _Objective, zs) -> list[float]:
-    with threadpool_limits(limits=1, user_api="blas"):
+    with kernel_threads():
         return [objective(z) for z in zs]
 
 
@@ -188,7 +188,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     probed: list[np.ndarray] = []
     stopped = f"max_generations={max_generations}"
     n_eval = 0
-    with threadpool_limits(limits=1, user_api="blas"):
+    with kernel_threads():
         energy = evaluate(pop)
         n_eval += n_pop
         gen = 0
@@ -382,7 +382,7 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
     col_group = np.cumsum(real_col) - 1
     base = np.where(real_col, size[col_group], 0.0)
     outs = []
-    with threadpool_limits(limits=1, user_api="blas"):
+    with kernel_threads():
         scored = sorted(((obj(c * base), c) for c in scales), key=lambda x: x[0])
         for _, c in scored[:n_out]:
             z = c * base

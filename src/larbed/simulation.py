@@ -8,12 +8,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import xarray as xr
-from threadpoolctl import ThreadpoolController
 
 from ._kernels import bloch
 from .geometry import Geometry
+from .metrics import check_dose, dose_column
 from .structure_factors import input_ug, ug_matrix
 from .symmetry import largest_subgroup
+from .threads import kernel_threads
 
 __all__ = [
     "simulate",
@@ -189,15 +190,9 @@ _GRID_OPERATIONS = tuple(
     )
 )
 
-_CONTROLLER: ThreadpoolController | None = None
-
-
 def one_blas_thread():
-    """Context manager limiting BLAS/LAPACK to one thread (parallelism comes from the tilt loop)."""
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=1, user_api="blas")
+    """Context manager for kernel calls: :func:`larbed.threads.kernel_threads` (kept name)."""
+    return kernel_threads()
 
 
 def _match_rows(points: np.ndarray, mapped: np.ndarray, atol: float) -> np.ndarray | None:
@@ -334,8 +329,9 @@ def simulate(
     absorption : float, optional
         Proportional absorption κ: U_g → (1 + iκ) U_g, and iκU_0 on the diagonal (U_0 from
         ``ug.attrs['u0']``, else 0). ``None`` (default): no absorption, Σ I = 1.
-    dose : float, optional
-        Electrons per tilt: replace I by Poisson(dose·I)/dose (pseudo-experimental counts).
+    dose : float or (n_tilts,) array, optional
+        Electrons per tilt: replace I by Poisson(dose·I)/dose (pseudo-experimental counts); at
+        most 1e15. A per-tilt array is stored as the variable ``dose``.
     seed : int or numpy.random.Generator, optional
         Seed of the Poisson noise.
     progress : bool
@@ -374,9 +370,7 @@ def simulate(
         if not np.isfinite(absorption) or absorption < 0:
             raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
     if dose is not None:
-        dose = float(dose)
-        if not np.isfinite(dose) or dose <= 0:
-            raise ValueError(f"dose must be a positive number of electrons per tilt, got {dose}")
+        dose = check_dose(dose, geometry.n_tilts)
     u0 = float(ug_da.attrs.get("u0", 0.0))
     if absorption and "u0" not in ug_da.attrs:
         logger.warning(
@@ -412,9 +406,12 @@ def simulate(
     data_vars = {}
     if dose is not None:
         rng = np.random.default_rng(seed)
-        noisy = rng.poisson(np.clip(intensity, 0, None) * dose) / dose
+        dc = dose_column(dose)
+        noisy = rng.poisson(np.clip(intensity, 0, None) * dc) / dc
         data_vars["intensity"] = (dims, noisy, attrs)
         data_vars["intensity_noise_free"] = (dims, intensity, attrs)
+        if np.ndim(dose):
+            data_vars["dose"] = ("tilt", dose, {"units": "electrons per tilt"})
     else:
         data_vars["intensity"] = (dims, intensity, attrs)
     data_vars["ug"] = ("reflection", np.asarray(ug_da.values, dtype=complex), dict(_UG_ATTRS))
@@ -427,7 +424,7 @@ def simulate(
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "thickness_nm": float(thick[0]) if scalar else thick.tolist(),
             "absorption": "none" if absorption is None else absorption,
-            "dose": "none" if dose is None else dose,
+            "dose": "none" if dose is None else (dose if np.ndim(dose) == 0 else "per tilt"),
             "seed": "none"
             if seed is None or not isinstance(seed, (int, np.integer))
             else int(seed),

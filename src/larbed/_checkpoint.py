@@ -1,0 +1,163 @@
+"""Atomic writes, fingerprints, locks and output folders: how larbed keeps finished work.
+
+Every file larbed writes goes to a unique temporary name in the same folder and is renamed into
+place, so an interrupted or concurrent run never leaves a half-written file under a final name.
+A resumable job keys its checkpoints by a fingerprint (SHA-256 of its data and settings) and
+holds a lock file in its folder while it runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+__all__ = [
+    "FolderLockedError",
+    "atomic_write",
+    "check_writable",
+    "fingerprint",
+    "folder_lock",
+    "read_json",
+    "write_json",
+]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".larbed.lock"
+
+
+class FolderLockedError(ValueError):
+    """Another larbed run holds the output folder."""
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` for a unique temporary file beside ``path``, then rename it to ``path``.
+
+    The temporary is removed if ``write`` fails; ``path`` is either the old file or the new one.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".part", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON atomically (see :func:`atomic_write`)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh)
+
+    atomic_write(path, write)
+
+
+def read_json(path: str | os.PathLike):
+    """The JSON content of ``path``, or None when the file is missing or unreadable."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return json.load(fh)
+    except (OSError, ValueError):
+        return None
+
+
+def fingerprint(*parts) -> str:
+    """SHA-256 (16 hex digits) of arrays (their bytes, dtype and shape) and JSON-able settings."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, np.ndarray):
+            arr = np.ascontiguousarray(part)
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes (for provenance records)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_writable(folder: str | os.PathLike, what: str = "output folder") -> str:
+    """Create ``folder`` if needed and check that files can be written in it; return its path.
+
+    Raises
+    ------
+    ValueError
+        One line naming the folder and the reason (no permission, a file in the way, …).
+    """
+    folder = os.fspath(folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".larbed-write-test.", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise ValueError(f"cannot write into the {what} {folder!r}: {exc.strerror or exc}") from None
+    return folder
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike, job: str = "larbed") -> Iterator[str]:
+    """Hold ``folder/.larbed.lock`` while a job writes into ``folder``.
+
+    A second run on the same folder is refused with :class:`FolderLockedError` naming the holder.
+    A lock left by a process that no longer runs (same host) is taken over.
+    """
+    folder = check_writable(folder)
+    path = os.path.join(folder, LOCK_NAME)
+    info = {"pid": os.getpid(), "host": socket.gethostname(), "job": job,
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            held = read_json(path) or {}
+            pid, host = held.get("pid"), held.get("host")
+            if isinstance(pid, int) and host == info["host"] and not _pid_alive(pid):
+                logger.warning("taking over the lock of a finished process (pid %d) in %s", pid, folder)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
+                continue
+            raise FolderLockedError(
+                f"{folder!r} is in use by another larbed run ({held.get('job', '?')}, pid "
+                f"{pid}, host {host}, since {held.get('started', '?')}); wait for it to finish or "
+                f"use another output folder (a lock left by a crashed run: delete {path!r})"
+            ) from None
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(info, fh)
+        break
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)

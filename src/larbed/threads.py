@@ -1,0 +1,91 @@
+"""How many threads larbed's kernels use: one setting, honoured by every kernel.
+
+The kernels parallelise over tilts (Numba ``prange``); inside, each small eigenproblem runs with
+one BLAS thread, since multithreaded BLAS on small matrices is many times slower.
+
+The number of kernel threads is, in this order of precedence:
+
+1. :func:`set_num_threads` (``larbed.set_num_threads(n)``; ``None`` clears it), or the
+   ``threads=`` argument of the command line;
+2. the environment variable ``LARBED_NUM_THREADS``;
+3. Numba's default (``NUMBA_NUM_THREADS``, normally the number of cores).
+
+It cannot exceed ``NUMBA_NUM_THREADS``, which Numba fixes when it starts (larger values are
+clipped, with a warning in the log).
+
+Examples
+--------
+>>> import larbed
+>>> larbed.set_num_threads(1)
+>>> larbed.get_num_threads()
+1
+>>> larbed.set_num_threads(None)  # back to LARBED_NUM_THREADS or Numba's default
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+
+__all__ = ["ENV_VAR", "get_num_threads", "kernel_threads", "num_threads", "set_num_threads"]
+
+logger = logging.getLogger(__name__)
+
+ENV_VAR = "LARBED_NUM_THREADS"
+_explicit: int | None = None
+
+
+def _numba_max() -> int:
+    import numba
+
+    return int(numba.config.NUMBA_NUM_THREADS)
+
+
+def _parse(value, source: str) -> int:
+    text = str(value).strip()
+    if isinstance(value, bool) or not (isinstance(value, int) or text.isdigit()) or int(text) < 1:
+        raise ValueError(f"{source} must be a positive integer number of threads, got {value!r}")
+    return int(text)
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the number of kernel threads for this process (``None``: back to the default)."""
+    global _explicit
+    _explicit = None if n is None else _parse(n, "the number of threads")
+
+
+def num_threads() -> int:
+    """The number of kernel threads in effect (see the module text)."""
+    if _explicit is not None:
+        n = _explicit
+    elif os.environ.get(ENV_VAR, "").strip():
+        n = _parse(os.environ[ENV_VAR].strip(), ENV_VAR)
+    else:
+        return _numba_max()
+    top = _numba_max()
+    if n > top:
+        logger.warning("%d threads asked for, but Numba was started with NUMBA_NUM_THREADS=%d; "
+                       "using %d", n, top, top)
+        n = top
+    return n
+
+
+get_num_threads = num_threads
+
+
+@contextlib.contextmanager
+def kernel_threads() -> Iterator[int]:
+    """Run kernels with :func:`num_threads` Numba threads and one BLAS thread each; yields the count."""
+    import numba
+    from threadpoolctl import threadpool_limits
+
+    n = num_threads()
+    before = numba.get_num_threads()
+    numba.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            yield n
+    finally:
+        numba.set_num_threads(before)

@@ -1,0 +1,287 @@
+"""No silent wrong answers: warnings from fits, errors before fits, counts, doses, threads, memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import larbed
+from larbed import refinement
+from larbed.metrics import check_dose, expected_noise_r
+from larbed.refinement import refine
+from larbed.trust import FitWarning, fit_quality_warnings, untrustworthy
+
+#: An exact fit of noise-free data: R at round-off.
+EXACT_R = 1e-8
+
+
+@pytest.fixture(scope="module")
+def case(srtio3):
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 9, 29, 60)
+    return geo, larbed.compute_ug(srtio3, geo)
+
+
+# ------------------------------------------------------------------------------ warning objects
+def test_fit_warning_is_a_string_with_a_kind():
+    w = FitWarning("bound", "t at 0.1 nm")
+    assert w == "t at 0.1 nm" and w.kind == "bound" and w.untrustworthy
+    back = pickle.loads(pickle.dumps(w))
+    assert back == w and back.kind == "bound"
+    assert not FitWarning("undetermined", "x").untrustworthy
+    assert untrustworthy([FitWarning("undetermined", "x"), FitWarning("chi2", "y")])
+    assert not untrustworthy([FitWarning("undetermined", "x")])
+    with pytest.raises(ValueError, match="unknown warning kind"):
+        FitWarning("nonsense", "x")
+
+
+def test_quality_thresholds():
+    assert fit_quality_warnings(0.01, 1.1, 0.01) == []
+    kinds = [w.kind for w in fit_quality_warnings(0.05, 2.5, 0.01)]
+    assert kinds == ["chi2", "r_factor"]
+    assert fit_quality_warnings(0.05, 2.5, 0.01, chi2_max=3, r_noise_factor=6) == []
+    assert [w.kind for w in fit_quality_warnings(2e-3, None, None)] == ["r_factor"]
+    assert fit_quality_warnings(2e-3, None, None, r_max=1e-2) == []
+
+
+def test_expected_noise_r_matches_monte_carlo():
+    rng = np.random.default_rng(4)
+    inten = rng.dirichlet(np.full(9, 0.4), size=400)
+    for dose in (20.0, 1e3, 1e5):
+        mc = np.mean([np.abs(rng.poisson(inten * dose) / dose - inten).sum() / inten.sum()
+                      for _ in range(20)])
+        assert expected_noise_r(inten, dose) == pytest.approx(mc, rel=0.02)
+
+
+# ------------------------------------------------------------------------------ refine warnings
+def test_exact_fit_has_no_warnings(case):
+    geo, ug = case
+    res = refine(larbed.simulate(geo, ug, 25.0), geo, ug * 1.03, 24.5, progress=False)
+    assert res.r_factor < EXACT_R and res.warnings == [] and res.trustworthy
+
+
+def test_wrong_model_with_a_dose_is_flagged(case):
+    """Data with absorption fitted without it: χ² and R far above the noise."""
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 25.0, absorption=0.1, dose=1e5, seed=0)
+    res = refine(data, geo, ug, 25.0, progress=False, max_iter=20)
+    kinds = {w.kind for w in res.warnings}
+    assert {"chi2", "r_factor"} <= kinds and not res.trustworthy
+    relaxed = refine(data, geo, ug, 25.0, progress=False, max_iter=20, chi2_max=1e9,
+                     r_noise_factor=1e9)
+    assert not {"chi2", "r_factor"} & {w.kind for w in relaxed.warnings}
+
+
+def test_noisy_fit_of_the_right_model_is_not_flagged(case):
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 25.0, dose=1e5, seed=3)
+    res = refine(data, geo, ug, 25.0, progress=False)
+    assert res.chi2 < 2 and res.trustworthy, res.warnings
+
+
+def test_thickness_at_its_lower_bound_is_flagged(case):
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 0.03)
+    res = refine(data, geo, ug, 0.5, progress=False, refine_reflections=[])
+    assert res.thickness_nm == pytest.approx(refinement.MIN_THICKNESS_NM)
+    assert "bound" in {w.kind for w in res.warnings} and not res.trustworthy
+
+
+def test_undetermined_combinations_are_named_and_kept_at_the_start(srtio3):
+    """One tilt on the zone axis: 13 intensities but only 4 distinct ones (000, {100}, {110},
+    {200}) for 8 symmetry-tied U_g and t; the fit is exact, and what it cannot see is reported."""
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 1, 70)
+    ug = larbed.compute_ug(srtio3, geo)
+    data = larbed.simulate(geo, ug, 30.0)
+    start = ug * (1 + 0.02 * np.cos(np.arange(geo.n_reflections)))
+    res = refine(data, geo, start, 29.5, symmetry="crystal", progress=False)
+    assert res.r_factor < EXACT_R
+    kinds = [w.kind for w in res.warnings]
+    assert kinds == ["undetermined"] and res.trustworthy
+    assert "Re U(" in res.warnings[0] and "kept at their start" in res.warnings[0]
+    assert np.sum(np.isinf(res.ug_error.values.real)) >= 2
+
+
+def test_null_directions_are_named():
+    hess = np.diag([4.0, 1.0, 1.0])
+    hess[1:, 1:] = 1.0  # p1 − p2 is not determined
+    cov, null = refinement._covariance(hess, np.zeros((3, 0)))
+    assert null.shape == (3, 1)
+    assert np.isinf(cov[1, 1]) and np.isfinite(cov[0, 0])
+    (text,) = refinement._describe_null(null, ["a", "b", "c"])
+    assert text in ("b − c", "c − b")
+
+
+# ------------------------------------------------------------------------------ errors before fits
+def test_pattern_without_diffraction_is_an_error(case):
+    geo, ug = case
+    flat = larbed.simulate(geo, ug, 0.0)
+    with pytest.raises(ValueError, match="no diffracted intensity"):
+        refine(flat, geo, ug, 10.0, progress=False)
+    with pytest.raises(ValueError, match="no diffracted intensity"):
+        larbed.determine(flat, geo, progress=False)
+
+
+def test_more_parameters_than_data_is_an_error(srtio3):
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 1, 50)  # 13 intensities, 41 parameters
+    ug = larbed.compute_ug(srtio3, geo) * np.exp(0.2j)
+    with pytest.raises(ValueError, match="free parameters but only 13"):
+        refine(larbed.simulate(geo, ug, 20.0), geo, ug, 20.0, progress=False)
+
+
+# ------------------------------------------------------------------------------ counts and doses
+def test_raw_counts_are_rejected_with_a_hint(case, tmp_path):
+    geo, ug = case
+    ds = larbed.simulate(geo, ug, 25.0, dose=1e4, seed=0)
+    counts = ds.copy()
+    counts["intensity"] = np.round(ds.intensity * 1e4)
+    counts.attrs["dose"] = "none"
+    with pytest.raises(ValueError, match="raw counts.*counts=True"):
+        refine(counts, geo, ug, 25.0, progress=False)
+    scaled = ds.copy()
+    scaled["intensity"] = ds.intensity * 3.7  # not integers, but sums of 3.7
+    with pytest.raises(ValueError, match="per-tilt sums"):
+        refine(scaled, geo, ug, 25.0, progress=False)
+    # sums below 1 are fine (absorption, missing beams)
+    refine(larbed.simulate(geo, ug, 25.0, absorption=0.05), geo, ug, 25.0, absorption=0.05,
+           progress=False)
+
+
+def test_noisy_sums_above_one_are_accepted(case):
+    geo, ug = case
+    ds = larbed.simulate(geo, ug, 25.0, dose=50, seed=1)  # sums scatter by ±0.14
+    assert ds.intensity.sum("beam").max() > 1.05
+    refine(ds, geo, ug, 25.0, progress=False, max_iter=2)
+
+
+def test_counts_true_normalises_and_keeps_the_dose(case, tmp_path):
+    geo, ug = case
+    ds = larbed.simulate(geo, ug, 25.0, dose=2e4, seed=5)
+    table = ds.copy()
+    rng = np.random.default_rng(0)
+    per_tilt = rng.uniform(0.5, 2.0, geo.n_tilts) * 2e4  # a beam current that drifts
+    table["intensity"] = ("tilt", "beam"), rng.poisson(ds.intensity_noise_free.values * per_tilt[:, None]).astype(float)
+    path = tmp_path / "counts.csv"
+    larbed.write_csv(table, path)
+    with pytest.raises(ValueError, match="counts"):
+        refine(larbed.read_csv(path, geo), geo, ug, 25.0, progress=False)
+    data = larbed.read_csv(path, geo, counts=True)
+    np.testing.assert_allclose(data.intensity.sum("beam"), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(data.dose.values, table.intensity.sum("beam").values)
+    res = refine(data, geo, ug, 25.0, progress=False)
+    assert res.weights == "poisson" and res.chi2 < 2 and res.trustworthy
+    # the same through netCDF
+    nc = tmp_path / "counts.nc"
+    larbed.save_pattern(table, nc)
+    back = larbed.load_pattern(nc, counts=True)
+    np.testing.assert_array_equal(back.intensity.values, data.intensity.values)
+
+
+@pytest.mark.parametrize("dose", [0, -5, np.inf, np.nan, 1e30, "many", [1e5, 1e5]])
+def test_absurd_doses_are_rejected(case, dose):
+    geo, ug = case
+    with pytest.raises((ValueError, TypeError), match="dose"):
+        larbed.simulate(geo, ug, 25.0, dose=dose)
+
+
+def test_per_tilt_dose_in_simulate(case):
+    geo, ug = case
+    dose = np.linspace(1e3, 1e5, geo.n_tilts)
+    ds = larbed.simulate(geo, ug, 25.0, dose=dose, seed=2)
+    np.testing.assert_array_equal(ds.dose.values, dose)
+    assert check_dose(dose, geo.n_tilts).shape == (geo.n_tilts,)
+    res = refine(ds, geo, ug, 25.0, progress=False)
+    assert res.weights == "poisson" and res.chi2 < 2
+
+
+# ------------------------------------------------------------------------------ resources
+def test_chunked_normal_equations_equal_the_full_jacobian(case, monkeypatch):
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 25.0).intensity.values
+    full = refine(data, geo, ug * 1.04, 24.0, progress=False, max_iter=3)
+    monkeypatch.setattr(refinement, "JACOBIAN_CHUNK_BYTES", 1)  # one tilt per chunk
+    chunked = refine(data, geo, ug * 1.04, 24.0, progress=False, max_iter=3)
+    np.testing.assert_allclose(chunked.ug.values, full.ug.values, rtol=1e-9, atol=1e-14)
+    scale = np.abs(full.covariance.values).max()
+    np.testing.assert_allclose(chunked.covariance.values, full.covariance.values, rtol=1e-7,
+                               atol=1e-9 * scale)
+
+
+def test_finished_refinement_is_reused(case, tmp_path):
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 25.0, dose=1e5, seed=1)
+    path = tmp_path / "r.json"
+    first = refine(data, geo, ug * 1.02, 24.0, checkpoint=path, progress=False)
+    assert json.loads(path.read_text())["finished"]
+    again = refine(data, geo, ug * 1.02, 24.0, checkpoint=path, progress=False)
+    np.testing.assert_array_equal(again.ug.values, first.ug.values)
+    np.testing.assert_array_equal(again.ug_error.values, first.ug_error.values)
+    assert again.thickness_nm == first.thickness_nm and again.chi2 == first.chi2
+    assert again.n_iterations == first.n_iterations
+    with pytest.raises(ValueError, match="another pattern or other settings"):
+        refine(data, geo, ug * 1.05, 24.0, checkpoint=path, progress=False)
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match="unreadable"):
+        refine(data, geo, ug * 1.02, 24.0, checkpoint=path, progress=False)
+
+
+def test_intensity_jacobian_refuses_what_does_not_fit(srtio3, monkeypatch):
+    from larbed import resources
+
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 69, 1009, 70)
+    monkeypatch.setattr(resources, "available_memory_bytes", lambda: 2**28)
+    with pytest.raises(resources.ResourceError, match="would need .* of memory; 256 MiB are available.*refine"):
+        larbed.intensity_jacobian(geo, larbed.compute_ug(srtio3, geo), 30.0)
+
+
+def test_many_beams_build_quickly_and_correctly(srtio3):
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 2000, 1, 70)
+    hkl = geo.reflection_hkl
+    assert len({tuple(h) for h in hkl.tolist()}) == len(hkl)  # one per Friedel pair
+    # every off-diagonal element points to g_n − g_m or its negative
+    diff = geo.hkl[5] - geo.hkl[17]
+    q, sgn = geo.pair_index[5, 17], geo.pair_sign[5, 17]
+    np.testing.assert_array_equal(sgn * hkl[q], diff)
+
+
+# ------------------------------------------------------------------------------ threads
+def test_thread_setting_is_honoured_by_the_kernels(case, monkeypatch):
+    import numba
+
+    from larbed import threads
+
+    geo, ug = case
+    seen = []
+    real = numba.set_num_threads
+
+    def spy(n):
+        seen.append(n)
+        real(n)
+
+    monkeypatch.setattr(numba, "set_num_threads", spy)
+    larbed.set_num_threads(1)
+    try:
+        larbed.simulate(geo, ug, 20.0)
+        refine(larbed.simulate(geo, ug, 20.0), geo, ug, 20.0, progress=False, max_iter=1)
+        assert seen and seen[0] == 1 and set(seen[::2]) == {1}
+        assert threads.num_threads() == 1
+    finally:
+        larbed.set_num_threads(None)
+    with pytest.raises(ValueError, match="positive integer"):
+        larbed.set_num_threads(0)
+
+
+def test_thread_environment_variable():
+    code = "import larbed; print(larbed.get_num_threads())"
+    env = {**os.environ, "LARBED_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "1"
+    env["LARBED_NUM_THREADS"] = "lots"
+    bad = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "LARBED_NUM_THREADS" in bad.stderr
