@@ -278,3 +278,28 @@ def test_bad_cif_raises_value_error(tmp_path):
         Crystal.from_cif(no_cell)
     with pytest.raises(FileNotFoundError, match="no CIF file"):
         Crystal.from_cif(tmp_path / "missing.cif")
+
+
+def test_cif_listing_symmetry_equivalent_sites_is_merged(tmp_path, caplog):
+    """All three O of SrTiO3 listed although Pm-3m generates them from one: no doubled atoms."""
+    extra = "O2 O2- 0.5 0 0.5 1\nO3 O2- 0 0.5 0.5 1"
+    path = tmp_path / "dup.cif"
+    text = SRTIO3_CIF.format(u_sr="", u_ti="", u_o="", occ_o="1", extra_header="")
+    path.write_text(text + extra + "\n")
+    with caplog.at_level("WARNING", logger="larbed.crystal"):
+        xtal = Crystal.from_cif(path)
+    assert _sorted_atoms(xtal) == _sorted_atoms(Crystal.builtin("SrTiO3"))
+    assert "duplicate atoms" in caplog.text
+    geo = Geometry(xtal, 120.0, (0, 0, 1), 13, 1, 70.0)
+    np.testing.assert_allclose(compute_ug(xtal, geo).values,
+                               compute_ug(Crystal.builtin("SrTiO3"), geo).values, atol=CIF_UG_ATOL)
+
+
+def test_site_occupancies_above_one_are_rejected():
+    cell = (4.0, 4.0, 4.0, 90, 90, 90)
+    with pytest.raises(ValueError, match=r"occupancies sum to 1.3 > 1"):
+        Crystal(cell, [("Sr", (0, 0, 0), 0.7), ("Ba", (0, 0, 0), 0.6)])
+    with pytest.raises(ValueError, match="occupancies sum to 2"):  # the same atom twice
+        Crystal(cell, [("Sr", (0, 0, 0)), ("Sr", (1.0, 0, 0))])  # equal modulo the lattice
+    mixed = Crystal(cell, [("Sr", (0, 0, 0), 0.5), ("Ba", (0, 0, 0), 0.5), ("O", (0.5, 0.5, 0.5))])
+    assert len(mixed.atoms) == 3

@@ -46,6 +46,10 @@ def crystals(draw) -> Crystal:
         )
         for _ in range(n_atoms)
     ]
+    # distinct sites (two atoms on one site would need occupancies summing to at most 1)
+    frac = np.array([a[1] for a in atoms])
+    gap = np.abs((frac[:, None] - frac[None]) - np.round(frac[:, None] - frac[None])).max(axis=2)
+    assume(np.all(gap[np.triu_indices(n_atoms, 1)] > 0.01))
     return Crystal((*lengths, *angles), atoms, name="hypothesis")
 
 

@@ -33,6 +33,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".larbed.lock"
+_HELD: set[str] = set()  # locks this process holds (a nested folder_lock on one of them is a no-op)
 
 
 class FolderLockedError(ValueError):
@@ -131,10 +132,14 @@ def folder_lock(folder: str | os.PathLike, job: str = "larbed") -> Iterator[str]
     """Hold ``folder/.larbed.lock`` while a job writes into ``folder``.
 
     A second run on the same folder is refused with :class:`FolderLockedError` naming the holder.
-    A lock left by a process that no longer runs (same host) is taken over.
+    A lock left by a process that no longer runs (same host) is taken over; a nested lock of the
+    same folder in the same process is a no-op.
     """
     folder = check_writable(folder)
-    path = os.path.join(folder, LOCK_NAME)
+    path = os.path.abspath(os.path.join(folder, LOCK_NAME))
+    if path in _HELD:  # this process holds it already (e.g. the CLI around determine)
+        yield path
+        return
     info = {"pid": os.getpid(), "host": socket.gethostname(), "job": job,
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     for _ in range(2):
@@ -156,8 +161,10 @@ def folder_lock(folder: str | os.PathLike, job: str = "larbed") -> Iterator[str]
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(info, fh)
         break
+    _HELD.add(path)
     try:
         yield path
     finally:
+        _HELD.discard(path)
         with contextlib.suppress(FileNotFoundError):
             os.remove(path)

@@ -46,7 +46,7 @@ class LarbedAccessor:
         return extract_ug(self._ds)
 
     def image(self, channels: int = 0, variable: str = "intensity"):
-        """The 2-D LARBED image (SPEC §4) of ``variable``; see :func:`larbed.image.larbed_image`.
+        """The 2-D LARBED image of ``variable``; see :func:`larbed.image.larbed_image`.
 
         Returns
         -------
@@ -70,7 +70,7 @@ class LarbedAccessor:
         return plotting.plot_pattern(self._ds, **kwargs)
 
     def r_factor(self, other) -> float:
-        """R = Σ|I_self − I_other| / Σ I_self with this pattern as the experiment (SPEC §6)."""
+        """R = Σ|I_self − I_other| / Σ I_self with this pattern as the experiment."""
         from .metrics import r_factor
 
         return r_factor(self._ds, other)

@@ -36,7 +36,7 @@ def _register_presets(subparsers) -> None:
     p = subparsers.add_parser(
         "presets",
         help="list the twelve thesis presets",
-        description="List the presets (SPEC §7): beams, tilts, thickness, tilt range, voltage.",
+        description="List the twelve presets (the thesis's parameter files): beams, tilts, thickness, tilt range, voltage.",
     )
     p.set_defaults(func=_run_presets)
 

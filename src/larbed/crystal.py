@@ -21,6 +21,11 @@ __all__ = ["Atom", "Crystal"]
 
 logger = logging.getLogger(__name__)
 
+#: Two atoms closer than this [Å] (modulo the lattice) sit on one site.
+SITE_TOLERANCE_ANGSTROM = 0.01
+#: Occupancies of one site may sum to 1 plus this (rounding in files).
+OCCUPANCY_SUM_SLACK = 1e-6
+
 
 @dataclass(frozen=True)
 class Atom:
@@ -66,6 +71,32 @@ def _as_atom(item) -> Atom:
     if not math.isfinite(b) or b < 0:
         raise ValueError(f"Debye-Waller B must be finite and >= 0 [Å²], got {b} for {symbol}")
     return Atom(symbol, tuple(float(x) for x in pos_arr), occ, b)
+
+
+def _merge_duplicates(atoms: list, uc) -> tuple[list, int]:
+    """Drop atoms of the same element on the same site as an earlier one (a CIF that lists
+    symmetry-equivalent positions explicitly yields each of them once per listed copy)."""
+    lattice = np.array(uc.orth.mat.tolist()).T  # rows a, b, c [Å] (Cartesian)
+    kept: list = []
+    merged = 0
+    for atom in atoms:
+        f = np.asarray(atom[1])
+        dup = None
+        for other in kept:
+            d = np.asarray(other[1]) - f
+            d -= np.round(d)
+            if other[0] == atom[0] and np.linalg.norm(d @ lattice) <= SITE_TOLERANCE_ANGSTROM:
+                dup = other
+                break
+        if dup is None:
+            kept.append(atom)
+            continue
+        merged += 1
+        if not (np.isclose(dup[2], atom[2]) and np.isclose(dup[3], atom[3])):
+            logger.warning("duplicate %s at %s with other occupancy or B (%g, %g vs %g, %g); "
+                           "kept the first", atom[0], tuple(np.round(f, 4)), dup[2], dup[3],
+                           atom[2], atom[3])
+    return kept, merged
 
 
 def _u_equivalent(aniso, uc) -> float:
@@ -126,6 +157,35 @@ class Crystal:
         if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-10:
             raise ValueError(f"cell angles {cell_arr[3:]} give no valid (positive-volume) cell")
         self.lattice_vectors = self._lattice()
+        self._check_sites()
+
+    def _check_sites(self) -> None:
+        """Atoms sharing a site (within :data:`SITE_TOLERANCE_ANGSTROM`) must have occupancies
+        summing to at most 1."""
+        for members in self._sites():
+            total = sum(self.atoms[i].occupancy for i in members)
+            if len(members) > 1 and total > 1.0 + OCCUPANCY_SUM_SLACK:
+                atoms = ", ".join(f"{self.atoms[i].symbol} (occupancy {self.atoms[i].occupancy:g})"
+                                  for i in members)
+                pos = self.atoms[members[0]].position
+                raise ValueError(
+                    f"site ({pos[0]:g}, {pos[1]:g}, {pos[2]:g}) holds {atoms}: occupancies sum to "
+                    f"{total:g} > 1 (a duplicated atom, or a mixed site whose occupancies are off)"
+                )
+
+    def _sites(self) -> list[list[int]]:
+        """Indices of the atoms on each distinct site (positions equal modulo the lattice)."""
+        frac = self.fractional_positions
+        d = frac[:, None, :] - frac[None, :, :]
+        d -= np.round(d)
+        close = np.linalg.norm(d @ self.lattice_vectors, axis=2) <= SITE_TOLERANCE_ANGSTROM
+        sites, seen = [], np.zeros(len(frac), bool)
+        for i in range(len(frac)):
+            if not seen[i]:
+                members = np.flatnonzero(close[i] & ~seen)
+                seen[members] = True
+                sites.append(members.tolist())
+        return sites
 
     def _lattice(self) -> np.ndarray:
         a, b, c, al, be, ga = self.cell
@@ -264,7 +324,11 @@ class Crystal:
                 u_iso = _u_equivalent(site.aniso, uc)
             b = 8 * math.pi**2 * u_iso if u_iso else 0.0
             frac = [float(x) % 1.0 for x in (site.fract.x, site.fract.y, site.fract.z)]
-            atoms.append((symbol, tuple(frac), float(site.occ), b))
+            atoms.append((normalize_symbol(symbol), tuple(frac), float(site.occ), b))
+        atoms, merged = _merge_duplicates(atoms, uc)
+        if merged:
+            logger.warning("%s lists symmetry-equivalent sites: %d duplicate atoms (same element "
+                           "on the same site) merged", path, merged)
         name = block.name or os.path.splitext(os.path.basename(path))[0]
         logger.info("read %d atoms from %s", len(atoms), path)
         return cls((uc.a, uc.b, uc.c, uc.alpha, uc.beta, uc.gamma), atoms, name=name)

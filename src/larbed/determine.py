@@ -1,11 +1,11 @@
-"""From a pattern alone to U_g and thickness: the ``determine`` pipeline (SPEC §8, issue 4).
+"""From a pattern alone to U_g and thickness: the ``determine`` pipeline.
 
 No atoms are needed: the geometry gives the lattice, the beams and the reflections. Stages:
 
 1. **Symmetry.** The point-group operations the pattern obeys (:func:`larbed.symmetry.pattern_operations`)
    tie U_g together, with the origin on the symmetry elements; a centrosymmetric projection makes
    every U_g real. SrTiO3 [001] (4mm): 20 complex U_g become 8 real numbers.
-2. **Starts.** Least squares converges from U_g within about ±30 % (SPEC §8), not from random ones
+2. **Starts.** Least squares converges from U_g within about ±30 %, not from random ones
    (measured here: 0 of 16 random physical-prior starts on SrTiO3-2, R stalls at 0.12–0.52). So
    the start comes from
 
@@ -27,13 +27,21 @@ No atoms are needed: the geometry gives the lattice, the beams and the reflectio
    (JᵀWJ)⁻¹; U_g are reported after :func:`larbed.learn.make_unique_ug_vector` (the origin is not
    visible in intensities).
 
-Everything finished is checkpointed in ``out_dir``; a rerun with the same settings skips it.
+Everything finished is checkpointed in ``out_dir``; a rerun with the same data and settings skips
+it, and a rerun of a finished run returns the saved result (same numbers, in seconds). A lock file
+refuses a second run on the same folder while one is running; larbed deletes only files it wrote.
+
+Thickness: without ``thickness_range_nm`` the scans cover 5–100 nm, and when the best fit does not
+reach the solution the stages are run again over 2–250 nm and the better fit is kept. A range the
+user gives is never widened. A fit that does not reach the solution with its thickness at an edge
+of the range, or a thickness outside a range the user gave, is reported as a 'bound' warning (see
+:mod:`larbed.trust`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import datetime
 import logging
 import os
 import time
@@ -43,8 +51,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import xarray as xr
 
+from ._checkpoint import (
+    check_writable,
+    fingerprint,
+    folder_lock,
+    read_json,
+    write_json,
+)
 from .geometry import Geometry
-from .refinement import RefinementResult, check_pattern, pattern_dose, refine, thickness_scan
+from .metrics import expected_noise_r, poisson_deviance
+from .refinement import (
+    RefinementResult,
+    check_diffracted,
+    check_pattern,
+    pattern_dose,
+    refine,
+    thickness_scan,
+)
 from .search import (
     UG_BOUND,
     WEAK_FRACTION,
@@ -58,6 +81,14 @@ from .search import (
 from .simulation import check_ug
 from .structure_factors import input_ug
 from .symmetry import SymmetryGroup, align_origin, align_to_groups, symmetry_groups
+from .trust import (
+    CHI2_MAX,
+    R_MAX_NOISE_FREE,
+    R_NOISE_FACTOR,
+    FitWarning,
+    check_thresholds,
+    untrustworthy,
+)
 
 __all__ = ["DeterminationResult", "determine"]
 
@@ -75,7 +106,7 @@ CONTINUATION_ITERATIONS = 12
 #: Refinement iterations of each multi-start candidate (per stage).
 START_ITERATIONS = 40
 #: A refinement counts as having reached the solution when R is below this (noise-free data) …
-SUCCESS_R_NOISE_FREE = 1e-3
+SUCCESS_R_NOISE_FREE = R_MAX_NOISE_FREE
 #: … or below this multiple of the expected Poisson floor of R (data with a dose).
 SUCCESS_R_NOISE_FACTOR = 1.5
 #: A standard error below this fraction of the largest one belongs to a fixed part (e.g. Im U_g
@@ -89,21 +120,28 @@ POLISH_MAX_FACTOR = 10.0
 WEAK_IMPROVEMENT = 0.999
 #: … and, in the Poisson polish, when it lowers the deviance by more than this (Δχ² = 9: 3σ).
 POISSON_DEVIANCE_GAIN = 9.0
+#: Thickness ranges [nm] of the automatic scan: the first, then the wider one when the best fit
+#: does not reach the solution or sits at an edge of the first.
+AUTO_THICKNESS_RANGES_NM = ((5.0, 100.0), (2.0, 250.0))
+#: A thickness within this many scan steps of a range edge "sits at the edge".
+EDGE_STEPS = 2
+#: A U_g within this fraction of ``ug_bound`` counts as at the search bound.
+UG_BOUND_RTOL = 1e-3
+#: Checkpoint files larbed writes into ``determine_checkpoint/`` (only these are ever deleted).
+CHECKPOINT_PATTERNS = ("config.json", "result.nc", "network.json", "start_*.json",
+                       "kinematic*.npz", "search*.npz", "final_refine*.json", "poisson*_*.json")
 
 
 # ---------------------------------------------------------------------------------- starts
-def _poisson_deviance(observed: np.ndarray, fitted: np.ndarray, dose: float) -> float:
+def _poisson_deviance(observed: np.ndarray, fitted: np.ndarray, dose) -> float:
     """Poisson deviance 2 Σ [μ − y + y ln(y/μ)] of counts y = dose·I_obs, μ = dose·I_fit."""
-    y = dose * np.asarray(observed, float)
-    mu = dose * np.maximum(np.asarray(fitted, float), 1e-300)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        term = np.where(y > 0, y * np.log(y / mu), 0.0)
-    return float(2.0 * np.sum(mu - y + term))
+    return poisson_deviance(observed, fitted, dose)
 
 
 def _polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: RefinementResult,
-                    groups: Sequence[SymmetryGroup], dose: float, max_iter: int, time_s: float,
-                    ckpt: str | None, progress: bool) -> RefinementResult:
+                    groups: Sequence[SymmetryGroup], dose, max_iter: int, time_s: float,
+                    ckpt: str | None, progress: bool, suffix: str = "",
+                    refine_kwargs: dict | None = None) -> RefinementResult:
     """Pseudo-origin and weak-reflection moves again, now in the Poisson likelihood of the fit.
 
     The starts are compared by unweighted R, which hardly sees the weak beams: with noise the
@@ -117,12 +155,15 @@ def _polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: R
     vals0 = final.ug.values
     _, strong = _weak_groups(vals0, groups, WEAK_FRACTION)
     moves = _pseudo_origin_moves(geometry, vals0, groups, strong) + _weak_moves(vals0, groups, WEAK_FRACTION)
-    for name, vals in moves:
+    from tqdm.auto import tqdm
+
+    for name, vals in tqdm(moves, desc="Poisson polish", unit="move", disable=not progress,
+                           leave=False):
         if time.perf_counter() - t0 > time_s:
             logger.info("determine: Poisson polish time budget %g s used up", time_s)
             break
-        path = os.path.join(ckpt, f"poisson_{name}.json") if ckpt else None
-        saved = _read_json(path) if path else None
+        path = os.path.join(ckpt, f"poisson{suffix}_{name}.json") if ckpt else None
+        saved = read_json(path) if path else None
         if saved is None:
             res = refine(pattern, geometry, input_ug(geometry, vals), final.thickness_nm,
                          symmetry=list(groups), weights="poisson", dose=dose, max_iter=START_ITERATIONS,
@@ -131,7 +172,7 @@ def _polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: R
                      "thickness_nm": res.thickness_nm,
                      "deviance": _poisson_deviance(intensity, res.fit.intensity.values, dose)}
             if path:
-                _write_json(path, saved)
+                write_json(path, saved)
         if saved["deviance"] < best_dev - POISSON_DEVIANCE_GAIN:
             logger.info("determine: %s lowers the Poisson deviance from %.6g to %.6g", name, best_dev,
                         saved["deviance"])
@@ -140,8 +181,9 @@ def _polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: R
         return final
     start = input_ug(geometry, np.asarray(best["ug_real"]) + 1j * np.asarray(best["ug_imag"]))
     return refine(pattern, geometry, start, best["thickness_nm"], symmetry=list(groups), weights="poisson",
-                  dose=dose, max_iter=max_iter, progress=progress,
-                  checkpoint=None if ckpt is None else os.path.join(ckpt, "final_refine_polished.json"))
+                  dose=dose, max_iter=max_iter, progress=progress, **(refine_kwargs or {}),
+                  checkpoint=None if ckpt is None else
+                  os.path.join(ckpt, f"final_refine{suffix}_polished.json"))
 
 
 def _refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
@@ -271,6 +313,14 @@ class DeterminationResult:
         In-plane shift r0 [Å] applied by make_unique.
     elapsed_s : float
         Wall time of the whole run (resumed parts not included).
+    warnings : list of FitWarning
+        What makes a number doubtful (see :mod:`larbed.trust`): the final refinement's warnings,
+        a thickness at an edge of the range, U_g at the search bound. Empty when all is well.
+    thickness_range_nm : (float, float)
+        The thickness range the stages used last [nm].
+    provenance : dict
+        How the result was made: larbed version, time, input file and SHA-256 (when the pattern was
+        read from a file), SHA-256 of the intensities, dose and weights used, settings.
     """
 
     ug: xr.DataArray
@@ -287,6 +337,14 @@ class DeterminationResult:
     origin_shift: np.ndarray
     elapsed_s: float
     geometry: Geometry = field(repr=False)
+    warnings: list = field(default_factory=list)
+    thickness_range_nm: tuple = (5.0, 100.0)
+    provenance: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def trustworthy(self) -> bool:
+        """False when a warning of kind 'bound', 'chi2' or 'r_factor' was raised."""
+        return not untrustworthy(self.warnings)
 
     def compare(self, ug_true, thickness_true_nm: float | None = None) -> xr.Dataset:
         """Found vs true U_g after aligning the true origin to the found one.
@@ -322,82 +380,136 @@ class DeterminationResult:
     def summary(self) -> dict:
         return {"r_factor": self.r_factor, "thickness_nm": self.thickness_nm,
                 "thickness_error_nm": self.thickness_error_nm, "chi2": self.chi2,
-                "symmetry": " ".join(self.symmetry), "elapsed_s": self.elapsed_s}
+                "symmetry": " ".join(self.symmetry), "elapsed_s": self.elapsed_s,
+                "warnings": [str(w) for w in self.warnings]}
 
     def to_dataset(self) -> xr.Dataset:
-        """Fit, observed pattern, unique U_g with errors and the histories in one Dataset."""
+        """Fit, observed pattern, unique U_g with errors, the final refinement and the histories in
+        one Dataset (:meth:`from_dataset` reads it back); attributes record the provenance."""
+        import json
+
         from .simulation import attach_ug
 
         ds = self.refinement.to_dataset()
+        ds = attach_ug(ds, self.refinement.ug, "refined_ug")
+        ds["refined_ug_error_real"] = ds["ug_error_real"]
+        ds["refined_ug_error_imag"] = ds["ug_error_imag"]
         ds = attach_ug(ds, self.ug, "ug")
         ds["ug_error_real"] = ("reflection", self.ug_error.values.real, {"units": "1/Å^2"})
         ds["ug_error_imag"] = ("reflection", self.ug_error.values.imag, {"units": "1/Å^2"})
         for name in self.history.data_vars:
             if name.startswith(("start_", "search_")):
                 ds[name] = self.history[name]
+        refinement_attrs = {k: ds.attrs[k] for k in ("thickness_nm", "thickness_error_nm", "r_factor",
+                                                     "chi2", "weights", "converged", "message",
+                                                     "n_iterations", "absorption",
+                                                     "absorption_error", "warnings")}
         ds.attrs.update({"title": "larbed determine result", "thickness_nm": self.thickness_nm,
                          "thickness_error_nm": self.thickness_error_nm, "r_factor": self.r_factor,
                          "chi2": self.chi2, "symmetry": list(self.symmetry),
                          "origin_shift_angstrom": [float(v) for v in self.origin_shift],
-                         "elapsed_s": self.elapsed_s})
+                         "elapsed_s": self.elapsed_s,
+                         "thickness_range_nm": [float(v) for v in self.thickness_range_nm],
+                         "groups": json.dumps([[list(m) for m in g.members] + [int(g.real)]
+                                               for g in self.groups]),
+                         "history_attrs": json.dumps({k: str(v) if not isinstance(v, (int, float))
+                                                      else v for k, v in self.history.attrs.items()}),
+                         "determine_warnings": [[getattr(w, "kind", "r_factor"), str(w)]
+                                                for w in self.warnings],
+                         "refinement_attrs": json.dumps(refinement_attrs),
+                         **_provenance_attrs(self.provenance)})
         return ds
 
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset, geometry: Geometry | None = None) -> DeterminationResult:
+        """Rebuild a result from :meth:`to_dataset` (e.g. ``determine_result.nc``)."""
+        import json
+
+        from .simulation import extract_ug
+
+        if geometry is None:
+            geometry = Geometry.from_attrs(ds.attrs)
+        try:
+            a = ds.attrs
+            inner = ds.copy()
+            inner.attrs = {**ds.attrs, **json.loads(a["refinement_attrs"])}
+            inner["ug"] = ds["refined_ug"]
+            inner["ug_error_real"] = ds["refined_ug_error_real"]
+            inner["ug_error_imag"] = ds["refined_ug_error_imag"]
+            refinement = RefinementResult.from_dataset(inner, geometry)
+            ug = extract_ug(ds, "ug")
+            ug.attrs["source"] = "determine"
+            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err.attrs.update({"source": "standard error", "long_name":
+                              "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+            groups = [SymmetryGroup(tuple((int(q), int(sg)) for q, sg in g[:-1]), bool(g[-1]))
+                      for g in json.loads(a["groups"])]
+            hist = xr.Dataset({k: ds[k] for k in ds.data_vars if k.startswith(("start_", "search_"))})
+            for name in refinement.history.data_vars:
+                hist[f"refine_{name}"] = refinement.history[name]
+            hist.attrs.update(json.loads(a.get("history_attrs", "{}")))
+            warnings = [FitWarning(k, m) for k, m in a.get("determine_warnings", [])]
+            provenance = json.loads(a.get("provenance", "{}"))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"dataset does not hold a larbed determine result: {exc}") from exc
+        std = xr.Dataset({"ug_real": ("reflection", err.values.real, {"units": "1/Å^2"}),
+                          "ug_imag": ("reflection", err.values.imag, {"units": "1/Å^2"}),
+                          "thickness_nm": ((), float(a["thickness_error_nm"]), {"units": "nm"})},
+                         coords={c: ug.coords[c] for c in ug.coords})
+        return cls(ug=ug, ug_error=err, thickness_nm=float(a["thickness_nm"]),
+                   thickness_error_nm=float(a["thickness_error_nm"]), r_factor=float(a["r_factor"]),
+                   chi2=float(a["chi2"]), standard_errors=std, history=hist, refinement=refinement,
+                   symmetry=[str(v) for v in np.atleast_1d(a.get("symmetry", []))],
+                   groups=groups, origin_shift=np.asarray(a["origin_shift_angstrom"], float),
+                   elapsed_s=float(a["elapsed_s"]), geometry=geometry, warnings=warnings,
+                   thickness_range_nm=tuple(float(v) for v in a["thickness_range_nm"]),
+                   provenance=provenance)
+
     def save(self, out_dir: str | os.PathLike) -> list[str]:
-        """Write ``determine_result.nc`` (everything) and ``ug.nc`` into ``out_dir``."""
+        """Write ``determine_result.nc`` (everything) and ``ug.nc`` into ``out_dir``; both record
+        the provenance (input, settings, dose, larbed version)."""
         from .io import save_pattern, save_ug
 
-        os.makedirs(out_dir, exist_ok=True)
+        check_writable(out_dir)
         paths = [os.path.join(out_dir, "determine_result.nc"), os.path.join(out_dir, "ug.nc")]
         save_pattern(self.to_dataset(), paths[0])
-        save_ug(self.ug, paths[1])
+        ug = self.ug.copy()
+        ug.attrs.update({"thickness_nm": self.thickness_nm, "r_factor": self.r_factor,
+                         "ug_error_real": self.ug_error.values.real,
+                         "ug_error_imag": self.ug_error.values.imag,
+                         **_provenance_attrs(self.provenance)})
+        save_ug(ug, paths[1])
         return paths
 
     def plot(self, out_dir: str | os.PathLike, ug_true=None) -> list[str]:
-        """PNGs: pattern vs fit with residuals, U_g with error bars (vs the truth when given),
-        R per refinement iteration. Returns the paths."""
-        from matplotlib.figure import Figure
+        """PNGs: pattern vs fit with residuals (hkl labels, mrad scale), U_g with error bars (vs
+        the truth when given), R per refinement iteration. Returns the paths; each PNG records
+        the provenance in its metadata."""
+        import json
 
-        from .plotting import compare_patterns
+        from .plotting import compare_patterns, plot_refinement_history, plot_ug
 
-        os.makedirs(out_dir, exist_ok=True)
-        paths = []
+        check_writable(out_dir)
+        meta = {"Software": f"larbed {self.provenance.get('larbed_version', '')}".strip(),
+                "Description": json.dumps({k: v for k, v in self.provenance.items()
+                                           if k != "settings"}, default=str)}
         fit = self.refinement.fit
         obs = fit[["observed"]].rename({"observed": "intensity"})
-        fig = compare_patterns(obs, fit, geometry=self.geometry)
-        paths.append(os.path.join(out_dir, "pattern_vs_fit.png"))
-        fig.savefig(paths[-1], dpi=110)
-
-        fig = Figure(figsize=(max(6.0, 0.28 * self.geometry.n_reflections), 4.5), layout="constrained")
-        ax = fig.subplots()
-        x = np.arange(self.geometry.n_reflections)
-        found, err = self.ug.values, self.ug_error.values
-        ax.errorbar(x - 0.12, found.real, yerr=err.real, fmt="o", ms=3, label="Re U found")
-        if np.max(np.abs(found.imag)) > 1e-12 * np.max(np.abs(found)):
-            ax.errorbar(x + 0.12, found.imag, yerr=err.imag, fmt="s", ms=3, label="Im U found")
+        truth = None
         if ug_true is not None:
-            truth, _ = align_origin(self.geometry, check_ug(self.geometry, ug_true).values, found)
-            ax.plot(x, truth.real, "k_", ms=10, label="Re U true (origin aligned)")
-            if np.max(np.abs(truth.imag)) > 1e-9 * np.max(np.abs(truth)):
-                ax.plot(x, truth.imag, "r_", ms=10, label="Im U true")
-        ax.set_xticks(x)
-        ax.set_xticklabels(self.geometry.reflection_labels(), rotation=90, fontsize=7)
-        ax.set_ylabel("U_g [1/Å²]")
-        ax.axhline(0, color="0.7", lw=0.5)
-        ax.legend(fontsize=8)
-        ax.set_title(f"U_g (t = {self.thickness_nm:.3f} ± {self.thickness_error_nm:.3f} nm, "
-                     f"R = {self.r_factor:.3g})")
-        paths.append(os.path.join(out_dir, "ug.png"))
-        fig.savefig(paths[-1], dpi=110)
-
-        fig = Figure(figsize=(6, 4), layout="constrained")
-        ax = fig.subplots()
-        hist = self.refinement.history
-        if hist.sizes.get("iteration", 0):
-            ax.semilogy(hist.iteration, hist.r_factor, "o-", ms=3)
-        ax.set_xlabel("refinement iteration")
-        ax.set_ylabel("R")
-        paths.append(os.path.join(out_dir, "refinement_history.png"))
-        fig.savefig(paths[-1], dpi=110)
+            truth, _ = align_origin(self.geometry, check_ug(self.geometry, ug_true).values,
+                                    self.ug.values)
+        figures = [
+            ("pattern_vs_fit.png", compare_patterns(obs, fit, geometry=self.geometry)),
+            ("ug.png", plot_ug(self.ug, self.ug_error, truth=truth,
+                               title=f"U_g (t = {self.thickness_nm:.3f} ± {self.thickness_error_nm:.3f} nm, "
+                                     f"R = {self.r_factor:.3g})")),
+            ("refinement_history.png", plot_refinement_history(self.refinement.history)),
+        ]
+        paths = []
+        for name, fig in figures:
+            paths.append(os.path.join(out_dir, name))
+            fig.savefig(paths[-1], dpi=110, metadata=meta)
         return paths
 
 
@@ -441,35 +553,6 @@ def _rotate_errors(res: RefinementResult, phase: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fingerprint(intensity: np.ndarray, geometry: Geometry, settings: dict) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(intensity).tobytes())
-    h.update(json.dumps(geometry.to_attrs(), sort_keys=True, default=str).encode())
-    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh)
-    os.replace(tmp, path)
-
-
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except (OSError, ValueError):
-        return None
-
-
-# ---------------------------------------------------------------------------------- pipeline
-def _expected_noise_r(intensity: np.ndarray, dose: float) -> float:
-    """Expected R between Poisson data and its mean: Σ √(2I/(π D)) / Σ I (large-count limit)."""
-    return float(np.sum(np.sqrt(2.0 * np.maximum(intensity, 0.0) / (np.pi * dose))) / intensity.sum())
-
-
 def _resolve_groups(symmetry, intensity, geometry, dose):
     from .symmetry import crystal_operations, groups_from_operations, pattern_operations
 
@@ -485,6 +568,202 @@ def _resolve_groups(symmetry, intensity, geometry, dose):
     return groups, ["user"]
 
 
+def _provenance_attrs(provenance: dict) -> dict:
+    """netCDF attributes of a provenance record: the whole as JSON plus the main items flat."""
+    import json
+
+    flat = {k: provenance[k] for k in ("larbed_version", "created", "source_path", "source_sha256",
+                                       "data_sha256", "dose_used", "weights_used") if k in provenance}
+    return {"provenance": json.dumps(provenance, default=str), **flat}
+
+
+def _dose_summary(dose) -> str | float:
+    if dose is None:
+        return "none (noise-free: unweighted least squares)"
+    if np.ndim(dose) == 0:
+        return float(dose)
+    d = np.asarray(dose, float)
+    return f"per tilt, {d.min():.6g}..{d.max():.6g} (median {np.median(d):.6g}) electrons"
+
+
+def _provenance(pattern, intensity: np.ndarray, dose, settings: dict) -> dict:
+    from . import __version__
+    from .io import source_provenance
+
+    return {"larbed_version": __version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **source_provenance(pattern),
+            "data_sha256": fingerprint(np.ascontiguousarray(intensity)),
+            "dose_used": _dose_summary(dose), "settings": settings}
+
+
+def _prepare_checkpoints(out_dir, fp: str, settings: dict, resume: bool) -> tuple[str, dict | None]:
+    """The checkpoint folder of a run; its config (None for a new run). Deletes only larbed's files."""
+    import glob
+
+    ckpt = os.path.join(os.fspath(out_dir), "determine_checkpoint")
+    cfg_path = os.path.join(ckpt, "config.json")
+    old = None
+    if os.path.exists(cfg_path):
+        old = read_json(cfg_path)
+        if old is None or "fingerprint" not in old:
+            raise ValueError(f"{cfg_path!r} is unreadable (corrupt, or not larbed's); larbed deletes "
+                             "nothing it does not recognise: remove that folder yourself or use "
+                             "another out_dir")
+    elif os.path.isdir(ckpt) and os.listdir(ckpt):
+        raise ValueError(f"{ckpt!r} holds files but no config.json: it was not written by larbed "
+                         "determine; use another out_dir")
+    if old is not None and resume and old["fingerprint"] != fp:
+        raise ValueError(f"{ckpt!r} holds a determine run with other data or settings; "
+                         "use another out_dir or resume=False")
+    if old is not None and not resume:
+        removed = 0
+        for pattern in CHECKPOINT_PATTERNS:
+            for path in glob.glob(os.path.join(ckpt, pattern)):
+                os.remove(path)
+                removed += 1
+        logger.info("determine: resume=False: removed %d checkpoint files of the earlier run", removed)
+        old = None
+    os.makedirs(ckpt, exist_ok=True)
+    if old is None:
+        write_json(cfg_path, {"fingerprint": fp, "settings": settings, "finished": False})
+    return ckpt, old
+
+
+class _Run:
+    """The state of one determine run: settings, checkpoints, the refined starts so far."""
+
+    def __init__(self, inten, geometry, groups, dose, success_r, ckpt, client, progress, rng,
+                 max_iter_start: int = START_ITERATIONS):
+        self.inten, self.geometry, self.groups, self.dose = inten, geometry, groups, dose
+        self.success_r, self.ckpt, self.client, self.progress = success_r, ckpt, client, progress
+        self.rng = rng
+        self.results: dict[str, dict] = {}
+        self.max_iter_start = max_iter_start
+
+    def path(self, name: str) -> str | None:
+        return os.path.join(self.ckpt, name) if self.ckpt else None
+
+    def _load(self, key: str):
+        return read_json(self.path(f"start_{key}.json")) if self.ckpt else None
+
+    def _store(self, key: str, out: dict) -> None:
+        out["source"] = key
+        self.results[key] = out
+        if self.ckpt:
+            write_json(self.path(f"start_{key}.json"), out)
+
+    def run(self, cands, thickness_range, continuation: bool = False) -> None:
+        """Thickness scan + least squares from each (key, values) not refined before."""
+        todo = []
+        for key, vals in cands:
+            saved = self._load(key)
+            if saved is not None:
+                self.results[key] = saved
+            else:
+                todo.append((key, vals))
+        if not todo:
+            return
+        cont_r = self.success_r if continuation else None
+        args = [(self.inten, self.geometry, v, self.groups, tuple(thickness_range),
+                 self.max_iter_start, cont_r) for _, v in todo]
+        if self.client is not None:
+            from dask.distributed import as_completed
+
+            futures = {self.client.submit(_refine_start, *a, pure=False): k
+                       for (k, _), a in zip(todo, args, strict=True)}
+            outs = ((futures[f], f.result()) for f in as_completed(futures))
+        else:
+            outs = ((k, _refine_start(*a)) for (k, _), a in zip(todo, args, strict=True))
+        from tqdm.auto import tqdm
+
+        for key, out in tqdm(outs, total=len(todo), desc="starts", unit="start", leave=False,
+                             disable=not self.progress or len(todo) < 2):
+            self._store(key, out)
+            logger.info("determine: start %s -> R = %.3g, t = %.2f nm", key, out["r_factor"],
+                        out["thickness_nm"])
+
+    def try_from(self, key, values, thickness) -> dict:
+        saved = self._load(key)
+        if saved is not None:
+            self.results[key] = saved
+            return saved
+        out = _refine_from(self.inten, self.geometry, values, thickness, self.groups, self.max_iter_start)
+        self._store(key, out)
+        return out
+
+    def best(self, prefix: str | None = None):
+        pool = [r for k, r in self.results.items() if prefix is None or k.startswith(prefix)]
+        return min(pool, key=lambda r: r["r_factor"]) if pool else None
+
+    def solved(self, b) -> bool:
+        return b is not None and b["r_factor"] <= self.success_r
+
+    def polish(self, b: dict, prefix: str, time_s: float) -> dict:
+        """Weak-reflection and pseudo-symmetry-origin moves from the best start (two rounds)."""
+        geometry, groups = self.geometry, self.groups
+        t_polish = time.perf_counter()
+        for round_ in range(2):
+            start_r = b["r_factor"]
+            if start_r <= EXACT_FIT_R or start_r > POLISH_MAX_FACTOR * self.success_r:
+                return b  # exact already, or a wrong basin that weak moves cannot leave
+            vals = _values(b)
+            _, strong = _weak_groups(vals, groups, WEAK_FRACTION)
+            bases = [b] + [self.try_from(f"{prefix}polish{round_}_{name}", v, b["thickness_nm"])
+                           for name, v in _pseudo_origin_moves(geometry, vals, groups, strong)]
+            best_out = min(bases, key=lambda r: r["r_factor"])
+            target = 1e-3 * min(start_r, self.success_r)
+            for base_i, base in enumerate(sorted(bases, key=lambda r: r["r_factor"])):
+                moves = _weak_moves(_values(base), groups, WEAK_FRACTION)
+                from tqdm.auto import tqdm
+
+                for name, v in tqdm(moves, desc=f"polish {round_ + 1}", unit="move", leave=False,
+                                    disable=not self.progress):
+                    if time.perf_counter() - t_polish > time_s:
+                        logger.info("determine: polish time budget %g s used up", time_s)
+                        break
+                    out = self.try_from(f"{prefix}polish{round_}_{base_i}_{name}", v,
+                                        base["thickness_nm"])
+                    if out["r_factor"] < best_out["r_factor"]:
+                        best_out = out
+                    if best_out["r_factor"] <= target:
+                        break
+                if best_out["r_factor"] <= target:
+                    break
+            if best_out["r_factor"] >= WEAK_IMPROVEMENT * start_r:
+                return b
+            logger.info("determine: %s lowers R from %.3g to %.3g", best_out["source"], start_r,
+                        best_out["r_factor"])
+            b = best_out
+        return b
+
+
+def _values(r: dict) -> np.ndarray:
+    return np.asarray(r["ug_real"]) + 1j * np.asarray(r["ug_imag"])
+
+
+def _at_edge(t: float, lo: float, hi: float) -> bool:
+    return t <= lo + EDGE_STEPS * SCAN_STEP_NM or t >= hi - EDGE_STEPS * SCAN_STEP_NM
+
+
+def _check_int(name: str, val, low: int) -> None:
+    if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {val!r}")
+
+
+def _thickness_ranges(thickness_range_nm) -> tuple[list[tuple[float, float]], bool]:
+    """The ranges to try and whether the user chose them (then they are never widened)."""
+    if thickness_range_nm is None:
+        return [tuple(r) for r in AUTO_THICKNESS_RANGES_NM], False
+    try:
+        lo, hi = (float(v) for v in thickness_range_nm)
+    except (TypeError, ValueError):
+        raise ValueError(f"thickness_range_nm must be (low, high) [nm], got {thickness_range_nm!r}") from None
+    if not (0 < lo < hi) or not np.isfinite(hi):
+        raise ValueError(f"thickness_range_nm must be (low, high) with 0 < low < high, got {thickness_range_nm}")
+    return [(lo, hi)], True
+
+
 def determine(
     pattern,
     geometry: Geometry,
@@ -494,9 +773,9 @@ def determine(
     seed: int = 0,
     n_starts: int = 4,
     client=None,
-    thickness_range_nm: Sequence[float] = (5.0, 100.0),
+    thickness_range_nm: Sequence[float] | None = None,
     symmetry="auto",
-    dose: float | None = None,
+    dose=None,
     weights: str = "auto",
     kinematic: bool = True,
     search: bool = True,
@@ -511,6 +790,9 @@ def determine(
     polish_weak: bool = True,
     polish_time_s: float = 120.0,
     max_iter: int = 100,
+    chi2_max: float = CHI2_MAX,
+    r_noise_factor: float = R_NOISE_FACTOR,
+    r_max: float = R_MAX_NOISE_FREE,
     out_dir: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
@@ -538,13 +820,16 @@ def determine(
         Distinct members of the final search population refined as starts.
     client : dask.distributed.Client, optional
         Run the multi-start refinements and the search's evaluations on this cluster.
-    thickness_range_nm : (float, float)
-        Thickness range of the scans and the search [nm].
+    thickness_range_nm : (float, float), optional
+        Thickness range of the scans and the search [nm]. Default: automatic, 5–100 nm, widened
+        to 2–250 nm when the best fit does not reach the solution. A range given here is never
+        widened (a refined thickness outside it raises a 'bound' warning).
     symmetry : {'auto', 'pattern', 'crystal'}, None or sequence
         U_g constraints (:func:`larbed.symmetry.symmetry_groups`); ``'auto'`` = the operations the
         pattern obeys.
-    dose : float, optional
-        Electrons per tilt (default ``pattern.attrs['dose']``): Poisson weights in the final fit.
+    dose : float or (n_tilts,) array, optional
+        Electrons per tilt (default: the pattern's ``dose`` variable or ``attrs['dose']``): Poisson
+        weights in the final fit.
     weights : {'auto', 'poisson', 'none'}
         Weights of the final refinement (see :func:`larbed.refine`).
     kinematic : bool
@@ -571,16 +856,27 @@ def determine(
         Time budget of those moves [s] (each is one short refinement).
     max_iter : int
         Iterations of the final refinement.
+    chi2_max, r_noise_factor, r_max : float
+        Trust thresholds of the final fit (see :mod:`larbed.trust`; defaults 2, 3 and 1e-3).
     out_dir : path, optional
         Checkpoints (``determine_checkpoint/``); a rerun with the same data and settings reuses
-        every finished stage and start.
+        every finished stage and start, and returns the saved result of a finished run. The folder
+        is checked writable before any work and locked while the run lasts (a second run on it
+        is refused); larbed deletes only the checkpoint files it wrote.
     resume : bool
-        Reuse checkpoints (else start afresh).
+        Reuse checkpoints (else delete larbed's checkpoint files in ``out_dir`` and start afresh).
     progress : bool
 
     Returns
     -------
     DeterminationResult
+        With ``.warnings`` (empty when the answer can be trusted; see :mod:`larbed.trust`).
+
+    Raises
+    ------
+    ValueError
+        Bad input, a pattern without diffracted intensity, raw counts, an unwritable or locked
+        ``out_dir`` (:class:`larbed._checkpoint.FolderLockedError`), checkpoints of another run.
 
     Examples
     --------
@@ -591,14 +887,16 @@ def determine(
     (True, True)
     """
     t_start = time.perf_counter()
-    inten = check_pattern(pattern, geometry)
-    d = pattern_dose(pattern, dose)
-    lo, hi = (float(v) for v in thickness_range_nm)
-    if not (0 < lo < hi) or not np.isfinite(hi):
-        raise ValueError(f"thickness_range_nm must be (low, high) with 0 < low < high, got {thickness_range_nm}")
-    for name, val in (("n_starts", n_starts), ("n_perturbed", n_perturbed), ("max_iter", max_iter)):
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)) or val < (1 if name == "max_iter" else 0):
-            raise ValueError(f"{name} must be a non-negative integer, got {val!r}")
+    inten = check_pattern(pattern, geometry, dose)
+    check_diffracted(inten)
+    d = pattern_dose(pattern, dose, geometry.n_tilts)
+    ranges, user_range = _thickness_ranges(thickness_range_nm)
+    _check_int("n_starts", n_starts, 0)
+    _check_int("n_perturbed", n_perturbed, 0)
+    _check_int("max_iter", max_iter, 1)
+    check_thresholds(chi2_max, r_noise_factor, r_max)
+    if not np.isfinite(ug_bound) or ug_bound <= 0:
+        raise ValueError(f"ug_bound must be a positive number [1/Å²], got {ug_bound!r}")
     explicit_kind = None
     if isinstance(start, str):
         if start not in ("search", "task2", "model"):
@@ -611,120 +909,90 @@ def determine(
     else:
         start = check_ug(geometry, start)
         explicit_kind = "user"
+    if not (kinematic or search or explicit_kind):
+        raise ValueError("no start to refine: give start=..., or kinematic=True or search=True")
 
     settings = {"start": explicit_kind or "search", "model": model if isinstance(model, str) else "regressor",
-                "seed": seed, "n_starts": n_starts, "kinematic": kinematic, "range": [lo, hi], "symmetry": str(symmetry),
+                "seed": seed, "n_starts": n_starts, "kinematic": kinematic,
+                "range": [list(r) for r in ranges] if user_range else "auto", "symmetry": str(symmetry),
                 "search": search, "popsize": search_popsize, "tilts": search_tilts,
                 "ug_bound": ug_bound, "perturbation": perturbation, "n_perturbed": n_perturbed,
                 "task2_iterations": task2_iterations, "task2_kwargs": task2_kwargs or {},
-                "polish_weak": polish_weak, "polish_time_s": polish_time_s,
+                "polish_weak": polish_weak, "polish_time_s": polish_time_s, "weights": weights,
+                "max_iter": max_iter,
                 "user_start": None if explicit_kind != "user" else
                 [np.round(start.values.real, 12).tolist(), np.round(start.values.imag, 12).tolist()]}
-    ckpt = None
-    if out_dir is not None:
-        ckpt = os.path.join(os.fspath(out_dir), "determine_checkpoint")
-        fp = _fingerprint(inten, geometry, settings)
-        cfg_path = os.path.join(ckpt, "config.json")
-        old = _read_json(cfg_path) if resume else None
-        if old is not None and old.get("fingerprint") != fp:
-            raise ValueError(f"{ckpt!r} holds a determine run with other data or settings; "
-                             "use another out_dir or resume=False")
-        if old is None and os.path.isdir(ckpt):
-            import shutil
+    thresholds = {"chi2_max": chi2_max, "r_noise_factor": r_noise_factor, "r_max": r_max}
+    fp = fingerprint(inten, None if d is None else np.asarray(d, float), geometry.to_attrs(), settings)
+    provenance = _provenance(pattern, inten, d, {**settings, **thresholds})
 
-            shutil.rmtree(ckpt)
-        os.makedirs(ckpt, exist_ok=True)
-        _write_json(cfg_path, {"fingerprint": fp, "settings": settings})
+    lock = contextlib.nullcontext() if out_dir is None else folder_lock(out_dir, "larbed determine")
+    with lock:
+        ckpt = None
+        if out_dir is not None:
+            ckpt, old = _prepare_checkpoints(out_dir, fp, settings, resume)
+            done = _finished_result(ckpt, old, thresholds, geometry)
+            if done is not None:
+                return done
+        res = _determine(pattern, inten, geometry, d, ranges, user_range, explicit_kind, start,
+                         model, seed, n_starts, client, symmetry, weights, kinematic, search,
+                         search_time_s, search_popsize, search_tilts, ug_bound, perturbation,
+                         n_perturbed, task2_iterations, task2_kwargs, polish_weak, polish_time_s,
+                         max_iter, thresholds, ckpt, progress, t_start, provenance)
+        if ckpt is not None:
+            from .io import save_pattern
+
+            save_pattern(res.to_dataset(), os.path.join(ckpt, "result.nc"))
+            write_json(os.path.join(ckpt, "config.json"),
+                       {"fingerprint": fp, "settings": settings, "finished": True,
+                        "thresholds": thresholds})
+        return res
+
+
+def _finished_result(ckpt: str, old: dict | None, thresholds: dict, geometry: Geometry):
+    """The saved result of a finished run with the same fingerprint (None when there is none)."""
+    path = os.path.join(ckpt, "result.nc")
+    if old is None or not old.get("finished") or old.get("thresholds") != thresholds:
+        return None
+    from .io import load_pattern
+
+    try:
+        res = DeterminationResult.from_dataset(load_pattern(path), geometry)
+    except (ValueError, OSError) as exc:
+        logger.warning("determine: the saved result %s cannot be read (%s); running again", path, exc)
+        return None
+    logger.info("determine: %s holds this run, finished earlier; returning it", ckpt)
+    return res
+
+
+def _determine(pattern, inten, geometry, d, ranges, user_range, explicit_kind, start, model, seed,
+               n_starts, client, symmetry, weights, kinematic, search, search_time_s,
+               search_popsize, search_tilts, ug_bound, perturbation, n_perturbed, task2_iterations,
+               task2_kwargs, polish_weak, polish_time_s, max_iter, thresholds, ckpt, progress,
+               t_start, provenance) -> DeterminationResult:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=6 * len(ranges), desc="determine", unit="stage", disable=not progress)
+
+    def stage(name: str) -> None:
+        bar.set_postfix_str(name)
+        bar.update(1)
 
     groups, ops = _resolve_groups(symmetry, inten, geometry, d)
     logger.info("determine: %d U_g in %d symmetry groups (%s)", geometry.n_reflections, len(groups),
                 ", ".join(ops) or "no symmetry")
-    success_r = SUCCESS_R_NOISE_FREE if d is None else SUCCESS_R_NOISE_FACTOR * _expected_noise_r(inten, d)
+    success_r = SUCCESS_R_NOISE_FREE if d is None else SUCCESS_R_NOISE_FACTOR * expected_noise_r(inten, d)
     rng = np.random.default_rng(seed)
-    results: dict[str, dict] = {}
+    run = _Run(inten, geometry, groups, d, success_r, ckpt, client, progress, rng)
 
-    def run(cands: list[tuple[str, np.ndarray]], continuation: bool = False) -> None:
-        todo = []
-        for key, vals in cands:
-            saved = _read_json(os.path.join(ckpt, f"start_{key}.json")) if ckpt else None
-            if saved is not None:
-                results[key] = saved
-            else:
-                todo.append((key, vals))
-        if not todo:
-            return
-        cont_r = success_r if continuation else None
-        args = [(inten, geometry, v, groups, (lo, hi), START_ITERATIONS, cont_r) for _, v in todo]
-        if client is not None:
-            from dask.distributed import as_completed
-
-            futures = {client.submit(_refine_start, *a, pure=False): k
-                       for (k, _), a in zip(todo, args, strict=True)}
-            outs = ((futures[f], f.result()) for f in as_completed(futures))
-        else:
-            outs = ((k, _refine_start(*a)) for (k, _), a in zip(todo, args, strict=True))
-        for key, out in outs:
-            out["source"] = key
-            results[key] = out
-            if ckpt:
-                _write_json(os.path.join(ckpt, f"start_{key}.json"), out)
-            logger.info("determine: start %s -> R = %.3g, t = %.2f nm", key, out["r_factor"],
-                        out["thickness_nm"])
-
-    def best():
-        return min(results.values(), key=lambda r: r["r_factor"]) if results else None
-
-    def _try(key, values, thickness):
-        saved = _read_json(os.path.join(ckpt, f"start_{key}.json")) if ckpt else None
-        out = saved or _refine_from(inten, geometry, values, thickness, groups, START_ITERATIONS)
-        out["source"] = key
-        results[key] = out
-        if ckpt and saved is None:
-            _write_json(os.path.join(ckpt, f"start_{key}.json"), out)
-        return out
-
-    def _values(r):
-        return np.asarray(r["ug_real"]) + 1j * np.asarray(r["ug_imag"])
-
-    def _polish(b):
-        """Weak-reflection and pseudo-symmetry-origin moves from the best start (two rounds)."""
-        t_polish = time.perf_counter()
-        for round_ in range(2):
-            start_r = b["r_factor"]
-            if start_r <= EXACT_FIT_R or start_r > POLISH_MAX_FACTOR * success_r:
-                return b  # exact already, or a wrong basin that weak moves cannot leave
-            vals = _values(b)
-            _, strong = _weak_groups(vals, groups, WEAK_FRACTION)
-            bases = [b] + [_try(f"polish{round_}_{name}", v, b["thickness_nm"])
-                           for name, v in _pseudo_origin_moves(geometry, vals, groups, strong)]
-            best_out = min(bases, key=lambda r: r["r_factor"])
-            for base_i, base in enumerate(sorted(bases, key=lambda r: r["r_factor"])):
-                for name, v in _weak_moves(_values(base), groups, WEAK_FRACTION):
-                    if time.perf_counter() - t_polish > polish_time_s:
-                        logger.info("determine: polish time budget %g s used up", polish_time_s)
-                        break
-                    out = _try(f"polish{round_}_{base_i}_{name}", v, base["thickness_nm"])
-                    if out["r_factor"] < best_out["r_factor"]:
-                        best_out = out
-                    if best_out["r_factor"] <= 1e-3 * min(start_r, success_r):
-                        break
-                if best_out["r_factor"] <= 1e-3 * min(start_r, success_r):
-                    break
-            if best_out["r_factor"] >= WEAK_IMPROVEMENT * start_r:
-                return b
-            logger.info("determine: %s lowers R from %.3g to %.3g", best_out["source"], start_r,
-                        best_out["r_factor"])
-            b = best_out
-        return b
-
-    # explicit starts (network, trained model, user) and their perturbations
+    # explicit starts (network, trained model, user) and their perturbations, once for all ranges
     explicit: list[np.ndarray] = []
     extra: dict = {}
     if explicit_kind == "user":
         explicit.append(start.values)
     elif explicit_kind in ("task2", "model"):
-        path = os.path.join(ckpt, "network.json") if ckpt else None
-        saved = _read_json(path) if path else None
+        path = run.path("network.json")
+        saved = read_json(path) if path else None
         if saved is None:
             pds = pattern if isinstance(pattern, xr.Dataset) else None
             if pds is None:
@@ -732,81 +1000,128 @@ def determine(
 
                 pds = xr.Dataset(coords=pattern_coords(geometry))
                 pds["intensity"] = (("tilt", "beam"), inten)
-            vals, t_net, extra = _network_start(pds, geometry, model, seed, task2_iterations, (lo, hi),
-                                                ckpt, progress, task2_kwargs or {})
+            vals, t_net, extra = _network_start(pds, geometry, model, seed, task2_iterations,
+                                                ranges[0], ckpt, progress, task2_kwargs or {})
             saved = {"real": np.real(vals).tolist(), "imag": np.imag(vals).tolist(), "t": t_net, **extra}
             if path:
-                _write_json(path, saved)
+                write_json(path, saved)
         extra = {k: v for k, v in saved.items() if k not in ("real", "imag")}
         explicit.append(np.asarray(saved["real"]) + 1j * np.asarray(saved["imag"]))
-    cands = []
+    explicit_cands = []
     for i, vals in enumerate(explicit):
         aligned, _ = align_to_groups(geometry, vals, groups)
-        cands.append((f"{explicit_kind}{i}", aligned))
+        explicit_cands.append((f"{explicit_kind}{i}", aligned))
         for k in range(n_perturbed):
             fac = 1 + perturbation * rng.uniform(-1, 1, geometry.n_reflections)
             pert, _ = align_to_groups(geometry, aligned * fac, groups)
-            cands.append((f"{explicit_kind}{i}_perturbed{k}", pert))
-    run(cands, continuation=True)  # explicit starts are near: follow the data from them
+            explicit_cands.append((f"{explicit_kind}{i}_perturbed{k}", pert))
 
-    b = best()
-    if kinematic and (b is None or b["r_factor"] > success_r):
-        kpath = os.path.join(ckpt, "kinematic.npz") if ckpt else None
-        if kpath and os.path.exists(kpath):
-            with np.load(kpath) as f:
-                kin = list(f["starts"])
-        else:
-            kin = kinematic_starts(inten, geometry, groups, thickness_range_nm=(lo, hi), tilts=search_tilts)
-            if kpath:
-                np.savez(kpath, starts=np.asarray(kin, complex).reshape(len(kin), geometry.n_reflections))
-        kin_cands = [(f"kinematic{i}", v) for i, v in enumerate(kin)]
-        for key, vals in kin_cands:  # one at a time: stop at the first that reaches the solution
-            run([(key, vals)])
-            if results[key]["r_factor"] <= success_r:
-                break
-        cands += kin_cands
+    refine_kwargs = dict(thresholds)
+    rounds = []
+    for round_i, (lo, hi) in enumerate(ranges):
+        prefix, suffix = ("", "") if round_i == 0 else (f"wide{round_i}_", f"_wide{round_i}")
+        cands = [(prefix + k, v) for k, v in explicit_cands]
+        stage(f"{lo:g}-{hi:g} nm: explicit starts")
+        run.run(cands, (lo, hi), continuation=True)  # explicit starts are near: follow the data
 
-    search_out = None
-    b = best()
-    if search and (b is None or b["r_factor"] > success_r):
-        spath = os.path.join(ckpt, "search.npz") if ckpt else None
-        if spath and os.path.exists(spath):
-            with np.load(spath) as f:
-                search_out = {k: f[k] for k in f.files}
-        else:
-            n_probe = [0]
+        stage(f"{lo:g}-{hi:g} nm: kinematic starts")
+        if kinematic and not run.solved(run.best(prefix)):
+            kpath = run.path(f"kinematic{suffix}.npz")
+            if kpath and os.path.exists(kpath):
+                with np.load(kpath) as f:
+                    kin = list(f["starts"])
+            else:
+                kin = kinematic_starts(inten, geometry, groups, thickness_range_nm=(lo, hi),
+                                       tilts=search_tilts, progress=progress)
+                if kpath:
+                    np.savez(kpath, starts=np.asarray(kin, complex).reshape(len(kin), geometry.n_reflections))
+            kin_cands = [(f"{prefix}kinematic{i}", v) for i, v in enumerate(kin)]
+            for key, vals in kin_cands:  # one at a time: stop at the first that reaches the solution
+                run.run([(key, vals)], (lo, hi))
+                if run.solved(run.results[key]):
+                    break
+            cands += kin_cands
 
-            def probe(values) -> bool:
-                n_probe[0] += 1
-                run([(f"probe{n_probe[0]}", values)])
-                return results[f"probe{n_probe[0]}"]["r_factor"] <= success_r
+        stage(f"{lo:g}-{hi:g} nm: search")
+        search_out = None
+        if search and not run.solved(run.best(prefix)):
+            spath = run.path(f"search{suffix}.npz")
+            if spath and os.path.exists(spath):
+                with np.load(spath) as f:
+                    search_out = {k: f[k] for k in f.files}
+            else:
+                n_probe = [0]
 
-            search_out = global_search(
-                inten, geometry, groups, thickness_range_nm=(lo, hi), ug_bound=ug_bound,
-                seed=int(rng.integers(2**31)), time_budget_s=search_time_s, popsize=search_popsize,
-                tilts=search_tilts, init=[v for _, v in cands], probe=probe, client=client,
-                progress=progress,
-            )
-            if spath:
-                np.savez(spath, **{k: np.asarray(v) for k, v in search_out.items()})
-        b = best()
-        if b is None or b["r_factor"] > success_r:
-            chosen = _distinct(search_out["population"], n_starts)
-            run([(f"search{i}", search_out["population"][i]) for i in chosen])
-    b = best()
-    if b is None:
-        raise ValueError("no start to refine: give start=..., or kinematic=True or search=True")
-    logger.info("determine: best start %s, R = %.3g", b["source"], b["r_factor"])
-    if polish_weak:
-        b = _polish(b)
+                def probe(values, prefix=prefix, lo=lo, hi=hi, n_probe=n_probe) -> bool:
+                    n_probe[0] += 1
+                    key = f"{prefix}probe{n_probe[0]}"
+                    run.run([(key, values)], (lo, hi))
+                    return run.solved(run.results[key])
 
-    ug_best = input_ug(geometry, np.asarray(b["ug_real"]) + 1j * np.asarray(b["ug_imag"]))
-    final = refine(pattern, geometry, ug_best, b["thickness_nm"], symmetry=list(groups), weights=weights,
-                   dose=d, max_iter=max_iter, progress=progress,
-                   checkpoint=None if ckpt is None else os.path.join(ckpt, "final_refine.json"))
-    if polish_weak and final.weights == "poisson":
-        final = _polish_poisson(pattern, inten, geometry, final, groups, d, max_iter, polish_time_s,
-                                ckpt, progress)
+                search_out = global_search(
+                    inten, geometry, groups, thickness_range_nm=(lo, hi), ug_bound=ug_bound,
+                    seed=int(rng.integers(2**31)), time_budget_s=search_time_s, popsize=search_popsize,
+                    tilts=search_tilts, init=[v for _, v in cands], probe=probe, client=client,
+                    progress=progress,
+                )
+                if spath:
+                    np.savez(spath, **{k: np.asarray(v) for k, v in search_out.items()})
+            if not run.solved(run.best(prefix)):
+                chosen = _distinct(search_out["population"], n_starts)
+                run.run([(f"{prefix}search{i}", search_out["population"][i]) for i in chosen], (lo, hi))
+        b = run.best(prefix)
+        if b is None:
+            raise ValueError("no start to refine: give start=..., or kinematic=True or search=True")
+        logger.info("determine: best start %s, R = %.3g", b["source"], b["r_factor"])
+
+        stage(f"{lo:g}-{hi:g} nm: polish")
+        if polish_weak:
+            b = run.polish(b, prefix, polish_time_s)
+
+        stage(f"{lo:g}-{hi:g} nm: final refinement")
+        ug_best = input_ug(geometry, _values(b))
+        final = refine(pattern, geometry, ug_best, b["thickness_nm"], symmetry=list(groups),
+                       weights=weights, dose=d, max_iter=max_iter, progress=progress,
+                       checkpoint=run.path(f"final_refine{suffix}.json"), **refine_kwargs)
+        stage(f"{lo:g}-{hi:g} nm: Poisson polish")
+        if polish_weak and final.weights == "poisson":
+            final = _polish_poisson(pattern, inten, geometry, final, groups, d, max_iter,
+                                    polish_time_s, ckpt, progress, suffix, refine_kwargs)
+        rounds.append((final, search_out, (lo, hi)))
+        if user_range or round_i == len(ranges) - 1:
+            break
+        if final.r_factor <= success_r:
+            break
+        logger.warning("determine: the best fit over %g-%g nm (t = %.3f nm, R = %.3g) does not reach "
+                       "the solution; trying %g-%g nm", lo, hi, final.thickness_nm, final.r_factor,
+                       *ranges[round_i + 1])
+    bar.close()
+
+    def score(item):
+        f = item[0]
+        return f.r_factor if d is None else _poisson_deviance(inten, f.fit.intensity.values, d)
+
+    final, search_out, (lo, hi) = min(rounds, key=score)
+    warnings = list(final.warnings)
+    t_fit = final.thickness_nm
+    outside = not lo <= t_fit <= hi
+    if (user_range and outside) or (final.r_factor > success_r and _at_edge(t_fit, lo, hi)):
+        where = "outside" if outside else "at an edge of"
+        hint = "" if user_range else " (the widest automatic range)"
+        warnings.append(FitWarning("bound", f"the thickness {t_fit:.3f} nm is {where} the range "
+                                            f"{lo:g}-{hi:g} nm{hint}; give thickness_range_nm "
+                                            "(CLI --thickness-range) that contains it"))
+    vals = final.ug.values
+    at_bound = np.flatnonzero(np.maximum(np.abs(vals.real), np.abs(vals.imag))
+                              >= ug_bound * (1 - UG_BOUND_RTOL))
+    if at_bound.size:
+        labels = [geometry.reflection_labels()[i] for i in at_bound[:6]]
+        warnings.append(FitWarning("bound", f"U_g of {', '.join(labels)}{' …' if at_bound.size > 6 else ''} "
+                                            f"reached the search bound ±{ug_bound:g} 1/Å² (ug_bound): "
+                                            "physical U_g are smaller; the fit is likely wrong"))
+    for w in warnings[len(final.warnings):]:
+        logger.warning("determine: %s", w)
+
     unique, r0 = _unique_origin(geometry, final.ug, groups)
     phase = np.exp(2j * np.pi * (geometry.reflection_xy @ np.asarray(r0)))
     err = _rotate_errors(final, phase)
@@ -818,6 +1133,7 @@ def determine(
                       "ug_imag": ("reflection", err.imag, {"units": "1/Å^2"}),
                       "thickness_nm": ((), final.thickness_error_nm, {"units": "nm"})},
                      coords={c: unique.coords[c] for c in unique.coords})
+    results = run.results
     keys = sorted(results, key=lambda k: results[k]["r_factor"])
     hist = xr.Dataset(
         {"start_source": ("start", np.array(keys, dtype=str)),
@@ -834,6 +1150,8 @@ def determine(
         hist[f"refine_{name}"] = final.history[name]
     hist.attrs.update({"success_r": success_r, **{k: v for k, v in extra.items() if k != "t"}})
     elapsed = time.perf_counter() - t_start
+    provenance = {**provenance, "weights_used": final.weights,
+                  "thickness_range_used_nm": [lo, hi]}
     logger.info("determine: R = %.3g, t = %.3f ± %.3f nm in %.1f s", final.r_factor, final.thickness_nm,
                 final.thickness_error_nm, elapsed)
     return DeterminationResult(
@@ -841,4 +1159,5 @@ def determine(
         thickness_error_nm=final.thickness_error_nm, r_factor=final.r_factor, chi2=final.chi2,
         standard_errors=std, history=hist, refinement=final, symmetry=list(ops), groups=list(groups),
         origin_shift=np.asarray(r0, float), elapsed_s=elapsed, geometry=geometry,
+        warnings=warnings, thickness_range_nm=(lo, hi), provenance=provenance,
     )

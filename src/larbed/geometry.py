@@ -1,6 +1,6 @@
 """Diffraction geometry: zone axis, beams (ZOLZ reflections) and incident-beam tilts.
 
-Conventions (see SPEC §1):
+Conventions (also in docs/conventions.rst):
 
 * Beams are the zero-order Laue zone reflections g = h a* + k b* + l c* (h u + k v + l w = 0) with
   the smallest |g|. Order: by |g| (to 1e-6 1/Å), ties by azimuth angle in [0, 2π) measured

@@ -1,4 +1,4 @@
-"""The 2-D LARBED image (SPEC §4): every beam's tilt disc as a patch on a grid of beam positions."""
+"""The 2-D LARBED image: every beam's tilt disc as a patch on a grid of beam positions."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def _values(x, name: str) -> np.ndarray:
 
 
 def r_factor(experiment, simulation) -> float:
-    """R = Σ|I_exp − I_sim| / Σ I_exp (SPEC §6), dimensionless.
+    """R = Σ|I_exp − I_sim| / Σ I_exp, dimensionless.
 
     Parameters
     ----------

@@ -4,7 +4,7 @@ Every function returns a :class:`matplotlib.figure.Figure`; save it with ``fig.s
 The figures use :class:`matplotlib.figure.Figure` directly (no pyplot state), so they work in
 scripts, tests and servers without a display and are freed when no longer referenced.
 
-The picture of a pattern is the 2-D LARBED image of SPEC §4 (each beam's tilt disc drawn at the
+The picture of a pattern is the 2-D LARBED image (each beam's tilt disc drawn at the
 beam's position) in intensity units, with the beams' hkl labels and a colour bar.
 """
 
@@ -18,7 +18,14 @@ import xarray as xr
 from .geometry import Geometry
 from .image import beam_grid_positions, larbed_image
 
-__all__ = ["plot_pattern", "plot_thickness_series", "compare_patterns", "pattern_image"]
+__all__ = [
+    "compare_patterns",
+    "pattern_image",
+    "plot_pattern",
+    "plot_refinement_history",
+    "plot_thickness_series",
+    "plot_ug",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -26,6 +33,10 @@ logger = logging.getLogger(__name__)
 LOG_FLOOR = 1e-6
 #: At most this many panels in a thickness series (evenly spaced picks beyond it).
 MAX_SERIES_PANELS = 12
+#: Colour-bar label of intensities.
+INTENSITY_LABEL = "intensity (fraction of incident beam)"
+#: At most this many reflection labels on the U_g axis (every k-th beyond).
+MAX_UG_LABELS = 60
 
 
 def _figure(**kwargs):
@@ -120,12 +131,42 @@ def _norm(img: np.ndarray, log: bool, vmax: float | None = None):
     return Normalize(vmin=0.0, vmax=top)
 
 
-def _draw(ax, img, geometry: Geometry, norm, cmap: str, labels: bool) -> object:
+def _nice_length(x: float) -> float:
+    """The largest of 1, 2, 5 × 10^k not above x."""
+    if x <= 0:
+        return 0.0
+    k = np.floor(np.log10(x))
+    for m in (5.0, 2.0, 1.0):
+        if m * 10**k <= x:
+            return float(m * 10**k)
+    return float(10**k)
+
+
+def _scale_bar(ax, geometry: Geometry) -> None:
+    """A bar of a round number of mrad in the lower left (one tilt-disc pixel = range / r)."""
+    r = geometry.tilt_radius
+    if r == 0 or geometry.tilt_range_mrad <= 0:
+        return
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
+
+    px_per_mrad = r / geometry.tilt_range_mrad
+    length = _nice_length(geometry.tilt_range_mrad)
+    bar = AnchoredSizeBar(ax.transData, length * px_per_mrad, f"{length:g} mrad", "lower left",
+                          pad=0.3, color="0.15", frameon=False, size_vertical=max(r / 12, 0.5),
+                          fontproperties={"size": 7})
+    ax.add_artist(bar)
+
+
+def _draw(ax, img, geometry: Geometry, norm, cmap: str, labels: bool, scale: bool = True) -> object:
     im = ax.imshow(img, cmap=cmap, norm=norm, interpolation="nearest", origin="upper")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_facecolor("0.85")
+    if scale:
+        _scale_bar(ax, geometry)
     if labels:
+        from matplotlib import patheffects
+
         size = 2 * geometry.tilt_radius + 1
         cells = beam_grid_positions(geometry)
         n_cols = int(cells[:, 0].max()) + 1
@@ -139,6 +180,7 @@ def _draw(ax, img, geometry: Geometry, norm, cmap: str, labels: bool) -> object:
                 va="top",
                 fontsize=fontsize,
                 color="white",
+                path_effects=[patheffects.withStroke(linewidth=1.5, foreground="black")],
             )
     return im
 
@@ -205,7 +247,7 @@ def plot_pattern(
         fig = ax.figure
     im = _draw(ax, img, geo, _norm(img, log), cmap, labels)
     if colorbar:
-        fig.colorbar(im, ax=ax, label="intensity (fraction of incident beam)")
+        fig.colorbar(im, ax=ax, label=INTENSITY_LABEL)
     ax.set_title(title if title is not None else _default_title(ds, geo, da))
     return fig
 
@@ -272,7 +314,7 @@ def plot_thickness_series(
             continue
         im = _draw(ax, imgs[i], geo, norm, cmap, labels)
         ax.set_title(f"t = {float(da.thickness[i]):g} nm", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist()[:n], label="intensity", shrink=0.8)
+    fig.colorbar(im, ax=axes.ravel().tolist()[:n], label=INTENSITY_LABEL, shrink=0.8)
     fig.suptitle(f"{geo.crystal.name}, {geo.n_beams} beams × {geo.n_tilts} tilts")
     return fig
 
@@ -284,9 +326,12 @@ def compare_patterns(
     geometry: Geometry | None = None,
     log: bool = False,
     cmap: str = "inferno",
-    labels: bool = False,
+    labels: bool = True,
 ):
     """Experiment, simulation and their difference side by side, with the R-factor in the title.
+
+    Each panel has the beams' hkl labels (``labels``) and a scale bar in mrad of incident-beam tilt;
+    the colour bars are in fractions of the incident beam.
 
     Parameters
     ----------
@@ -294,6 +339,8 @@ def compare_patterns(
         Patterns over (``tilt``, ``beam``) of the same geometry.
     geometry : Geometry, optional
         Default: from the experiment's (else the simulation's) attributes.
+    labels : bool
+        Write each beam's hkl above its disc.
 
     Returns
     -------
@@ -319,14 +366,114 @@ def compare_patterns(
     norm = _norm(np.array([top]), log, vmax=top)
     im = _draw(axes[0], img_a, geo, norm, cmap, labels)
     _draw(axes[1], img_b, geo, norm, cmap, labels)
-    fig.colorbar(im, ax=axes[:2].tolist(), label="intensity", shrink=0.85)
+    fig.colorbar(im, ax=axes[:2].tolist(), label=INTENSITY_LABEL, shrink=0.85)
     from matplotlib.colors import Normalize
 
     span = float(np.nanmax(np.abs(diff))) or 1.0
     imd = _draw(axes[2], diff, geo, Normalize(-span, span), "RdBu_r", labels)
-    fig.colorbar(imd, ax=axes[2], label="difference", shrink=0.85)
+    fig.colorbar(imd, ax=axes[2], label="difference (fraction of incident beam)", shrink=0.85)
     axes[0].set_title("experiment")
     axes[1].set_title("simulation")
     axes[2].set_title("experiment − simulation")
     fig.suptitle(f"{geo.crystal.name}: R = {r:.4g}")
+    return fig
+
+
+def plot_ug(ug, ug_error=None, *, truth=None, title: str | None = None):
+    """U_g with error bars over the reflections (and the truth, when known).
+
+    U_g the data do not determine (infinite error) are drawn as open markers and do not set the
+    vertical range, so they cannot flatten the rest; values outside the range are drawn at its edge
+    as triangles.
+
+    Parameters
+    ----------
+    ug : xarray.DataArray
+        U_g [1/Å²] over ``reflection`` with h, k, l coordinates.
+    ug_error : xarray.DataArray, optional
+        Standard errors: real part σ(Re U_g), imaginary part σ(Im U_g) [1/Å²].
+    truth : array_like, optional
+        True U_g in the same origin [1/Å²].
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    vals = np.asarray(ug.values, complex)
+    n = vals.size
+    err = (np.zeros(n, complex) if ug_error is None else np.asarray(
+        ug_error.values if hasattr(ug_error, "values") else ug_error, complex))
+    labels = [" ".join(str(int(v)) for v in (h, k, l))
+              for h, k, l in zip(ug.h.values, ug.k.values, ug.l.values, strict=True)]
+    fig = _figure(figsize=(min(max(6.0, 0.22 * n), 16.0), 4.6), layout="constrained")
+    ax = fig.subplots()
+    x = np.arange(n)
+    scale = max(float(np.max(np.abs(vals))), 1e-300)
+    show_imag = bool(np.max(np.abs(vals.imag)) > 1e-12 * scale)
+    parts = [("Re U", vals.real, err.real, "o", -0.12)]
+    if show_imag:
+        parts.append(("Im U", vals.imag, err.imag, "s", 0.12))
+    shown = []
+    for name, v, e, marker, dx in parts:
+        ok = np.isfinite(e)
+        line = ax.errorbar(x[ok] + dx, v[ok], yerr=e[ok], fmt=marker, ms=3, label=f"{name} found")
+        shown.append(v[ok])
+        if np.any(~ok):
+            ax.plot(x[~ok] + dx, v[~ok], marker, ms=5, mfc="none", color=line[0].get_color(),
+                    label=f"{name} undetermined (σ = ∞)")
+    if truth is not None:
+        t = np.asarray(truth, complex)
+        ax.plot(x, t.real, "k_", ms=10, label="Re U true (origin aligned)")
+        shown.append(t.real)
+        if show_imag:
+            ax.plot(x, t.imag, "r_", ms=10, label="Im U true")
+            shown.append(t.imag)
+    ref = np.concatenate([np.ravel(a) for a in shown]) if shown else vals.real
+    ref = ref[np.isfinite(ref)]
+    if ref.size:
+        lo, hi = float(ref.min()), float(ref.max())
+        pad = 0.08 * max(hi - lo, 1e-6 * scale)
+        lo, hi = lo - pad, hi + pad
+        ax.set_ylim(lo, hi)
+        for _, v, _, _, dx in parts:  # values beyond the range: triangles at the edge
+            over, under = v > hi, v < lo
+            ax.plot(x[over] + dx, np.full(over.sum(), hi), "^", color="0.3", ms=6, clip_on=False)
+            ax.plot(x[under] + dx, np.full(under.sum(), lo), "v", color="0.3", ms=6, clip_on=False)
+    step = max(1, int(np.ceil(n / MAX_UG_LABELS)))
+    ax.set_xticks(x[::step])
+    ax.set_xticklabels(labels[::step], rotation=90, fontsize=7 if n <= 40 else 6)
+    ax.set_xlim(-0.8, n - 0.2)
+    ax.set_xlabel("reflection hkl")
+    ax.set_ylabel("U_g [1/Å²]")
+    ax.axhline(0, color="0.7", lw=0.5)
+    ax.legend(fontsize=7, loc="best")
+    if title:
+        ax.set_title(title)
+    return fig
+
+
+def plot_refinement_history(history, *, title: str | None = None):
+    """R per refinement iteration (log scale, integer iteration ticks).
+
+    Parameters
+    ----------
+    history : xarray.Dataset
+        A refinement history (``RefinementResult.history``) with ``r_factor`` over ``iteration``.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    fig = _figure(figsize=(6, 4), layout="constrained")
+    ax = fig.subplots()
+    if history.sizes.get("iteration", 0):
+        ax.semilogy(history.iteration, history.r_factor, "o-", ms=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("refinement iteration")
+    ax.set_ylabel("R")
+    if title:
+        ax.set_title(title)
     return fig

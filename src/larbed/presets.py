@@ -1,4 +1,4 @@
-"""The twelve LARBED parameter files of the thesis (SPEC §7) as ready-made experiments.
+"""The twelve LARBED parameter files of the thesis (Chen 2022, table 4.1) as ready-made experiments.
 
 Each preset fixes the crystal (built-in SrTiO3 or ZnO, B = 0), the geometry (beams, tilts, tilt
 range, voltage; [001] zone axis) and the thickness of the pseudo-experimental pattern, and keeps

@@ -1,4 +1,4 @@
-"""Refinement of U_g and thickness against a LARBED pattern (SPEC §8).
+"""Refinement of U_g and thickness against a LARBED pattern.
 
 Three tools:
 
@@ -255,10 +255,14 @@ class _Model:
             off, dg, path = off.astype(complex), dg.astype(complex), "general"
         return off, dg, path
 
-    def intensities(self, x, thickness_nm=None) -> np.ndarray:
+    def intensities(self, x, thickness_nm=None, rows: slice | None = None) -> np.ndarray:
+        """Intensities (M, N) at the thickness of ``x``, or (n_t, M, N) at ``thickness_nm``, of
+        the tilts ``rows`` (default all)."""
         ug, t, kappa = self.unpack(x)
         thick = np.atleast_1d(np.asarray(t if thickness_nm is None else thickness_nm, float)) * 10.0
         off, dg, path = self._matrices(ug, kappa, False)
+        if rows is not None:
+            dg = np.ascontiguousarray(dg[rows])
         kernel = {"real": bloch.intensities_real, "hermitian": bloch.intensities_hermitian,
                   "general": bloch.intensities_general}[path]
         out = np.empty((thick.size,) + dg.shape)
@@ -406,18 +410,22 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         raise ValueError(f"unknown metric {metric!r}; choose one of {SCAN_METRICS}")
     thick = (np.arange(5.0, 100.0 + 1e-9, 0.25) if thicknesses_nm is None
              else check_thickness(thicknesses_nm, "thicknesses_nm"))
-    sim = simulate(geometry, ug_da, thick, absorption=absorption).intensity.values
-    if metric == "r_factor":
-        values = np.abs(sim - exp[None]).sum(axis=(1, 2)) / exp.sum()
-        units = "1"
-    else:
+    inv_var = None
+    if metric == "chi2":
         d = pattern_dose(pattern, dose, geometry.n_tilts)
         if d is None:
             raise ValueError("metric='chi2' needs a dose (argument or pattern.attrs['dose'])")
         dc = dose_column(d)
-        var = np.maximum(exp, 1.0 / dc) / dc
-        values = (((sim - exp[None]) ** 2) / var[None]).sum(axis=(1, 2)) / exp.size
-        units = "1"
+        inv_var = dc / np.maximum(exp, 1.0 / dc)
+    values = np.zeros(len(thick))
+    for rows, sim in _simulated_chunks(geometry, ug_da, thick, absorption):
+        diff = sim - exp[None, rows]
+        if inv_var is None:
+            values += np.abs(diff).sum(axis=(1, 2))
+        else:
+            values += (diff**2 * inv_var[None, rows]).sum(axis=(1, 2))
+    values /= exp.sum() if inv_var is None else exp.size
+    units = "1"
     best = int(np.argmin(values))
     return xr.DataArray(
         values, dims=("thickness",),
@@ -426,6 +434,28 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         attrs={"units": units, "metric": metric, "best_thickness_nm": float(thick[best]),
                "best_value": float(values[best])},
     )
+
+
+#: A thickness scan simulates at most this many bytes at once (tilt chunks beyond it).
+SCAN_CHUNK_BYTES = 512 * 2**20
+
+
+def _simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray, absorption):
+    """(tilt slice, intensities (thickness, tilts, beams)) over the pattern: all at once through
+    :func:`larbed.simulate` (with its symmetry shortcut) when that fits :data:`SCAN_CHUNK_BYTES`,
+    else tilt chunk by chunk (memory bounded at any number of tilts and thicknesses)."""
+    per_tilt = 8 * len(thick) * geometry.n_beams
+    if per_tilt * geometry.n_tilts <= SCAN_CHUNK_BYTES:
+        yield slice(None), simulate(geometry, ug_da, thick, absorption=absorption).intensity.values
+        return
+    model = _Model(geometry, float(ug_da.attrs.get("u0", 0.0)), absorption is not None, False)
+    vals = ug_da.values
+    x = np.concatenate([vals.real, vals.imag, [1.0], [absorption] if absorption is not None else []])
+    step = max(1, SCAN_CHUNK_BYTES // per_tilt)
+    with kernel_threads():
+        for lo in range(0, geometry.n_tilts, step):
+            rows = slice(lo, min(lo + step, geometry.n_tilts))
+            yield rows, model.intensities(x, thick, rows=rows)
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -623,10 +653,12 @@ def _null_directions(hess: np.ndarray, gauge: np.ndarray) -> np.ndarray:
 
 
 def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol: float, xtol: float,
-                         stage: int, bar=None, on_iteration=None) -> _LMState:
+                         stage: int, bar=None, on_iteration=None,
+                         pinned: np.ndarray | None = None) -> _LMState:
     """Levenberg–Marquardt with Marquardt scaling and Nielsen's damping update.
 
-    Steps are kept out of the origin-shift null space (see :func:`_gauge_basis`).
+    Steps are kept out of the origin-shift null space (see :func:`_gauge_basis`) and out of the
+    span of ``pinned`` (orthonormal columns; directions held where they are).
     """
     r, inten, hess, grad = prob.normal_equations(state.q)
     cost = 0.5 * float(r @ r)
@@ -636,6 +668,8 @@ def _levenberg_marquardt(prob: _Problem, state: _LMState, *, max_iter: int, ftol
     for _ in range(max_iter):
         diag = np.maximum(np.diag(hess).copy(), 1e-12 * max(np.max(np.diag(hess)), 1e-300))
         gauge = _gauge_basis(prob.pmap, geometry, prob.pmap.x(state.q))
+        if pinned is not None and pinned.shape[1]:
+            gauge, *_ = np.linalg.svd(np.hstack([gauge, pinned]), full_matrices=False)
         pin = np.max(diag) * (gauge @ gauge.T) if gauge.shape[1] else 0.0
         if state.mu is None:
             state.mu = 1e-3
@@ -793,22 +827,81 @@ class RefinementResult:
         return not untrustworthy(self.warnings)
 
     def to_dataset(self) -> xr.Dataset:
-        """Everything in one Dataset (fit, U_g with errors, history) for saving."""
+        """Everything in one Dataset (fit, U_g with errors, covariance, history) for saving;
+        :meth:`from_dataset` reads it back."""
         from .simulation import attach_ug
 
         ds = self.fit.copy()
         ds = attach_ug(ds, self.ug, "ug")
         ds["ug_error_real"] = ("reflection", self.ug_error.values.real, {"units": "1/Å^2"})
         ds["ug_error_imag"] = ("reflection", self.ug_error.values.imag, {"units": "1/Å^2"})
+        ds["covariance"] = (("parameter", "parameter_b"), self.covariance.values,
+                            dict(self.covariance.attrs))
+        ds = ds.assign_coords(parameter=self.covariance.parameter.values,
+                              parameter_b=self.covariance.parameter_b.values)
         for name in self.history.data_vars:
-            ds[f"history_{name}"] = ("iteration", self.history[name].values)
+            ds[f"history_{name}"] = ("iteration", self.history[name].values,
+                                     dict(self.history[name].attrs))
+        ds = ds.assign_coords(iteration=self.history.iteration.values)
         ds.attrs.update({
             "thickness_nm": self.thickness_nm, "thickness_error_nm": self.thickness_error_nm,
             "r_factor": self.r_factor, "chi2": self.chi2, "weights": self.weights,
             "converged": int(self.converged), "message": self.message,
+            "n_iterations": self.n_iterations,
             "absorption": "none" if self.absorption is None else self.absorption,
+            "absorption_error": "none" if self.absorption_error is None else self.absorption_error,
+            "warnings": [[getattr(w, "kind", "r_factor"), str(w)] for w in self.warnings],
         })
         return ds
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset, geometry: Geometry | None = None) -> RefinementResult:
+        """Rebuild a result from :meth:`to_dataset` (e.g. a saved file); bit-for-bit the same."""
+        from .simulation import extract_ug
+
+        if geometry is None:
+            geometry = Geometry.from_attrs(ds.attrs)
+        try:
+            ug = extract_ug(ds, "ug")
+            ug.attrs.update({"source": "refined"})
+            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err.attrs.update({"source": "standard error", "long_name":
+                              "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+            hist = xr.Dataset(
+                {k[len("history_"):]: ("iteration", ds[k].values, dict(ds[k].attrs))
+                 for k in ds.data_vars if k.startswith("history_")},
+                coords={"iteration": ds.iteration.values})
+            cov = xr.DataArray(ds["covariance"].values, dims=("parameter", "parameter_b"),
+                               coords={"parameter": ds.parameter.values,
+                                       "parameter_b": ds.parameter_b.values},
+                               name="covariance", attrs=dict(ds["covariance"].attrs))
+            a = ds.attrs
+            kappa = None if a["absorption"] == "none" else float(a["absorption"])
+            kappa_err = None if a["absorption_error"] == "none" else float(a["absorption_error"])
+            keep = [v for v in ("intensity", "observed", "residual", "intensity_noise_free")
+                    if v in ds]
+            fit = ds[keep]
+            fit = fit.drop_vars([c for c in ("parameter", "parameter_b", "iteration")
+                                 if c in fit.coords])
+            fit["ug"] = ds["ug"]
+            warnings = [FitWarning(k, m) for k, m in a.get("warnings", [])]
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"dataset does not hold a larbed refinement result: {exc}") from exc
+        p = geometry.n_reflections
+        std = xr.Dataset(
+            {"ug_real": ("reflection", err.values.real, {"units": "1/Å^2"}),
+             "ug_imag": ("reflection", err.values.imag, {"units": "1/Å^2"}),
+             "thickness_nm": ((), float(a["thickness_error_nm"]), {"units": "nm"}),
+             "absorption": ((), np.nan if kappa_err is None else kappa_err, {"units": "1"})},
+            coords={c: ug.coords[c] for c in ug.coords})
+        assert std.sizes["reflection"] == p
+        return cls(ug=ug, ug_error=err, thickness_nm=float(a["thickness_nm"]),
+                   thickness_error_nm=float(a["thickness_error_nm"]), absorption=kappa,
+                   absorption_error=kappa_err, r_factor=float(a["r_factor"]), chi2=float(a["chi2"]),
+                   standard_errors=std, covariance=cov, history=hist, fit=fit,
+                   weights=str(a["weights"]), converged=bool(a["converged"]),
+                   message=str(a["message"]), n_iterations=int(a["n_iterations"]),
+                   geometry=geometry, warnings=warnings)
 
 
 def _reflection_mask(geometry: Geometry, spec) -> np.ndarray | None:
@@ -869,7 +962,7 @@ def refine(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
 ) -> RefinementResult:
-    """Least-squares refinement of U_g and thickness against a pattern (SPEC §8).
+    """Least-squares refinement of U_g and thickness against a pattern.
 
     Levenberg–Marquardt on the intensities with the exact Jacobian (:func:`intensity_jacobian`).
 
@@ -1066,7 +1159,8 @@ def refine(
                     sig = np.sqrt(np.abs(np.diag(cov)))
                     if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
                         break
-            _restore_undetermined(prob, state, q_start)
+            if not finished:
+                _restore_undetermined(prob, state, q_start, max_iter=max_iter, ftol=ftol)
             save(state, done=True)
             return _result(prob, state, geometry, ug_da, weights, absorbing, d,
                            (chi2_max, r_noise_factor, r_max))
@@ -1074,12 +1168,21 @@ def refine(
             bar.close()
 
 
-def _restore_undetermined(prob: _Problem, state: _LMState, q_start: np.ndarray) -> None:
-    """Put the parameter combinations the data do not determine back to their start.
+#: Holding the undetermined directions at their start may raise χ² by at most this fraction …
+RESTORE_RTOL = 1e-6
+#: … plus this fraction of Σ w I² (an exact fit of noise-free data: both χ² are round-off).
+RESTORE_FLOOR = 1e-20
+
+
+def _restore_undetermined(prob: _Problem, state: _LMState, q_start: np.ndarray, *, max_iter: int,
+                          ftol: float) -> None:
+    """Hold the parameter combinations the data do not determine at their start.
 
     Least squares moves along such directions only by accident (damping couples them to the
-    rest); they carry no information, so the fit reports them at the start with σ = inf. The move
-    is kept only when it leaves the misfit unchanged (to 1e-9), i.e. the directions are truly flat.
+    rest); they carry no information. They are set back to the start and the fit is converged
+    again with them pinned; the result is kept when it fits as well (:data:`RESTORE_RTOL`),
+    otherwise the directions stay where the fit put them (logged). Either way their standard
+    errors are infinite.
     """
     null = _null_directions(state.hess, _gauge_basis(prob.pmap, prob.model.geometry,
                                                      prob.pmap.x(state.q)))
@@ -1089,12 +1192,16 @@ def _restore_undetermined(prob: _Problem, state: _LMState, q_start: np.ndarray) 
     if np.allclose(q_new, state.q, rtol=0, atol=1e-15):
         return
     cost = float(state.r @ state.r)
-    r, inten, hess, _ = prob.normal_equations(q_new)
-    if float(r @ r) <= cost * (1 + 1e-9) + 1e-300:
-        state.q, state.r, state.inten, state.hess = q_new, r, inten, hess
+    trial = _LMState(q=q_new, history=list(state.history), iterations=state.iterations)
+    trial = _levenberg_marquardt(prob, trial, max_iter=max_iter, ftol=ftol, xtol=ftol,
+                                 stage=state.history[-1][1] if state.history else 0, pinned=null)
+    floor = RESTORE_FLOOR * float(np.sum((prob.sw * np.nan_to_num(prob.data).ravel()) ** 2))
+    if float(trial.r @ trial.r) <= cost * (1 + RESTORE_RTOL) + floor:
+        for name in ("q", "r", "inten", "hess", "history", "iterations"):
+            setattr(state, name, getattr(trial, name))
     else:
-        logger.info("refine: undetermined directions left where the fit put them (moving them "
-                    "back to the start would change the misfit)")
+        logger.info("refine: the undetermined directions were left where the fit put them "
+                    "(holding them at the start fits worse)")
 
 
 def _fingerprint(exp, dose, x0, geometry_attrs, settings) -> str:

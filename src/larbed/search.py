@@ -1,4 +1,4 @@
-"""Global search and local moves of :func:`larbed.determine` (SPEC §8).
+"""Global search and local moves of :func:`larbed.determine`.
 
 Least squares converges from U_g within about ±30 % of the solution, not from random ones. The
 search here finds such a start without knowledge of the atoms: differential evolution over the
@@ -345,7 +345,8 @@ def _group_magnitudes(intensity: np.ndarray, geometry: Geometry, groups: Sequenc
 def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence[SymmetryGroup], *,
                      thickness_range_nm=(5.0, 100.0), tilts: int = 100, n_out: int = 2,
                      weak_fraction: float = WEAK_FRACTION, sweeps: int = 2,
-                     scales: Sequence[float] = tuple(np.geomspace(0.08, 0.8, 13))) -> list[np.ndarray]:
+                     scales: Sequence[float] = tuple(np.geomspace(0.08, 0.8, 13)),
+                     progress: bool = False) -> list[np.ndarray]:
     """Starts from the beams' mean intensities: |U_g| ∝ sqrt(mean_k I_g(k)), signs by descent.
 
     In the kinematic limit the tilt-averaged intensity of beam g grows as |U_g|², so the mean
@@ -355,6 +356,9 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
     times) and kept when the thickness-optimised R on ``tilts`` tilts decreases. With many beams
     this lands in the basin of least squares where a random search in tens of dimensions does not
     (SrTiO3 [001], 69 beams, 38 real parameters). Imaginary parts start at zero.
+
+    progress : bool
+        Show a progress bar over the sign flips.
 
     Returns
     -------
@@ -382,8 +386,14 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
     col_group = np.cumsum(real_col) - 1
     base = np.where(real_col, size[col_group], 0.0)
     outs = []
+    from tqdm.auto import tqdm
+
+    n_flips = min(n_out, len(scales)) * sweeps * int(np.count_nonzero(base))
+    bar = tqdm(total=len(scales) + n_flips, desc="kinematic starts", unit="eval", leave=False,
+               disable=not progress)
     with kernel_threads():
         scored = sorted(((obj(c * base), c) for c in scales), key=lambda x: x[0])
+        bar.update(len(scales))
         for _, c in scored[:n_out]:
             z = c * base
             best = obj(z)
@@ -393,6 +403,7 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
                 for j in order:
                     z[j] = -z[j]
                     e = obj(z)
+                    bar.update(1)
                     if e < best:
                         best, changed = e, True
                     else:
@@ -401,4 +412,5 @@ def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence
                     break
             logger.info("kinematic start: scale %.3g, R = %.3g after sign descent", c, best)
             outs.append((best, obj.values(z)))
+    bar.close()
     return [v for _, v in sorted(outs, key=lambda x: x[0])]

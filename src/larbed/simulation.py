@@ -1,4 +1,4 @@
-"""Forward model: Bloch-wave LARBED patterns (SPEC §2)."""
+"""Forward model: Bloch-wave LARBED patterns (conventions: docs/conventions.rst)."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def check_ug(geometry: Geometry, ug) -> xr.DataArray:
 
 
 def is_real_ug(values: np.ndarray) -> bool:
-    """True when every U_g is real to round-off (SPEC §2: real symmetric path)."""
+    """True when every U_g is real to round-off (then the real symmetric eigensolver serves)."""
     values = np.asarray(values)
     scale = max(float(np.max(np.abs(values), initial=0.0)), 1e-300)
     return bool(np.max(np.abs(values.imag), initial=0.0) <= REAL_RTOL * scale)
@@ -381,6 +381,10 @@ def simulate(
     offdiag, diag, path = prepare_matrices(
         geometry, ug_da.values, absorption, u0, allow_origin_shift=use_symmetry
     )
+    from .resources import check_memory, estimate_simulation
+
+    check_memory(estimate_simulation(geometry, len(thick), path), "simulate",
+                 "simulate fewer thicknesses or tilts at a time (e.g. split the thickness series)")
     logger.debug(
         "simulate: %s path, %d tilts, %d beams, %d thicknesses", path, *diag.shape, len(thick)
     )

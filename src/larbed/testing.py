@@ -1,6 +1,6 @@
 """Slow, obviously-correct references and shared assertions for tests and benchmarks.
 
-Everything here is plain NumPy/SciPy written straight from SPEC §2, independent of the Numba
+Everything here is plain NumPy/SciPy written straight from the formulas, independent of the Numba
 kernels and of the index bookkeeping in :mod:`larbed.simulation`:
 
 * :func:`structure_matrices` builds the stacked structure matrices A (n_tilts, N, N) [1/Å²] with
@@ -9,10 +9,10 @@ kernels and of the index bookkeeping in :mod:`larbed.simulation`:
   absorbing) and forms ψ = C diag(exp(2πiγt)) C⁻¹ e₀.
 * :func:`simulate_expm` forms ψ = expm(2πi t A/(2K)) e₀ with :func:`scipy.linalg.expm`.
 * :func:`two_beam_intensity`, :func:`kinematic_intensity` and :func:`extinction_distance` are the
-  closed forms of SPEC §2.
+  closed forms (two-beam and thin-crystal limits).
 
 The references run with one BLAS thread (``threadpoolctl``), which is both the fast setting for
-small matrices and the fair baseline for benchmarks (SPEC §10).
+small matrices and the fair baseline for benchmarks.
 
 Examples
 --------
@@ -83,7 +83,7 @@ def _u0(ug, u0: float | None) -> float:
 def structure_matrices(
     geometry: Geometry, ug, absorption: float | None = None, *, u0: float | None = None
 ) -> np.ndarray:
-    """Stacked structure matrices A (SPEC §2), one per tilt.
+    """Stacked structure matrices A, one per tilt.
 
     Parameters
     ----------
@@ -219,7 +219,7 @@ def simulate_expm(
 
 
 def two_beam_intensity(u, d, t):
-    """Two-beam diffracted intensity (SPEC §2).
+    """Two-beam diffracted intensity.
 
     Parameters
     ----------
@@ -247,7 +247,7 @@ def two_beam_intensity(u, d, t):
 
 
 def kinematic_intensity(u, s, t):
-    """Thin-crystal (kinematic) intensity (SPEC §2).
+    """Thin-crystal (kinematic) intensity.
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""Exact derivatives of LARBED intensities from one eigen-decomposition per tilt (SPEC §8).
+"""Exact derivatives of LARBED intensities from one eigen-decomposition per tilt.
 
 Notation, per tilt: H = A/(2K) = C diag(λ) C⁻¹ [1/Å], τ = 2π t (t in Å), v = C⁻¹ e₀,
 ψ = exp(iτH) e₀ = C diag(e^{iτλ}) v and I_n = |ψ_n|².

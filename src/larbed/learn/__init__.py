@@ -1,4 +1,4 @@
-"""Structure factors from LARBED patterns with neural networks (the thesis's method, SPEC §3–§6).
+"""Structure factors from LARBED patterns with neural networks (the thesis's method, chapters 3–4).
 
 * :func:`make_unique_ug_vector` — fix the unit-cell origin of U_g vectors (makeUniqueUgVector);
 * :func:`generate_dataset` — seeded, Dask-parallel, checkpointed training data;

@@ -76,7 +76,7 @@ def register(subparsers) -> None:
         "task1",
         help="Task 1 (U_g deviation): how far may training data lie from the truth?",
         description="Train on U_g deviated from the truth at scales 0.01·2^k until R >= 0.5 "
-        "(SPEC §6); write results and plots into --out.",
+        "(thesis chapter 4); write results and plots into --out.",
     )
     _common(p1)
     p1.add_argument(
@@ -88,7 +88,7 @@ def register(subparsers) -> None:
         "task2",
         help="Task 2 (U_g determination): iterative training towards the pattern",
         description="Train on random U_g, then iterate: predict, deviate, simulate, replace, retrain "
-        "(SPEC §6). Checkpoints every iteration into --out and resumes from there.",
+        "(thesis chapter 4). Checkpoints every iteration into --out and resumes from there.",
     )
     _common(p2)
     p2.add_argument("--iterations", type=int, default=100, help="loop iterations (default 100)")
@@ -150,10 +150,12 @@ def _thesis(preset: str, model: str) -> dict:
 
 
 def _check_out(path: str) -> None:
+    from .._checkpoint import check_writable
+
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise FileNotFoundError(f"cannot create {path!r}: its parent folder does not exist")
-    os.makedirs(path, exist_ok=True)
+    check_writable(path)  # one-line error before the work, not after it
 
 
 def _run_task1(args) -> int:

@@ -1,4 +1,4 @@
-"""Training data: simulated LARBED patterns with their U_g and thickness (SPEC §3, §6).
+"""Training data: simulated LARBED patterns with their U_g and thickness (thesis 3.1, 4).
 
 A data set is one ``xr.Dataset`` with dims ``sample``, ``tilt``, ``beam``, ``target`` and
 ``reflection``:
@@ -98,7 +98,7 @@ def target_labels(geometry: Geometry) -> list[str]:
 
 
 def deviate_ug(ug0: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1] (SPEC §6); zero U0 stays zero."""
+    """U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1]; zero U0 stays zero."""
     u0 = np.asarray(ug0, dtype=complex)
     eps = rng.uniform(-1.0, 1.0, (2,) + u0.shape)
     return u0 + scale * np.abs(u0) * (eps[0] + 1j * eps[1])
@@ -312,7 +312,7 @@ def generate_dataset(
         Number of samples (> 0).
     channel : {'random', 'deviation'}
         ``'random'`` (RandomUg): U_g from ``prior`` and t uniform in ``thickness_range_nm``.
-        ``'deviation'`` (SPEC §6): U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1], and
+        ``'deviation'`` (Task 1): U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1], and
         t = t0 + uniform(±``thickness_jitter_nm``), clipped to ``thickness_range_nm``.
     ug0 : xarray.DataArray or array_like, optional
         U0 [1/Å²] of the deviation channel (one per reflection of ``geometry``).

@@ -1,6 +1,6 @@
-"""The two networks of the thesis (SPEC §5), built with Keras 3 on TensorFlow.
+"""The two networks of the thesis (3.2–3.3), built with Keras 3 on TensorFlow.
 
-* ANN: input N_I (the N × M intensities, beam-major, SPEC §4) → Dense(2/3·N_I, tanh) →
+* ANN: input N_I (the N × M intensities, beam-major) → Dense(2/3·N_I, tanh) →
   Dense(1/3·N_I, tanh) → Dense(N_O, tanh) → Dense(N_O, tanh); hidden sizes overridable.
 * CNN: Keras ResNet-50 without its top (global average pooling, 2048 features), backbone frozen,
   head Dense(16T, tanh) → Dense(4T, tanh) → Dense(T, tanh) → Dense(T, tanh), T = 2M + 1 targets.
@@ -251,7 +251,7 @@ def build_backbone(image_shape: Sequence[int], weights="imagenet", *, download: 
 
 # ----------------------------------------------------------------------------- inputs
 def ann_inputs(intensity: np.ndarray) -> np.ndarray:
-    """(n, tilt, beam) intensities → (n, beam·tilt) float32, beam-major (SPEC §4)."""
+    """(n, tilt, beam) intensities → (n, beam·tilt) float32, beam-major."""
     arr = np.asarray(intensity, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"intensities must be (sample, tilt, beam), got shape {arr.shape}")

@@ -103,7 +103,7 @@ def _labelled_ug(geometry: Geometry, values: np.ndarray, source: str) -> xr.Data
 
 @dataclass
 class Task1Result:
-    """Task 1 (U_g deviation, SPEC §6): one row per deviation scale.
+    """Task 1 (U_g deviation): one row per deviation scale.
 
     Attributes
     ----------
@@ -164,7 +164,7 @@ class Task1Result:
 
 @dataclass
 class Task2Result:
-    """Task 2 (U_g determination, SPEC §6): one row per loop iteration.
+    """Task 2 (U_g determination): one row per loop iteration.
 
     Attributes
     ----------

@@ -1,4 +1,4 @@
-"""Task 2 (U_g determination, SPEC §6) with per-iteration checkpoints and exact resume."""
+"""Task 2 (U_g determination) with per-iteration checkpoints and exact resume."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def run_task2(
     client=None,
     download: bool = False,
 ) -> Task2Result:
-    """Task 2, U_g determination: iterative training towards the experimental pattern (SPEC §6).
+    """Task 2, U_g determination: iterative training towards the experimental pattern.
 
     Train on ``n_train`` random samples (RandomUg, made unique; ``n_test`` more for the test loss),
     then ``iterations`` times: predict (U, t) for the experimental pattern and record its R; add a

@@ -1,4 +1,4 @@
-"""Task 1 (U_g deviation) and Task 2 (U_g determination) of the thesis (SPEC §6).
+"""Task 1 (U_g deviation) and Task 2 (U_g determination) of the thesis (chapter 4).
 
 Random numbers: everything derives from ``seed`` through ``numpy.random.SeedSequence(seed,
 spawn_key=...)`` with a fixed key per purpose (data set of scale k, training of scale k, iteration i
@@ -69,7 +69,7 @@ def run_task1(
     client=None,
     download: bool = False,
 ) -> Task1Result:
-    """Task 1, U_g deviation: how far from the truth may training data lie? (SPEC §6)
+    """Task 1, U_g deviation: how far from the truth may training data lie?
 
     For each deviation scale s (default 0.01·2^k, k = 0 … 12): simulate ``n_train + n_test``
     patterns with U = U_true + s·|U_true|·(ε_r + iε_i) and t = t_true ± ``thickness_jitter_nm``
@@ -105,7 +105,7 @@ def run_task1(
     thickness_jitter_nm : float
         Half-width of the thickness jitter [nm].
     r_stop, r_threshold, ug_max : float
-        Stop criterion and threshold criteria (SPEC §6).
+        Stop criterion and threshold criteria.
     dose : float, optional
         Poisson noise of the pseudo-experimental pattern (presets only).
     out_dir : path, optional

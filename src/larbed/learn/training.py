@@ -102,7 +102,7 @@ class Regressor:
     Parameters
     ----------
     kind : {'ann', 'cnn'}
-        The network (SPEC §5).
+        The network (thesis 3.2–3.3).
     geometry : Geometry
         Pattern geometry (fixes input and output sizes).
     hidden : sequence of 3 ints, optional

@@ -1,4 +1,4 @@
-"""makeUniqueUgVector (SPEC §3, thesis 3.1.2): fix the unit-cell origin of a U_g vector.
+"""makeUniqueUgVector (thesis 3.1.2): fix the unit-cell origin of a U_g vector.
 
 Intensities cannot see where the unit-cell origin is: U_g → U_g exp(2πi g·r0) changes no pattern.
 A network that learns U_g from patterns therefore needs every training vector expressed with the
@@ -262,7 +262,7 @@ def make_unique_ug_vector(
 
     Solves the 2×2 system 2π g_i·r0 = φ_target,i − φ_i (i = 1, 2; in-plane g = (gx, gy) [1/Å],
     Δφ wrapped to (−π, π]) for the in-plane shift r0 [Å] and applies U_g ← U_g exp(2πi g·r0) to every
-    reflection. No intensity changes (SPEC §2). Hermitian symmetry is implicit: one value per Friedel
+    reflection. No intensity changes (an origin shift is invisible in intensities). Hermitian symmetry is implicit: one value per Friedel
     pair, U_{-g} = U_g* follows for the whole vector.
 
     Parameters
