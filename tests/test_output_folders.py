@@ -264,3 +264,12 @@ def test_cli_counts_csv(tmp_path, capsys):
 def test_cli_rejects_absurd_dose(capsys):
     assert main(["determine", "SrTiO3-1", "--dose", "1e30", "--no-progress"]) == 2
     assert "beyond 1e+15" in capsys.readouterr().err
+
+
+def test_widening_without_starts_keeps_the_first_range(small, monkeypatch):
+    """No kinematic or explicit starts and a first fit inside the range: the wider round has no
+    starts (the search is not repeated), and the first round's answer stands, flagged."""
+    geo, truth, _ = small
+    data = larbed.simulate(geo, truth, 150.0)
+    res = larbed.determine(data, geo, kinematic=False, search_time_s=3, progress=False)
+    assert res.thickness_range_nm in ((5.0, 100.0), (2.0, 250.0)) and not res.trustworthy

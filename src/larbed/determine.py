@@ -32,7 +32,8 @@ it, and a rerun of a finished run returns the saved result (same numbers, in sec
 refuses a second run on the same folder while one is running; larbed deletes only files it wrote.
 
 Thickness: without ``thickness_range_nm`` the scans cover 5–100 nm, and when the best fit does not
-reach the solution the stages are run again over 2–250 nm and the better fit is kept. A range the
+reach the solution the stages are run again over 2–250 nm (the global search only when the first
+fit's thickness sat at an edge of 5–100 nm) and the better fit is kept. A range the
 user gives is never widened. A fit that does not reach the solution with its thickness at an edge
 of the range, or a thickness outside a range the user gave, is reported as a 'bound' warning (see
 :mod:`larbed.trust`).
@@ -1044,7 +1045,10 @@ def _determine(pattern, inten, geometry, d, ranges, user_range, explicit_kind, s
 
         stage(f"{lo:g}-{hi:g} nm: search")
         search_out = None
-        if search and not run.solved(run.best(prefix)):
+        # a wider range repeats the (long) global search only when the last fit sat at an edge
+        search_here = search and (round_i == 0 or _at_edge(rounds[-1][0].thickness_nm,
+                                                            *rounds[-1][2]))
+        if search_here and not run.solved(run.best(prefix)):
             spath = run.path(f"search{suffix}.npz")
             if spath and os.path.exists(spath):
                 with np.load(spath) as f:
@@ -1070,6 +1074,10 @@ def _determine(pattern, inten, geometry, d, ranges, user_range, explicit_kind, s
                 chosen = _distinct(search_out["population"], n_starts)
                 run.run([(f"{prefix}search{i}", search_out["population"][i]) for i in chosen], (lo, hi))
         b = run.best(prefix)
+        if b is None and round_i > 0:
+            logger.info("determine: no starts for %g-%g nm without the search; keeping %g-%g nm",
+                        lo, hi, *rounds[-1][2])
+            break
         if b is None:
             raise ValueError("no start to refine: give start=..., or kinematic=True or search=True")
         logger.info("determine: best start %s, R = %.3g", b["source"], b["r_factor"])
