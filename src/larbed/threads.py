@@ -8,7 +8,8 @@ The number of kernel threads is, in this order of precedence:
 1. :func:`set_num_threads` (``larbed.set_num_threads(n)``; ``None`` clears it), or the
    ``threads=`` argument of the command line;
 2. the environment variable ``LARBED_NUM_THREADS``;
-3. Numba's default (``NUMBA_NUM_THREADS``, normally the number of cores).
+3. Numba's current setting (``numba.set_num_threads``; by default ``NUMBA_NUM_THREADS``,
+   normally the number of cores).
 
 It cannot exceed ``NUMBA_NUM_THREADS``, which Numba fixes when it starts (larger values are
 clipped, with a warning in the log).
@@ -63,7 +64,9 @@ def num_threads() -> int:
     elif os.environ.get(ENV_VAR, "").strip():
         n = _parse(os.environ[ENV_VAR].strip(), ENV_VAR)
     else:
-        return _numba_max()
+        import numba
+
+        return int(numba.get_num_threads())
     top = _numba_max()
     if n > top:
         logger.warning("%d threads asked for, but Numba was started with NUMBA_NUM_THREADS=%d; "
@@ -75,17 +78,29 @@ def num_threads() -> int:
 get_num_threads = num_threads
 
 
+_CONTROLLER = None
+
+
+def _blas_controller():
+    """One ThreadpoolController per process (building one scans the loaded libraries: ~2 ms)."""
+    global _CONTROLLER
+    if _CONTROLLER is None:
+        from threadpoolctl import ThreadpoolController
+
+        _CONTROLLER = ThreadpoolController()
+    return _CONTROLLER
+
+
 @contextlib.contextmanager
 def kernel_threads() -> Iterator[int]:
     """Run kernels with :func:`num_threads` Numba threads and one BLAS thread each; yields the count."""
     import numba
-    from threadpoolctl import threadpool_limits
 
     n = num_threads()
     before = numba.get_num_threads()
     numba.set_num_threads(n)
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
+        with _blas_controller().limit(limits=1, user_api="blas"):
             yield n
     finally:
         numba.set_num_threads(before)
