@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_limits
 import larbed
 from _reference import intensities as reference_intensities
 from larbed import presets
-from larbed.simulation import REAL_RTOL
+from larbed.origin import REAL_RTOL
 from larbed.testing import simulate_reference, structure_matrices
 
 #: Common phase that makes every U_g complex (still Hermitian; intensities change).

@@ -76,8 +76,8 @@ def _save_rows(path: Path, rows: list[dict]) -> None:
 
 def run(args) -> None:
     from larbed import presets
+    from larbed.cli.learn import parse_weights
     from larbed.learn import run_task1, run_task2
-    from larbed.learn.cli import parse_weights
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

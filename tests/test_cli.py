@@ -86,9 +86,9 @@ def test_usage_errors_exit_2(capsys):
 
 def test_lazy_string_entries(monkeypatch, capsys, caplog):
     monkeypatch.setattr(
-        cli,
-        "_SUBCOMMANDS",
-        ["larbed.cli:_register_presets", "larbed_no_such_module.cli:register"],
+        cli.app,
+        "SUBCOMMANDS",
+        ["larbed.cli.simulate:register_presets", "larbed_no_such_module.cli:register"],
     )
     assert cli.main(["presets"]) == 0
     assert "SrTiO3-10" in capsys.readouterr().out

@@ -11,9 +11,11 @@ import pytest
 
 import larbed
 from larbed.cli import main
+from larbed.metrics import poisson_deviance
 
 # ``larbed.determine`` is the function; the module is reached through importlib
-determine_module = importlib.import_module("larbed.determine")
+starts = importlib.import_module("larbed.determination.starts")
+polish = importlib.import_module("larbed.determination.polish")
 
 #: Noise-free data and the exact model: a found solution fits to round-off.
 EXACT_R = 1e-6
@@ -70,7 +72,7 @@ def test_interrupted_determine_resumes(tmp_path, small, monkeypatch):
     kwargs = dict(start=start, search=False, n_perturbed=3, progress=False)
     reference = larbed.determine(data, geo, out_dir=tmp_path / "ref", **kwargs)
 
-    real = determine_module._refine_start
+    real = starts.refine_start
     calls = {"n": 0}
 
     def failing(*args, **kw):
@@ -79,7 +81,7 @@ def test_interrupted_determine_resumes(tmp_path, small, monkeypatch):
             raise KeyboardInterrupt("simulated interruption")
         return real(*args, **kw)
 
-    monkeypatch.setattr(determine_module, "_refine_start", failing)
+    monkeypatch.setattr(starts, "refine_start", failing)
     with pytest.raises(KeyboardInterrupt):
         larbed.determine(data, geo, out_dir=tmp_path / "run", **kwargs)
     done = glob.glob(os.path.join(tmp_path, "run", "determine_checkpoint", "start_*.json"))
@@ -91,7 +93,7 @@ def test_interrupted_determine_resumes(tmp_path, small, monkeypatch):
         counted["n"] += 1
         return real(*args, **kw)
 
-    monkeypatch.setattr(determine_module, "_refine_start", counting)
+    monkeypatch.setattr(starts, "refine_start", counting)
     resumed = larbed.determine(data, geo, out_dir=tmp_path / "run", **kwargs)
     assert counted["n"] == 2  # only the two unfinished starts ran again
     assert abs(resumed.thickness_nm - reference.thickness_nm) < SAME_ANSWER_ATOL
@@ -119,7 +121,7 @@ def test_result_save_plot_and_compare(tmp_path, small):
     cmp = res.compare(shifted)
     assert np.nanmax(cmp.relative.values[np.abs(truth.values) > 0.01]) < STRONG_RTOL
     # the CLI table: an exact fit's σ are round-off, so |Δ|/σ is not printed
-    from larbed.refinement_cli import format_ug_table
+    from larbed.cli.determine import format_ug_table
 
     text = format_ug_table(res, truth)
     assert "exact fit" in text and len(text.splitlines()) == geo.n_reflections + 3
@@ -200,18 +202,18 @@ def test_determine_with_task2_network_start(small):
 def test_staged_refinement_refines_low_orders_first(small, monkeypatch):
     """Many groups: low-order reflections first, then all (ZnO needs it; forced here)."""
     geo, truth, data = small
-    monkeypatch.setattr(determine_module, "STAGED_MIN_GROUPS", 1)
+    monkeypatch.setattr(starts, "STAGED_MIN_GROUPS", 1)
     seen = []
-    real_refine = determine_module.refine
+    real_refine = starts.refine
 
     def spy(*args, refine_reflections=None, **kw):
         seen.append(None if refine_reflections is None else int(np.sum(refine_reflections)))
         return real_refine(*args, refine_reflections=refine_reflections, **kw)
 
-    monkeypatch.setattr(determine_module, "refine", spy)
+    monkeypatch.setattr(starts, "refine", spy)
     groups = [larbed.symmetry.SymmetryGroup(((i, 1),), False) for i in range(geo.n_reflections)]
     start = truth * (1 + np.random.default_rng(2).uniform(-0.2, 0.2, truth.size))
-    res = determine_module._refine_staged(data, geo, start, 20.5, groups, 40)
+    res = starts.refine_staged(data, geo, start, 20.5, groups, 40)
     assert seen[-1] is None and seen[0] < seen[1] < geo.n_reflections  # growing sets, then all
     assert res.r_factor < EXACT_R
 
@@ -229,14 +231,14 @@ def test_kinematic_start_reaches_solution_without_search(small):
 
 def test_kinematic_magnitudes_separate_strong_from_weak(srtio3):
     """sqrt of the tilt-averaged beam intensity ranks |U_g|: h + k even (strong) above odd (weak)."""
-    from larbed.search import _group_magnitudes, kinematic_starts
+    from larbed.determination.starts import group_magnitudes, kinematic_starts
     from larbed.symmetry import symmetry_groups
 
     geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 25, 49, 70)
     truth = larbed.compute_ug(srtio3, geo).values
     data = larbed.simulate(geo, truth, 25.0).intensity.values
     groups = symmetry_groups(geo, "crystal")
-    size = _group_magnitudes(data, geo, groups)
+    size = group_magnitudes(data, geo, groups)
     true_size = np.array([abs(truth[g.members[0][0]]) for g in groups])
     is_beam = size > 0  # reflections that are beams; the others have no intensity of their own
     strong, weak = is_beam & (true_size > 0.01), is_beam & (true_size < 0.005)
@@ -272,12 +274,12 @@ def test_data_continuation_widens_the_basin(srtio3):
     for g in groups:
         idx = [q for q, _ in g.members]
         start[idx] *= 1 + 0.5 * rng.uniform(-1, 1)
-    direct = determine_module._refine_staged(data, geo, input_ug(geo, start), 44.0, groups, 40)
-    cont = determine_module._refine_continuation(data, geo, start, 44.0, groups, 40)
+    direct = starts.refine_staged(data, geo, input_ug(geo, start), 44.0, groups, 40)
+    cont = starts.refine_continuation(data, geo, start, 44.0, groups, 40)
     assert direct.r_factor > 0.1
     assert cont.r_factor < 1e-2 and abs(cont.thickness_nm - 40.0) < THICKNESS_ATOL_NM
     # _refine_start (thickness scan first) keeps the better of direct and continued fits
-    out = determine_module._refine_start(data, geo, start, groups, (30.0, 60.0), 40, continuation_r=1e-3)
+    out = starts.refine_start(data, geo, start, groups, (30.0, 60.0), 40, continuation_r=1e-3)
     assert out["r_factor"] < 1e-2
 
 
@@ -285,20 +287,20 @@ def test_poisson_polish_leaves_a_false_symmetry_centre(srtio3):
     """A fit around the pseudo-centre (½, 0) of SrTiO3 [001] (only the strong h + k even U_g obey
     4mm there) is a false minimum that unweighted R hardly separates from the right one; the Poisson
     polish moves the origin and ends at the lower deviance with reduced χ² ≈ 1."""
-    from larbed.symmetry import _primitive_basis, symmetrize, symmetry_groups
+    from larbed.symmetry import symmetrize, symmetry_groups
 
     geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 113, 70)
     truth = larbed.compute_ug(srtio3, geo).values
     data = larbed.simulate(geo, truth, 15.0, dose=1e5, seed=1)
     groups = symmetry_groups(geo, "crystal")
-    shift = np.linalg.inv(_primitive_basis(geo)) @ np.array([0.5, 0.0])
+    shift = np.linalg.inv(geo.reflection_basis) @ np.array([0.5, 0.0])
     false_start = symmetrize(truth * np.exp(2j * np.pi * (geo.reflection_xy @ shift)), groups)
     false_fit = larbed.refine(data, geo, false_start, 15.0, symmetry=groups, progress=False)
     inten = data.intensity.values
-    dev_false = determine_module._poisson_deviance(inten, false_fit.fit.intensity.values, 1e5)
-    out = determine_module._polish_poisson(data, inten, geo, false_fit, groups, 1e5, 100, 120.0, None, False)
-    dev = determine_module._poisson_deviance(inten, out.fit.intensity.values, 1e5)
-    assert dev < dev_false - determine_module.POISSON_DEVIANCE_GAIN
+    dev_false = poisson_deviance(inten, false_fit.fit.intensity.values, 1e5)
+    out = polish.polish_poisson(data, inten, geo, false_fit, groups, 1e5, 100, 120.0, None, False)
+    dev = poisson_deviance(inten, out.fit.intensity.values, 1e5)
+    assert dev < dev_false - polish.POISSON_DEVIANCE_GAIN
     assert out.chi2 < 1.3 < false_fit.chi2
     cmp_truth = larbed.refine(data, geo, truth, 15.0, symmetry=groups, progress=False)
     assert abs(out.r_factor - cmp_truth.r_factor) < 1e-6 * cmp_truth.r_factor
@@ -306,9 +308,9 @@ def test_poisson_polish_leaves_a_false_symmetry_centre(srtio3):
 
 def test_poisson_deviance():
     obs = np.array([[0.5, 0.3, 0.2], [0.6, 0.4, 0.0]])
-    assert determine_module._poisson_deviance(obs, obs, 1e4) == pytest.approx(0.0, abs=1e-9)
+    assert poisson_deviance(obs, obs, 1e4) == pytest.approx(0.0, abs=1e-9)
     fit = obs * 1.01 + 1e-4
-    d = determine_module._poisson_deviance(obs, fit, 1e4)
+    d = poisson_deviance(obs, fit, 1e4)
     y, mu = 1e4 * obs, 1e4 * fit
     expected = 2 * np.sum(mu - y + np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0))
     assert d == pytest.approx(expected, rel=1e-12) and d > 0

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import larbed
-from larbed._kernels import gradients
+from larbed._kernels import bloch as gradients
 from larbed.refinement import intensity_jacobian
 from larbed.structure_factors import ug_matrix
 

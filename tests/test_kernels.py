@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 
 from larbed import Crystal, Geometry, compute_ug, shift_origin, simulate
 from larbed._kernels import bloch
-from larbed.simulation import prepare_matrices
+from larbed.bloch import prepare_matrices
 from larbed.testing import (
     assert_patterns_allclose,
     extinction_distance,

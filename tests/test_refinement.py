@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 import larbed
-from larbed.refinement import check_pattern, refine, thickness_scan
+from larbed.origin import align_origin, align_to_groups
+from larbed.refinement import refine, thickness_scan
+from larbed.schema import check_pattern
 from larbed.symmetry import (
-    align_origin,
-    align_to_groups,
     crystal_operations,
     pattern_operations,
     symmetry_groups,

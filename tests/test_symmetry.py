@@ -14,12 +14,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import larbed
-from larbed.simulation import _GRID_OPERATIONS, prepare_matrices, tilt_symmetry
+from larbed.bloch import prepare_matrices
 from larbed.symmetry import (
+    GRID_OPERATIONS,
     crystal_operations,
     largest_subgroup,
     lattice_operations,
     pattern_operations,
+    tilt_symmetry,
 )
 
 #: simulate with and without the symmetry shortcut agree to this: the shortcut is used only when
@@ -126,7 +128,7 @@ def test_the_bug_case_fills_every_tilt(srtio3):
 
 
 def test_largest_subgroup_of_4mm():
-    ops = list(_GRID_OPERATIONS)  # identity, 90°, 180°, 270°, 4 mirrors
+    ops = list(GRID_OPERATIONS)  # identity, 90°, 180°, 270°, 4 mirrors
     # a 90° rotation without 270° leaves at most {1, 180°} plus a mirror pair: order 4
     holds = [True, True, True, False, True, True, False, False]
     group = largest_subgroup(ops, holds)

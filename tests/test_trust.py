@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 
 import larbed
-from larbed import refinement
 from larbed.metrics import check_dose, expected_noise_r
+from larbed.refinement import api as refine_api
+from larbed.refinement import jacobian as refine_jacobian
+from larbed.refinement import parameters as refine_parameters
 from larbed.refinement import refine
+from larbed.refinement import solver as refine_solver
 from larbed.trust import FitWarning, fit_quality_warnings, untrustworthy
 
 #: An exact fit of noise-free data: R at round-off.
@@ -88,7 +91,7 @@ def test_thickness_at_its_lower_bound_is_flagged(case):
     geo, ug = case
     data = larbed.simulate(geo, ug, 0.03)
     res = refine(data, geo, ug, 0.5, progress=False, refine_reflections=[])
-    assert res.thickness_nm == pytest.approx(refinement.MIN_THICKNESS_NM)
+    assert res.thickness_nm == pytest.approx(refine_parameters.MIN_THICKNESS_NM)
     assert "bound" in {w.kind for w in res.warnings} and not res.trustworthy
 
 
@@ -116,7 +119,7 @@ def test_undetermined_combinations_are_named_and_kept_at_the_start(srtio3):
     q0 = q_of(start, 29.5)
     import unittest.mock
 
-    with unittest.mock.patch.object(refinement, "_restore_undetermined", lambda *a, **k: None):
+    with unittest.mock.patch.object(refine_api, "restore_undetermined", lambda *a, **k: None):
         drifted = refine(data, geo, start, 29.5, symmetry="crystal", progress=False)
     kept = np.linalg.norm(q_of(res.ug, res.thickness_nm) - q0)
     drift = np.linalg.norm(q_of(drifted.ug, drifted.thickness_nm) - q0)
@@ -126,10 +129,10 @@ def test_undetermined_combinations_are_named_and_kept_at_the_start(srtio3):
 def test_null_directions_are_named():
     hess = np.diag([4.0, 1.0, 1.0])
     hess[1:, 1:] = 1.0  # p1 − p2 is not determined
-    cov, null = refinement._covariance(hess, np.zeros((3, 0)))
+    cov, null = refine_solver.covariance(hess, np.zeros((3, 0)))
     assert null.shape == (3, 1)
     assert np.isinf(cov[1, 1]) and np.isfinite(cov[0, 0])
-    (text,) = refinement._describe_null(null, ["a", "b", "c"])
+    (text,) = refine_solver.describe_null(null, ["a", "b", "c"])
     assert text in ("b − c", "c − b")
 
 
@@ -220,7 +223,7 @@ def test_chunked_normal_equations_equal_the_full_jacobian(case, monkeypatch):
     geo, ug = case
     data = larbed.simulate(geo, ug, 25.0).intensity.values
     full = refine(data, geo, ug * 1.04, 24.0, progress=False, max_iter=3)
-    monkeypatch.setattr(refinement, "JACOBIAN_CHUNK_BYTES", 1)  # one tilt per chunk
+    monkeypatch.setattr(refine_jacobian, "JACOBIAN_CHUNK_BYTES", 1)  # one tilt per chunk
     chunked = refine(data, geo, ug * 1.04, 24.0, progress=False, max_iter=3)
     np.testing.assert_allclose(chunked.ug.values, full.ug.values, rtol=1e-9, atol=1e-14)
     scale = np.abs(full.covariance.values).max()
@@ -307,7 +310,7 @@ def test_thickness_scan_in_tilt_chunks_equals_the_direct_scan(case, monkeypatch)
     geo, ug = case
     data = larbed.simulate(geo, ug, 31.0)
     direct = larbed.thickness_scan(data, geo, ug, np.arange(20, 40, 0.5))
-    monkeypatch.setattr(refinement, "SCAN_CHUNK_BYTES", 8 * 40 * 9 * 3)  # three tilts per chunk
+    monkeypatch.setattr(refine_jacobian, "SCAN_CHUNK_BYTES", 8 * 40 * 9 * 3)  # three tilts per chunk
     chunked = larbed.thickness_scan(data, geo, ug, np.arange(20, 40, 0.5))
     np.testing.assert_allclose(chunked.values, direct.values, rtol=1e-10, atol=1e-13)
     assert chunked.attrs["best_thickness_nm"] == direct.attrs["best_thickness_nm"] == 31.0
@@ -330,6 +333,6 @@ def test_large_refinement_runs_in_bounded_memory(srtio3):
     geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 69, 1, 70)
     big = type("G", (), {"n_tilts": 125_000, "n_beams": 69, "n_reflections": geo.n_reflections})()
     full = resources.estimate_jacobian(big)
-    chunk = max(1, refinement.JACOBIAN_CHUNK_BYTES // (8 * 69 * (2 * (2 * geo.n_reflections + 2) + 4)))
+    chunk = max(1, refine_jacobian.JACOBIAN_CHUNK_BYTES // (8 * 69 * (2 * (2 * geo.n_reflections + 2) + 4)))
     chunked = resources.estimate_jacobian(big, chunk_tilts=chunk)
     assert full.memory_bytes > 30e9 and chunked.memory_bytes < 2e9

@@ -8,17 +8,19 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
 from . import accessor as _accessor  # noqa: F401  (registers the Dataset.larbed accessor)
+from . import determine as _determine_module  # noqa: F401  (the moved module, before the function)
 from . import presets
 from .constants import electron_wavelength, relativistic_gamma, wave_number
 from .crystal import Atom, Crystal
-from .determine import DeterminationResult, determine
+from .determination import DeterminationResult, determine
 from .geometry import Geometry
 from .io import load_pattern, load_ug, read_csv, save_pattern, save_ug, write_csv
 from .metrics import r_factor
+from .origin import shift_origin
 from .refinement import RefinementResult, intensity_jacobian, refine, thickness_scan
 from .scattering import scattering_factor
 from .simulation import simulate
-from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug, shift_origin
+from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug
 from .threads import get_num_threads, set_num_threads
 from .trust import FitWarning
 

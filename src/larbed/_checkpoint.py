@@ -22,7 +22,11 @@ import numpy as np
 
 __all__ = [
     "FolderLockedError",
+    "atomic_dir",
     "atomic_write",
+    "load_npz",
+    "save_npz",
+    "write_text",
     "check_writable",
     "fingerprint",
     "folder_lock",
@@ -57,23 +61,75 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
             os.remove(tmp)
 
 
-def write_json(path: str | os.PathLike, obj) -> None:
-    """Write ``obj`` as JSON atomically (see :func:`atomic_write`)."""
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically."""
 
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh)
+            fh.write(text)
 
     atomic_write(path, write)
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    """Write ``obj`` as JSON atomically; a dict records the schema version
+    (``larbed_schema_version``, removed again by :func:`read_json`)."""
+    if isinstance(obj, dict):
+        obj = {**obj, _VERSION_KEY: _schema_version()}
+    write_text(path, json.dumps(obj))
 
 
 def read_json(path: str | os.PathLike):
     """The JSON content of ``path``, or None when the file is missing or unreadable."""
     try:
         with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
+            obj = json.load(fh)
     except (OSError, ValueError):
         return None
+    if isinstance(obj, dict):
+        obj.pop(_VERSION_KEY, None)
+    return obj
+
+
+def save_npz(path: str | os.PathLike, **arrays) -> None:
+    """``numpy.savez`` atomically, with the schema version as an extra array."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **arrays, **{_VERSION_KEY: np.array(_schema_version())})
+
+    atomic_write(path, write)
+
+
+def load_npz(path: str | os.PathLike) -> dict:
+    """The arrays of a file of :func:`save_npz` (or any ``.npz``), without the version entry."""
+    with np.load(os.fspath(path)) as z:
+        return {k: z[k] for k in z.files if k != _VERSION_KEY}
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | os.PathLike) -> Iterator[str]:
+    """Fill a fresh temporary folder beside ``target``; on success it replaces ``target`` whole."""
+    import shutil
+
+    target = os.fspath(target)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".", suffix=".part",
+                           dir=os.path.dirname(os.path.abspath(target)) or ".")
+    try:
+        yield tmp
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_VERSION_KEY = "larbed_schema_version"
+
+
+def _schema_version() -> int:
+    from .schema import SCHEMA_VERSION
+
+    return SCHEMA_VERSION
 
 
 def fingerprint(*parts) -> str:

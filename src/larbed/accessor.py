@@ -41,7 +41,7 @@ class LarbedAccessor:
     @property
     def ug(self) -> xr.DataArray:
         """The structure factors stored with the pattern (complex [1/Å²], over ``reflection``)."""
-        from .simulation import extract_ug
+        from .schema import extract_ug
 
         return extract_ug(self._ds)
 

@@ -268,6 +268,31 @@ class Geometry:
         return self.reflection_g @ self.frame[:2].T
 
     @cached_property
+    def reflection_basis(self) -> np.ndarray:
+        """(2, 2) rows: the two shortest non-collinear reflections (in-plane, 1/Å), a primitive
+        basis of the reflections' 2-D lattice. Raises ValueError when all are collinear."""
+        xy = self.reflection_xy
+        order = np.argsort(np.linalg.norm(xy, axis=1), kind="stable")
+        b1 = xy[order[0]]
+        for i in order[1:]:
+            if abs(b1[0] * xy[i, 1] - b1[1] * xy[i, 0]) > 1e-9 * np.linalg.norm(b1) * np.linalg.norm(xy[i]):
+                return np.stack([b1, xy[i]])
+        raise ValueError("the reflections are collinear: they span no 2-D lattice")
+
+    @cached_property
+    def beam_basis(self) -> np.ndarray:
+        """(2, 2) rows: the two shortest non-collinear beam vectors (in-plane, 1/Å) spanning the
+        beams' lattice; for collinear beams the second is the perpendicular of the first."""
+        g = self.g_xy[1:]
+        order = np.argsort(np.round(np.linalg.norm(g, axis=1), 6), kind="stable")
+        b1 = g[order[0]]
+        for idx in order[1:]:
+            cand = g[idx]
+            if abs(b1[0] * cand[1] - b1[1] * cand[0]) > 1e-9 * np.linalg.norm(b1) * np.linalg.norm(cand):
+                return np.stack([b1, cand])
+        return np.stack([b1, np.array([-b1[1], b1[0]])])
+
+    @cached_property
     def excitation_diagonal(self) -> np.ndarray:
         """(n_tilts, n_beams) diagonal of the structure matrix, -(2 k_t·g + |g|²) [1/Å²]."""
         kg = self.k_t @ self.g_xy.T

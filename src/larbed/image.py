@@ -10,27 +10,13 @@ from .geometry import Geometry
 __all__ = ["beam_grid_positions", "larbed_image"]
 
 
-def _zolz_basis(geometry: Geometry) -> np.ndarray:
-    """Two shortest non-collinear beam vectors (in-plane, 1/Å) spanning the beams' lattice."""
-    g = geometry.g_xy[1:]
-    order = np.argsort(np.round(np.linalg.norm(g, axis=1), 6), kind="stable")
-    b1 = g[order[0]]
-    for idx in order[1:]:
-        cand = g[idx]
-        cross = b1[0] * cand[1] - b1[1] * cand[0]
-        if abs(cross) > 1e-9 * np.linalg.norm(b1) * np.linalg.norm(cand):
-            return np.stack([b1, cand])
-    # all beams collinear: second axis is the perpendicular (one row of patches)
-    return np.stack([b1, np.array([-b1[1], b1[0]])])
-
-
 def beam_grid_positions(geometry: Geometry) -> np.ndarray:
     """(n_beams, 2) integer (column, row) grid cells of the beams, row 0 at the top.
 
     Beams are expressed in the basis of the two shortest non-collinear beam vectors; beams of a
     ZOLZ take integer coordinates there, so patches never overlap.
     """
-    basis = _zolz_basis(geometry)
+    basis = geometry.beam_basis
     coeff = np.linalg.solve(basis.T, geometry.g_xy.T).T
     rounded = np.round(coeff)
     if not np.allclose(coeff, rounded, atol=1e-6):

@@ -25,7 +25,7 @@ import xarray as xr
 
 from ._checkpoint import atomic_write
 from .geometry import Geometry
-from .simulation import extract_ug, pattern_coords
+from .schema import KIND_ATTR, SCHEMA_ATTR, SCHEMA_VERSION, extract_ug, pattern_coords, upgrade
 
 __all__ = [
     "LarbedFileError",
@@ -38,6 +38,9 @@ __all__ = [
     "write_csv",
     "CSV_COLUMNS",
     "normalise_counts",
+    "read_netcdf",
+    "source_provenance",
+    "write_netcdf",
 ]
 
 logger = logging.getLogger(__name__)
@@ -53,7 +56,7 @@ TILT_SAME_MRAD = 1e-9
 
 _COMPLEX_ATTR = "larbed_complex"
 _ATTRS_JSON = "larbed_attrs_json"
-_KIND_ATTR = "larbed_file_kind"
+_KIND_ATTR = KIND_ATTR
 _JSON_PREFIX = "json:"
 _CSV_ATTRS_PREFIX = "# larbed-attrs: "
 
@@ -154,7 +157,7 @@ def _decode_attrs(attrs: Mapping) -> dict:
 
 # ----------------------------------------------------------------------------- netCDF
 def _encode(ds: xr.Dataset, kind: str) -> xr.Dataset:
-    out = xr.Dataset(attrs=_encode_attrs({**ds.attrs, _KIND_ATTR: kind}))
+    out = xr.Dataset(attrs=_encode_attrs({**ds.attrs, _KIND_ATTR: kind, SCHEMA_ATTR: SCHEMA_VERSION}))
     for name, variable in ds.variables.items():
         if name in ds.dims and name in ds.coords and np.iscomplexobj(variable.values):
             raise ValueError(f"dimension coordinate {name!r} is complex; netCDF cannot index by it")
@@ -267,7 +270,25 @@ def _open(path) -> xr.Dataset:
             f"could not read {path!r} as a netCDF file "
             f"(corrupt, truncated or another format): {exc}"
         ) from exc
-    return _decode(raw)
+    return upgrade(_decode(raw))
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike, kind: str) -> None:
+    """Write any larbed Dataset to netCDF-4 exactly (complex variables split, attributes as JSON),
+    atomically, recording ``kind`` and the schema version; :func:`read_netcdf` reads it back."""
+    if not isinstance(ds, xr.Dataset):
+        raise TypeError(f"write_netcdf needs an xarray.Dataset, got {type(ds).__name__}")
+    _write(_encode(ds, kind), path)
+
+
+def read_netcdf(path: str | os.PathLike, kind: str | None = None) -> xr.Dataset:
+    """Read a file of :func:`write_netcdf` (values in memory, file closed); with ``kind``, a file of
+    another kind is a :class:`LarbedFileError`."""
+    ds = _open(path)
+    found = ds.attrs.pop(_KIND_ATTR, None)
+    if kind is not None and found is not None and found != kind:
+        raise LarbedFileError(f"{os.fspath(path)!r} holds a larbed {found!r} file, not {kind!r}")
+    return ds
 
 
 def _write(ds: xr.Dataset, path) -> None:
@@ -472,7 +493,8 @@ def write_csv(ds: xr.Dataset, path: str | os.PathLike, variable: str = "intensit
     vals = da.transpose("tilt", "beam").values
     hkl = np.stack([ds.h.values, ds.k.values, ds.l.values], axis=1).astype(int)
     tx, ty = ds.tilt_x.values, ds.tilt_y.values
-    lines = [_CSV_ATTRS_PREFIX + json.dumps(_to_jsonable(dict(ds.attrs))), ",".join(CSV_COLUMNS)]
+    header = {**ds.attrs, SCHEMA_ATTR: SCHEMA_VERSION}
+    lines = [_CSV_ATTRS_PREFIX + json.dumps(_to_jsonable(header)), ",".join(CSV_COLUMNS)]
     for m in range(vals.shape[0]):
         tilt = f"{float(tx[m]):.17g},{float(ty[m]):.17g}"
         for n in range(vals.shape[1]):
@@ -496,6 +518,7 @@ def _read_table(path: str):
             first = fh.readline()
         if first.startswith(_CSV_ATTRS_PREFIX):
             header_attrs = _from_jsonable(json.loads(first[len(_CSV_ATTRS_PREFIX) :]))
+            header_attrs.pop(SCHEMA_ATTR, None)
     except (UnicodeDecodeError, ValueError) as exc:
         raise LarbedFileError(
             f"{path!r} is not a UTF-8 CSV table with a valid header: {exc}"

@@ -14,14 +14,13 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Literal, get_args
 
 import numpy as np
 
+from ._types import PARAMETERIZATIONS, Parameterization
+
 __all__ = ["Parameterization", "PARAMETERIZATIONS", "scattering_factor", "known_elements"]
 
-Parameterization = Literal["lobato", "kirkland"]
-PARAMETERIZATIONS: tuple[str, ...] = get_args(Parameterization)
 
 
 @cache

@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Literal, get_args
 
 import numpy as np
 import xarray as xr
 
+from ._deprecation import moved_names
+from ._types import RANDOM_PRIORS, RandomPrior
 from .crystal import Crystal
 from .geometry import Geometry
 from .scattering import Parameterization, scattering_factor
+from .schema import labelled_ug
 
 __all__ = [
     "compute_ug",
@@ -25,14 +27,12 @@ __all__ = [
     "normalize_ug",
     "structure_factor",
     "ug_matrix",
-    "shift_origin",
     "RandomPrior",
 ]
 
 logger = logging.getLogger(__name__)
 
-RandomPrior = Literal["uniform", "physical"]
-RANDOM_PRIORS: tuple[str, ...] = get_args(RandomPrior)
+__getattr__ = moved_names(__name__, {"shift_origin": "larbed.origin"})
 
 #: Relative tolerance for the Hermitian check U_{-g} = U_g* in user input.
 HERMITIAN_RTOL = 1e-9
@@ -58,27 +58,6 @@ def structure_factor(
         phase = np.exp(-2j * np.pi * (hkl @ np.asarray(atom.position)))
         total += atom.occupancy * f * np.exp(-atom.b_iso * g**2 / 4.0) * phase
     return relativistic_gamma(voltage_kv) / (np.pi * crystal.volume) * total
-
-
-def _wrap(geometry: Geometry, values: np.ndarray, attrs: dict) -> xr.DataArray:
-    xy = geometry.reflection_xy
-    hkl = geometry.reflection_hkl
-    da = xr.DataArray(
-        np.asarray(values, dtype=complex),
-        dims=("reflection",),
-        coords={
-            "reflection": np.arange(geometry.n_reflections),
-            "h": ("reflection", hkl[:, 0].copy()),
-            "k": ("reflection", hkl[:, 1].copy()),
-            "l": ("reflection", hkl[:, 2].copy()),
-            "gx": ("reflection", xy[:, 0].copy(), {"units": "1/Å"}),
-            "gy": ("reflection", xy[:, 1].copy(), {"units": "1/Å"}),
-        },
-        name="ug",
-        attrs={"units": "1/Å^2", "long_name": "structure factor U_g (one per Friedel pair)"},
-    )
-    da.attrs.update(attrs)
-    return da
 
 
 def compute_ug(
@@ -116,7 +95,7 @@ def compute_ug(
         crystal, geometry.reflection_hkl, geometry.voltage_kv, parameterization
     )
     u0 = structure_factor(crystal, np.zeros((1, 3)), geometry.voltage_kv, parameterization)[0].real
-    return _wrap(
+    return labelled_ug(
         geometry,
         values,
         {
@@ -164,7 +143,7 @@ def random_ug(
             raise ValueError(f"ug_range must be positive [1/Å²], got {ug_range}")
         m = geometry.n_reflections
         values = rng.uniform(-ug_range, ug_range, m) + 1j * rng.uniform(-ug_range, ug_range, m)
-        return _wrap(
+        return labelled_ug(
             geometry, values, {"source": "random", "prior": prior, "ug_range": float(ug_range)}
         )
     n = len(geometry.crystal.atoms) if n_atoms is None else int(n_atoms)
@@ -179,7 +158,7 @@ def random_ug(
     )
     values = structure_factor(xtal, geometry.reflection_hkl, geometry.voltage_kv, parameterization)
     u0 = structure_factor(xtal, np.zeros((1, 3)), geometry.voltage_kv, parameterization)[0].real
-    return _wrap(geometry, values, {"source": "random", "prior": prior, "u0": float(u0)})
+    return labelled_ug(geometry, values, {"source": "random", "prior": prior, "u0": float(u0)})
 
 
 def _hkl_key(key) -> tuple[int, int, int]:
@@ -265,7 +244,7 @@ def input_ug(
                 f"U_g array must have shape ({geometry.n_reflections},) (one per Friedel pair), got {arr.shape}"
             )
     _check_finite(arr, "U_g")
-    return _wrap(geometry, arr, {"source": "input"})
+    return labelled_ug(geometry, arr, {"source": "input"})
 
 
 def normalize_ug(geometry: Geometry, values: Mapping | np.ndarray) -> xr.DataArray:
@@ -316,7 +295,7 @@ def normalize_ug(geometry: Geometry, values: Mapping | np.ndarray) -> xr.DataArr
         raise ValueError(f"no value given for reflections {missing}")
     out = total / count
     _check_finite(out, "U_g")
-    return _wrap(geometry, out, {"source": "normalized"})
+    return labelled_ug(geometry, out, {"source": "normalized"})
 
 
 def ug_matrix(geometry: Geometry, ug: xr.DataArray | np.ndarray) -> np.ndarray:
@@ -328,18 +307,3 @@ def ug_matrix(geometry: Geometry, ug: xr.DataArray | np.ndarray) -> np.ndarray:
     mat = np.where(geometry.pair_sign > 0, vals[idx], np.conj(vals[idx]))
     mat[geometry.pair_index < 0] = 0.0
     return mat
-
-
-def shift_origin(geometry: Geometry, ug: xr.DataArray, shift: Sequence[float]) -> xr.DataArray:
-    """Move the unit-cell origin: U_g → U_g exp(2πi g·r0) (changes no intensity).
-
-    ``shift`` is r0 in Cartesian Å (3 values) or in the in-plane frame (2 values, x and y) [Å].
-    """
-    r0 = np.asarray(shift, dtype=float)
-    if r0.shape == (2,):
-        r0 = r0 @ geometry.frame[:2]
-    if r0.shape != (3,):
-        raise ValueError(f"shift must have 2 or 3 components [Å], got shape {r0.shape}")
-    phase = np.exp(2j * np.pi * (geometry.reflection_g @ r0))
-    out = ug.copy(data=np.asarray(ug.values) * phase)
-    return out

@@ -1,4 +1,4 @@
-"""Point-group symmetry of zone-axis patterns and structure factors, and origin alignment.
+"""Point-group symmetry of zone-axis patterns, structure factors and tilt grids.
 
 In the ZOLZ (projection) model a rotation or mirror R of the zone-axis plane maps the structure
 matrix at tilt k_t with U_g onto the matrix at tilt R k_t with U_{R⁻¹g}, beams permuted. So when the
@@ -13,8 +13,10 @@ pattern obeys I(R g, R k_t) = I(g, k_t), and conversely a pattern with that symm
 * turns operations or user-given lists of reflections into groups of tied U_g
   (:func:`symmetry_groups`); a group tied to its own conjugate (e.g. by the 2-fold rotation, the
   projection's centre of symmetry) is real;
-* moves the origin of a U_g vector to where the constraints hold best (:func:`align_to_groups`) or
-  to where it best matches another vector (:func:`align_origin`).
+* finds the operations of the square tilt grid under which a structure matrix is invariant, so
+  that :func:`larbed.simulate` solves only independent tilts (:func:`tilt_symmetry`).
+
+Moving the origin to where the constraints hold is in :mod:`larbed.origin`.
 """
 
 from __future__ import annotations
@@ -25,24 +27,28 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.optimize
 
+from ._deprecation import moved_names
 from .geometry import Geometry
 
 __all__ = [
+    "GRID_OPERATIONS",
+    "SYMMETRY_RTOL",
     "SymmetryGroup",
-    "align_origin",
-    "align_to_groups",
     "crystal_operations",
     "groups_from_operations",
     "lattice_operations",
     "pattern_operations",
+    "reflection_index",
     "symmetrize",
     "symmetry_groups",
     "largest_subgroup",
+    "tilt_symmetry",
 ]
 
 logger = logging.getLogger(__name__)
+
+__getattr__ = moved_names(__name__, {"align_origin": "larbed.origin", "align_to_groups": "larbed.origin"})
 
 #: Two in-plane vectors are the same when they agree to this [1/Å] (reflections) …
 G_MATCH_ATOL = 1e-6
@@ -54,8 +60,6 @@ CRYSTAL_RTOL = 1e-8
 PATTERN_R_TOLERANCE = 1e-3
 #: Pattern symmetry with a dose: mean (ΔI)²/(σ₁² + σ₂²) at most this (≈ 1 for Poisson noise alone).
 PATTERN_CHI2_TOLERANCE = 2.0
-#: Origin grid of the alignment searches (points per primitive direction) before local polishing.
-ALIGN_GRID = 36
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,7 @@ def lattice_operations(geometry: Geometry) -> dict[str, np.ndarray]:
     >>> len(lattice_operations(geo))  # 4mm
     8
     """
-    basis = _primitive_basis(geometry)
+    basis = geometry.reflection_basis
     inv = np.linalg.inv(basis.T)
     ops = {}
     for name, op in _candidate_operations().items():
@@ -300,7 +304,9 @@ def pattern_operations(intensity: np.ndarray, geometry: Geometry, *, dose: float
     return _group_names(ops, holds)
 
 
-def _hkl_lookup(geometry: Geometry, key) -> tuple[int, int]:
+def reflection_index(geometry: Geometry, key) -> tuple[int, int]:
+    """(index, sign) of reflection ``key`` ((h, k, l) or ``'h k l'``) among the geometry's Friedel
+    pairs: sign −1 when ``key`` is the −g of the stored reflection. Raises ValueError if absent."""
     parts = key.replace(",", " ").split() if isinstance(key, str) else list(key)
     if len(parts) != 3:
         raise ValueError(f"a reflection must be (h, k, l), got {key!r}")
@@ -412,7 +418,7 @@ def symmetry_groups(geometry: Geometry, symmetry="crystal", *, intensity=None,
     for gi, group in enumerate(items):
         if isinstance(group, str):
             raise ValueError(f"a symmetry group must be a list of reflections, got {group!r}")
-        members = [_hkl_lookup(geometry, key) for key in group]
+        members = [reflection_index(geometry, key) for key in group]
         for q, _ in members:
             if q in seen and seen[q] != gi:
                 raise ValueError(f"reflection {geometry.reflection_hkl[q].tolist()} is in two groups")
@@ -435,58 +441,85 @@ def symmetrize(values: np.ndarray, groups: Sequence[SymmetryGroup]) -> np.ndarra
     return out
 
 
-def _primitive_basis(geometry: Geometry) -> np.ndarray:
-    """Two shortest non-collinear reflections (in-plane, 1/Å): a primitive basis of their lattice."""
-    xy = geometry.reflection_xy
-    order = np.argsort(np.linalg.norm(xy, axis=1), kind="stable")
-    b1 = xy[order[0]]
-    for i in order[1:]:
-        if abs(b1[0] * xy[i, 1] - b1[1] * xy[i, 0]) > 1e-9 * np.linalg.norm(b1) * np.linalg.norm(xy[i]):
-            return np.stack([b1, xy[i]])
-    raise ValueError("the reflections are collinear: no in-plane origin to align")
+# ---------------------------------------------------------------------------------- tilt grid
+#: Off-diagonal structure-matrix elements agree under a symmetry operation to this fraction of
+#: max |U_g| (round-off of exp(-2πi g·r) is ~1e-16; a real asymmetry is far larger).
+SYMMETRY_RTOL = 1e-12
+
+#: The eight operations of the square tilt grid (acting on in-plane (x, y)), identity first; only
+#: these can map the integer tilt grid onto itself.
+GRID_OPERATIONS = tuple(
+    np.array(m, dtype=float)
+    for m in (
+        [[1, 0], [0, 1]],
+        [[0, -1], [1, 0]],
+        [[-1, 0], [0, -1]],
+        [[0, 1], [-1, 0]],
+        [[1, 0], [0, -1]],
+        [[-1, 0], [0, 1]],
+        [[0, 1], [1, 0]],
+        [[0, -1], [-1, 0]],
+    )
+)
+
+def _match_rows(points: np.ndarray, mapped: np.ndarray, atol: float) -> np.ndarray | None:
+    """Index of the row of ``points`` equal to each row of ``mapped``; None if any is missing."""
+    d = np.abs(mapped[:, None, :] - points[None, :, :]).max(axis=2)
+    idx = np.argmin(d, axis=1)
+    if np.any(d[np.arange(len(mapped)), idx] > atol):
+        return None
+    return idx
 
 
-def _origin_search(geometry: Geometry, cost, grid: int = ALIGN_GRID) -> np.ndarray:
-    """r0 (in-plane x, y [Å]) minimising cost(phases (P,)) over a grid of origins, then polished."""
-    basis = _primitive_basis(geometry)
-    inv = np.linalg.inv(basis)  # r0 = inv @ (f1, f2): b_i · r0 = f_i
-    xy = geometry.reflection_xy
-
-    def total(f):
-        r0 = inv @ f
-        return cost(np.exp(2j * np.pi * (xy @ r0)))
-
-    f = np.arange(grid) / grid
-    best = min(((total(np.array([a, b])), a, b) for a in f for b in f), key=lambda x: x[0])
-    res = scipy.optimize.minimize(total, np.array(best[1:]), method="Nelder-Mead",
-                                  options={"xatol": 1e-9, "fatol": 1e-16, "maxiter": 400})
-    return inv @ (res.x if res.fun <= best[0] else np.array(best[1:]))
+def _map_tilts(tilt_ij: np.ndarray, op: np.ndarray) -> np.ndarray | None:
+    """Index of the tilt R (i, j) for every tilt (i, j); None if one falls off the grid."""
+    r = int(np.max(np.abs(tilt_ij), initial=0))
+    grid = -np.ones((2 * r + 1, 2 * r + 1), dtype=np.int64)
+    grid[tilt_ij[:, 0] + r, tilt_ij[:, 1] + r] = np.arange(len(tilt_ij))
+    mapped = np.rint(tilt_ij @ op.T).astype(np.int64)
+    if np.any(np.abs(mapped) > r):
+        return None
+    perm = grid[mapped[:, 0] + r, mapped[:, 1] + r]
+    return None if np.any(perm < 0) else perm
 
 
-def align_to_groups(geometry: Geometry, values: np.ndarray, groups: Sequence[SymmetryGroup]):
-    """Shift the origin so that U_g best obeys the constraints; return (projected values, r0 [Å]).
+def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Operations R of the square tilt grid under which the pattern is invariant (to round-off).
 
-    The violation is Σ_p |U_p − symmetrize(U)_p|², minimised over in-plane origins (grid, then
-    Nelder–Mead); the returned values are the symmetrized, shifted U_g.
+    R qualifies when it maps the tilt grid and the beam set onto themselves (beam permutation π)
+    and leaves the structure matrix invariant, U_{g_π(n) − g_π(m)} = U_{g_n − g_m} to
+    :data:`SYMMETRY_RTOL`. Then A(R k_t) = P A(k_t) Pᵀ and I(R k_t)[π(n)] = I(k_t)[n]. The check
+    uses the actual U_g (and absorption), so it changes a result by round-off at most.
+
+    The operations returned always form a group (with the identity): the largest subgroup of the
+    grid's operations whose every element qualifies (:func:`largest_subgroup`).
+    Near-symmetric U_g can pass the test for R₁ and R₂ but not for R₁R₂; the independent tilts of
+    a set that is not a group would leave tilts uncomputed.
+
+    Returns
+    -------
+    list of (tilt_permutation, beam_permutation)
+        Index arrays for each operation of the group other than the identity.
     """
-    vals = np.asarray(values, dtype=complex)
-
-    def cost(phase):
-        shifted = vals * phase
-        return float(np.sum(np.abs(shifted - symmetrize(shifted, groups)) ** 2))
-
-    r0 = _origin_search(geometry, cost)
-    shifted = vals * np.exp(2j * np.pi * (geometry.reflection_xy @ r0))
-    return symmetrize(shifted, groups), r0
-
-
-def align_origin(geometry: Geometry, values: np.ndarray, reference: np.ndarray):
-    """Shift the origin of ``values`` to best match ``reference``: (shifted values, r0 [Å]).
-
-    Minimises Σ_p |U_p exp(2πi g_p·r0) − U_ref,p|² over in-plane r0 (grid, then Nelder–Mead), which
-    covers the discrete origin choices (e.g. a shift by half a cell in SrTiO3) as well.
-    """
-    vals = np.asarray(values, dtype=complex)
-    ref = np.asarray(reference, dtype=complex)
-    r0 = _origin_search(geometry, lambda phase: float(np.sum(np.abs(vals * phase - ref) ** 2)))
-    return vals * np.exp(2j * np.pi * (geometry.reflection_xy @ r0)), r0
+    if geometry.n_tilts == 1:
+        return []
+    scale = float(np.max(np.abs(offdiag), initial=0.0))
+    atol_g = 1e-6 * max(float(np.max(geometry.g_abs)), 1.0)
+    center = np.asarray(geometry.tilt_center_mrad)
+    perms: list[tuple[np.ndarray, np.ndarray] | None] = []
+    for op in GRID_OPERATIONS:
+        perms.append(None)
+        if not np.allclose(op @ center, center, atol=1e-9 * max(1.0, geometry.tilt_range_mrad)):
+            continue
+        beam_perm = _match_rows(geometry.g_xy, geometry.g_xy @ op.T, atol_g)
+        if beam_perm is None or beam_perm[0] != 0:
+            continue
+        moved = offdiag[np.ix_(beam_perm, beam_perm)]
+        if np.max(np.abs(moved - offdiag), initial=0.0) > SYMMETRY_RTOL * scale:
+            continue
+        tilt_perm = _map_tilts(geometry.tilt_ij, op)
+        if tilt_perm is None:
+            continue
+        perms[-1] = (tilt_perm, beam_perm)
+    group = largest_subgroup(GRID_OPERATIONS, [p is not None for p in perms])
+    return [perms[i] for i in group if i != 0]  # type: ignore[misc]

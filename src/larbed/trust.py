@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from typing import Literal, get_args
 
 import numpy as np
+
+from ._types import WARNING_KINDS, WarningKind
 
 __all__ = [
     "CHI2_MAX",
@@ -46,8 +47,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-WarningKind = Literal["bound", "chi2", "r_factor", "undetermined"]
-WARNING_KINDS: tuple[str, ...] = get_args(WarningKind)
 #: Kinds that make a result untrustworthy (CLI exit status 3).
 UNTRUSTWORTHY_KINDS: tuple[str, ...] = ("bound", "chi2", "r_factor")
 

@@ -1,16 +1,45 @@
-"""Bloch-wave kernels: one eigen-decomposition per tilt, reused for every thickness.
+"""Bloch-wave kernels: intensities, eigensystems and exact derivatives, one decomposition per tilt.
 
-All kernels loop over tilts with ``prange``. Inputs are pre-scaled by 1/(2K): ``offdiag`` holds
-U_{g_n-g_m}/(2K) (zero diagonal) and ``diag`` holds -(2 k_t·g_n + |g_n|²)/(2K) per tilt, both in
-1/Å; thicknesses are in Å. The caller must limit BLAS to one thread (threadpoolctl).
+Every driver loops over tilts with ``prange`` and hands each tilt to a shared per-tilt body: the
+structure matrix of tilt m (:func:`_matrix_at`), its decomposition (:func:`_decompose_real`,
+:func:`_decompose_hermitian`, :func:`_decompose_general`), then propagation (intensities) or the
+Fréchet derivative of the exponential (:func:`tilt_jacobian`). The three paths — real symmetric,
+complex Hermitian, general (absorbing) — differ only in the decomposition and, for intensities,
+in real arithmetic on the real path.
+
+Inputs are pre-scaled by 1/(2K): ``offdiag`` holds U_{g_n-g_m}/(2K) (zero diagonal) and ``diag``
+holds -(2 k_t·g_n + |g_n|²)/(2K) per tilt, both in 1/Å; thicknesses are in Å. Outputs are
+allocated by the caller. The caller limits BLAS to one thread (:func:`larbed.threads.kernel_threads`).
+All jitted helpers live in this file, so ``cache=True`` never serves a stale helper.
+
+Derivatives (per tilt, H = A/(2K) = C diag(λ) C⁻¹ [1/Å], τ = 2π t, v = C⁻¹ e₀,
+ψ = exp(iτH) e₀ = C diag(e^{iτλ}) v, I_n = |ψ_n|²): the Fréchet derivative of exp(iτH) in a
+direction E is C (F ∘ (C⁻¹ E C)) C⁻¹ with the divided differences
+F_jk = (e^{iτλ_j} − e^{iτλ_k}) / (λ_j − λ_k), evaluated as F_jk = iτ h_j h_k sinc(τ(λ_j − λ_k)/2),
+h_j = e^{iτλ_j/2}: exact for real and complex λ, no cancellation for (near-)equal eigenvalues.
+With B[j, b] = Σ_k F_jk v_k C[b, k], dψ_n / dE_ab = Σ_j C[n, j] C⁻¹[j, a] B[j, b]; summing over the
+positions (a, b) of Friedel pair p (``pair_index[a, b] == p``; plain sum Y and sum weighted by
+``pair_sign``, Ys) gives S[n, p] = Σ_j C[n, j] Y[p, j] and, with fac = (1 + iκ)/(2K),
+
+    dI_n/d Re U_p = 2 Re(fac ψ_n* S[n, p]),   dI_n/d Im U_p = 2 Re(i fac ψ_n* Ss[n, p]),
+    dI_n/dt = 2 Re(ψ_n* (C diag(iτ'λ e^{iτλ}) v)_n)  with τ' = 2π per Å,
+    dI_n/dκ = 2 Re((i/2K) ψ_n* Σ_p (Re U_p S[n, p] + i Im U_p Ss[n, p])) − 2τ U₀/(2K) I_n.
+
+Jacobian output ``jac`` (n_tilts, n_beams, n_cols): columns [Re U_0..P-1, Im U_0..P-1, t (per Å),
+κ (when n_cols = 2P+2)].
 """
+
+import cmath
 
 import numpy as np
 from numba import njit, prange
 
 TWO_PI = 2.0 * np.pi
+#: Below this |z| the series 1 − z²/6 + z⁴/120 replaces sin z / z (next term z⁶/5040 < 1e-16).
+SINC_SERIES_BELOW = 1e-2
 
 
+# ------------------------------------------------------------------------------ per-tilt bodies
 @njit(cache=True)
 def _matrix_at(offdiag, diag, m):
     """Structure matrix of tilt m: ``offdiag`` with ``diag[m]`` on its diagonal (a new array)."""
@@ -20,66 +49,85 @@ def _matrix_at(offdiag, diag, m):
     return a
 
 
+@njit(cache=True)
+def _decompose_real(offdiag, diag, m):
+    """(λ, C, C⁻¹ = Cᵀ) of a real symmetric tilt matrix, as complex arrays."""
+    w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+    cc = c.astype(np.complex128)
+    return w.astype(np.complex128), cc, np.ascontiguousarray(cc.T)
+
+
+@njit(cache=True)
+def _decompose_hermitian(offdiag, diag, m):
+    """(λ, C, C⁻¹ = Cᴴ) of a complex Hermitian tilt matrix."""
+    w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+    return w.astype(np.complex128), c, np.ascontiguousarray(np.conj(c).T)
+
+
+@njit(cache=True)
+def _decompose_general(offdiag, diag, m):
+    """(λ, C, C⁻¹) of a general (absorbing) tilt matrix."""
+    w, c = np.linalg.eig(_matrix_at(offdiag, diag, m))
+    return w, c, np.linalg.inv(c)
+
+
+@njit(cache=True)
+def _write_intensities(lam, c, v, thickness, out_m):
+    """|C diag(e^{2πiλt}) v|² for every thickness: out_m (n_thickness, n)."""
+    n = lam.shape[0]
+    for it in range(thickness.shape[0]):
+        psi = c @ (np.exp(1j * TWO_PI * lam * thickness[it]) * v)
+        for i in range(n):
+            out_m[it, i] = psi[i].real * psi[i].real + psi[i].imag * psi[i].imag
+
+
+@njit(cache=True)
+def _intensities_real_tilt(offdiag, diag, m, thickness, out_m):
+    """Real arithmetic throughout (a quarter of the complex work)."""
+    w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+    x = c[0, :].copy()
+    n = w.shape[0]
+    for it in range(thickness.shape[0]):
+        ph = TWO_PI * w * thickness[it]
+        pr = c @ (np.cos(ph) * x)
+        pi = c @ (np.sin(ph) * x)
+        for i in range(n):
+            out_m[it, i] = pr[i] * pr[i] + pi[i] * pi[i]
+
+
+# ------------------------------------------------------------------------------ intensities
 @njit(parallel=True, cache=True)
 def intensities_real(offdiag, diag, thickness, out):
     """Real symmetric structure matrices. out: (n_thickness, n_tilts, n_beams)."""
-    n_tilts, n = diag.shape
-    n_t = thickness.shape[0]
-    for m in prange(n_tilts):
-        a = _matrix_at(offdiag, diag, m)
-        w, c = np.linalg.eigh(a)
-        x = c[0, :].copy()
-        for it in range(n_t):
-            ph = TWO_PI * w * thickness[it]
-            vr = np.cos(ph) * x
-            vi = np.sin(ph) * x
-            pr = c @ vr
-            pi = c @ vi
-            for i in range(n):
-                out[it, m, i] = pr[i] * pr[i] + pi[i] * pi[i]
+    for m in prange(diag.shape[0]):
+        _intensities_real_tilt(offdiag, diag, m, thickness, out[:, m, :])
 
 
 @njit(parallel=True, cache=True)
 def intensities_hermitian(offdiag, diag, thickness, out):
     """Complex Hermitian structure matrices. out: (n_thickness, n_tilts, n_beams)."""
-    n_tilts, n = diag.shape
-    n_t = thickness.shape[0]
-    for m in prange(n_tilts):
-        a = _matrix_at(offdiag, diag, m)
-        w, c = np.linalg.eigh(a)
-        x = np.conj(c[0, :])
-        for it in range(n_t):
-            v = np.exp(1j * TWO_PI * w * thickness[it]) * x
-            psi = c @ v
-            for i in range(n):
-                out[it, m, i] = psi[i].real * psi[i].real + psi[i].imag * psi[i].imag
+    for m in prange(diag.shape[0]):
+        w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+        _write_intensities(w.astype(np.complex128), c, np.conj(c[0, :]), thickness, out[:, m, :])
 
 
 @njit(parallel=True, cache=True)
 def intensities_general(offdiag, diag, thickness, out):
     """General (absorbing, non-Hermitian) structure matrices; ``diag`` is complex."""
-    n_tilts, n = diag.shape
-    n_t = thickness.shape[0]
-    for m in prange(n_tilts):
-        a = _matrix_at(offdiag, diag, m)
-        w, c = np.linalg.eig(a)
+    n = diag.shape[1]
+    for m in prange(diag.shape[0]):
+        w, c = np.linalg.eig(_matrix_at(offdiag, diag, m))
         e0 = np.zeros(n, dtype=np.complex128)
         e0[0] = 1.0
-        x = np.linalg.solve(c, e0)
-        for it in range(n_t):
-            v = np.exp(1j * TWO_PI * w * thickness[it]) * x
-            psi = c @ v
-            for i in range(n):
-                out[it, m, i] = psi[i].real * psi[i].real + psi[i].imag * psi[i].imag
+        _write_intensities(w, c, np.linalg.solve(c, e0), thickness, out[:, m, :])
 
 
+# ------------------------------------------------------------------------------ eigensystems
 @njit(parallel=True, cache=True)
 def eigensystems_hermitian(offdiag, diag, w_out, c_out):
     """Eigenvalues (n_tilts, n) and eigenvectors (n_tilts, n, n) of Hermitian matrices."""
-    n_tilts, n = diag.shape
-    for m in prange(n_tilts):
-        a = _matrix_at(offdiag, diag, m)
-        w, c = np.linalg.eigh(a)
+    for m in prange(diag.shape[0]):
+        w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
         w_out[m, :] = w
         c_out[m, :, :] = c
 
@@ -87,12 +135,123 @@ def eigensystems_hermitian(offdiag, diag, w_out, c_out):
 @njit(parallel=True, cache=True)
 def eigensystems_general(offdiag, diag, w_out, c_out, cinv0_out):
     """Eigenvalues, eigenvectors and C⁻¹e₀ of general complex matrices."""
-    n_tilts, n = diag.shape
-    for m in prange(n_tilts):
-        a = _matrix_at(offdiag, diag, m)
-        w, c = np.linalg.eig(a)
-        e0 = np.zeros(n, dtype=np.complex128)
-        e0[0] = 1.0
+    for m in prange(diag.shape[0]):
+        w, c, cinv = _decompose_general(offdiag, diag, m)
         w_out[m, :] = w
         c_out[m, :, :] = c
-        cinv0_out[m, :] = np.linalg.solve(c, e0)
+        cinv0_out[m, :] = cinv[:, 0]
+
+
+# ------------------------------------------------------------------------------ derivatives
+@njit(cache=True)
+def csinc(z):
+    """sin(z)/z for complex z, stable at z → 0."""
+    if abs(z) < SINC_SERIES_BELOW:
+        z2 = z * z
+        return 1.0 - z2 / 6.0 + z2 * z2 / 120.0
+    return cmath.sin(z) / z
+
+
+@njit(cache=True)
+def divided_differences(lam, tau):
+    """F_jk = (e^{iτλ_j} − e^{iτλ_k}) / (λ_j − λ_k), F_jj = iτ e^{iτλ_j}; complex (n, n)."""
+    n = lam.shape[0]
+    h = np.empty(n, dtype=np.complex128)
+    for j in range(n):
+        h[j] = cmath.exp(0.5j * tau * lam[j])
+    f = np.empty((n, n), dtype=np.complex128)
+    for j in range(n):
+        for k in range(j, n):
+            val = 1j * tau * h[j] * h[k] * csinc(0.5 * tau * (lam[j] - lam[k]))
+            f[j, k] = val
+            f[k, j] = val
+    return f
+
+
+@njit(cache=True)
+def tilt_jacobian(lam, c, cinv, tau, pair_index, pair_sign, n_pairs, fac, kfac, ure, uim,
+                  u0s, out_i, out_j):
+    """Intensities and derivatives at one tilt from its decomposition.
+
+    lam (n,) complex eigenvalues [1/Å]; c, cinv (n, n) complex; tau = 2π t [Å]; fac = (1 + iκ)/(2K)
+    and kfac = i/(2K) [Å] complex; ure, uim (P,) current U_p [1/Å²] and u0s = U₀/(2K) [1/Å] (kfac,
+    ure, uim, u0s only enter the κ column, written when out_j has 2P + 2 columns);
+    out_i (n,), out_j (n, n_cols).
+    """
+    n = lam.shape[0]
+    n_cols = out_j.shape[1]
+    ex = np.empty(n, dtype=np.complex128)
+    v = np.empty(n, dtype=np.complex128)
+    for j in range(n):
+        ex[j] = cmath.exp(1j * tau * lam[j])
+        v[j] = cinv[j, 0]
+    xv = ex * v
+    psi = c @ xv
+    dxv = (1j * TWO_PI) * lam * xv  # d/dt (per Å) of diag(e^{iτλ}) v
+    dpsi = c @ dxv
+    for i in range(n):
+        out_i[i] = psi[i].real * psi[i].real + psi[i].imag * psi[i].imag
+        out_j[i, 2 * n_pairs] = 2.0 * (psi[i].conjugate() * dpsi[i]).real
+
+    f = divided_differences(lam, tau)
+    gm = np.empty((n, n), dtype=np.complex128)
+    for k in range(n):
+        for j in range(n):
+            gm[k, j] = f[k, j] * v[k]
+    bt = c @ gm  # bt[b, j] = B[j, b]
+    cinvt = np.ascontiguousarray(cinv.T)
+    y = np.zeros((2 * n_pairs, n), dtype=np.complex128)
+    for a in range(n):
+        for b in range(n):
+            p = pair_index[a, b]
+            if p < 0:
+                continue
+            s = pair_sign[a, b]
+            for j in range(n):
+                prod = cinvt[a, j] * bt[b, j]
+                y[p, j] += prod
+                y[n_pairs + p, j] += s * prod
+    ct = np.ascontiguousarray(c.T)
+    sp = y @ ct  # sp[p, n] = Σ_j Y[p, j] C[n, j]
+    ifac = 1j * fac
+    for i in range(n):
+        pc = psi[i].conjugate()
+        kap = 0.0j
+        for p in range(n_pairs):
+            s_plain = pc * sp[p, i]
+            s_sign = pc * sp[n_pairs + p, i]
+            out_j[i, p] = 2.0 * (fac * s_plain).real
+            out_j[i, n_pairs + p] = 2.0 * (ifac * s_sign).real
+            kap += ure[p] * s_plain + 1j * uim[p] * s_sign
+        if n_cols > 2 * n_pairs + 1:
+            out_j[i, 2 * n_pairs + 1] = 2.0 * (kfac * kap).real - 2.0 * tau * u0s * out_i[i]
+
+
+@njit(parallel=True, cache=True)
+def jacobian_real(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac, ure, uim,
+                  u0s, out_i, out_j):
+    """Real symmetric structure matrices (C real orthogonal, C⁻¹ = Cᵀ)."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_real(offdiag, diag, m)
+        tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
+                      kfac, ure, uim, u0s, out_i[m], out_j[m])
+
+
+@njit(parallel=True, cache=True)
+def jacobian_hermitian(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac,
+                       ure, uim, u0s, out_i, out_j):
+    """Complex Hermitian structure matrices (C unitary, C⁻¹ = Cᴴ)."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_hermitian(offdiag, diag, m)
+        tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
+                      kfac, ure, uim, u0s, out_i[m], out_j[m])
+
+
+@njit(parallel=True, cache=True)
+def jacobian_general(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac,
+                     ure, uim, u0s, out_i, out_j):
+    """General (absorbing) structure matrices; ``diag`` complex, C⁻¹ by inversion."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_general(offdiag, diag, m)
+        tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
+                      kfac, ure, uim, u0s, out_i[m], out_j[m])

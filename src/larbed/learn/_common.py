@@ -12,7 +12,8 @@ import xarray as xr
 
 from ..geometry import Geometry
 from ..metrics import r_factor
-from ..simulation import check_ug, extract_ug, simulate
+from ..schema import check_ug, extract_ug
+from ..simulation import simulate
 from .dataset import split_targets
 from .models import MODEL_KINDS
 from .results import TaskInputs

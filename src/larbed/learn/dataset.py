@@ -16,7 +16,6 @@ whether it is computed locally or on a Dask cluster.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,10 +28,13 @@ from typing import Literal, get_args
 import numpy as np
 import xarray as xr
 
+from .._checkpoint import fingerprint, load_npz, save_npz
+from .._types import RANDOM_PRIORS
 from ..geometry import Geometry
-from ..simulation import check_ug, pattern_coords, simulate
-from ..structure_factors import RANDOM_PRIORS, compute_ug, random_ug
-from .unique import choose_reference_reflections, make_unique_ug_vector
+from ..origin import choose_reference_reflections, make_unique_ug_vector
+from ..schema import check_ug, pattern_coords
+from ..simulation import simulate
+from ..structure_factors import compute_ug, random_ug
 
 __all__ = [
     "Channel",
@@ -136,8 +138,7 @@ class _Spec:
     geometry: str  # JSON of geometry.to_attrs()
 
     def digest(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint(asdict(self))
 
 
 def _sample_seed(spec: _Spec, i: int) -> np.random.SeedSequence:
@@ -250,10 +251,8 @@ def _chunk_file(folder: str, lo: int, hi: int) -> str:
 
 
 def _save_chunk(folder: str, part: dict) -> None:
-    final = _chunk_file(folder, part["lo"], part["hi"])
-    tmp = final + ".part.npz"
-    np.savez(tmp, intensity=part["intensity"], ug=part["ug"], thickness_nm=part["thickness_nm"])
-    os.replace(tmp, final)
+    save_npz(_chunk_file(folder, part["lo"], part["hi"]), intensity=part["intensity"], ug=part["ug"],
+             thickness_nm=part["thickness_nm"])
 
 
 def _load_chunk(folder: str, lo: int, hi: int) -> dict | None:
@@ -261,8 +260,8 @@ def _load_chunk(folder: str, lo: int, hi: int) -> dict | None:
     if not os.path.exists(name):
         return None
     try:
-        with np.load(name) as z:
-            part = {"lo": lo, "hi": hi, **{k: z[k] for k in ("intensity", "ug", "thickness_nm")}}
+        z = load_npz(name)
+        part = {"lo": lo, "hi": hi, **{k: z[k] for k in ("intensity", "ug", "thickness_nm")}}
     except (OSError, ValueError, KeyError) as exc:  # a truncated checkpoint: recompute it
         logger.warning("ignoring unreadable checkpoint %s (%s)", name, exc)
         return None
@@ -332,7 +331,7 @@ def generate_dataset(
         Apply :func:`~larbed.learn.make_unique_ug_vector` to every sample (thesis: yes).
     reference : optional
         Reference reflections of make-unique, shared by all samples. Default: chosen by the rule of
-        :mod:`larbed.learn.unique` from ``ug0`` (deviation) or from the geometry crystal's ComputeUg.
+        :mod:`larbed.origin` from ``ug0`` (deviation) or from the geometry crystal's ComputeUg.
     targets_rad : (float, float)
         Target phases of the two references [rad].
     seed : int or numpy.random.SeedSequence

@@ -71,7 +71,7 @@ class TaskInputs:
 
     def pattern_dataset(self) -> xr.Dataset:
         """The pattern as a labelled Dataset (tilt, beam)."""
-        from ..simulation import pattern_coords
+        from ..schema import pattern_coords
 
         ds = xr.Dataset(coords=pattern_coords(self.geometry))
         ds["intensity"] = (("tilt", "beam"), self.intensity(), {"units": "1"})
@@ -81,18 +81,16 @@ class TaskInputs:
 
 def save_results_dataset(ds: xr.Dataset, path: str | os.PathLike) -> None:
     """Write a results Dataset to netCDF (complex variables split exactly, see :mod:`larbed.io`)."""
-    from ..io import _encode, _write
+    from ..io import write_netcdf
 
-    _write(_encode(ds, "learn-result"), path)
+    write_netcdf(ds, path, "learn-result")
 
 
 def load_results_dataset(path: str | os.PathLike) -> xr.Dataset:
     """Read a file written by :func:`save_results_dataset` (or a ``Task*Result.save``)."""
-    from ..io import _KIND_ATTR, _open
+    from ..io import read_netcdf
 
-    ds = _open(path)
-    ds.attrs.pop(_KIND_ATTR, None)
-    return ds
+    return read_netcdf(path)
 
 
 def _labelled_ug(geometry: Geometry, values: np.ndarray, source: str) -> xr.DataArray:
@@ -157,7 +155,7 @@ class Task1Result:
 
     def plot(self, out_dir: str | os.PathLike) -> list[str]:
         """PNG figures (loss curves, R vs scale, predicted vs true U_g) in ``out_dir``."""
-        from .plotting import plot_task1
+        from ..plotting.learn import plot_task1
 
         return plot_task1(self, out_dir)
 
@@ -249,6 +247,6 @@ class Task2Result:
 
     def plot(self, out_dir: str | os.PathLike) -> list[str]:
         """PNG figures (losses, R and thickness vs iteration, U_g, images) in ``out_dir``."""
-        from .plotting import plot_task2
+        from ..plotting.learn import plot_task2
 
         return plot_task2(self, out_dir)

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import xarray as xr
 
+from .._checkpoint import atomic_dir, load_npz, read_json, save_npz, write_json, write_text
+from ..origin import choose_reference_reflections, make_unique_ug_vector
 from ..simulation import simulate
 from ..structure_factors import compute_ug
 from ._common import (
@@ -29,7 +31,6 @@ from ._common import (
 from .dataset import THICKNESS_JITTER_NM, deviate_ug, generate_dataset, make_targets
 from .results import Task2Result
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
-from .unique import choose_reference_reflections, make_unique_ug_vector
 
 __all__ = ["run_task2"]
 
@@ -47,21 +48,12 @@ def _write_checkpoint(
     folder: str, iteration: int, reg: Regressor, x, y, hist: dict, meta: dict
 ) -> None:
     name = f"state_{iteration:05d}"
-    target = os.path.join(folder, name)
-    tmp = target + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    reg.save_state(os.path.join(tmp, "model.npz"))
-    np.savez(os.path.join(tmp, "train.npz"), x=x, y=y)
-    np.savez(os.path.join(tmp, "history.npz"), **hist)
-    with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as fh:
-        json.dump(meta, fh)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    latest = os.path.join(folder, "LATEST")
-    with open(latest + ".tmp", "w", encoding="utf-8") as fh:
-        fh.write(name)
-    os.replace(latest + ".tmp", latest)
+    with atomic_dir(os.path.join(folder, name)) as tmp:
+        reg.save_state(os.path.join(tmp, "model.npz"))
+        save_npz(os.path.join(tmp, "train.npz"), x=x, y=y)
+        save_npz(os.path.join(tmp, "history.npz"), **hist)
+        write_json(os.path.join(tmp, "meta.json"), meta)
+    write_text(os.path.join(folder, "LATEST"), name)
     for old in os.listdir(folder):
         if old.startswith("state_") and old != name:
             shutil.rmtree(os.path.join(folder, old), ignore_errors=True)
@@ -73,12 +65,12 @@ def _read_checkpoint(folder: str):
         return None
     with open(latest, encoding="utf-8") as fh:
         target = os.path.join(folder, fh.read().strip())
-    with open(os.path.join(target, "meta.json"), encoding="utf-8") as fh:
-        meta = json.load(fh)
-    with np.load(os.path.join(target, "train.npz")) as z:
-        x, y = z["x"], z["y"]
-    with np.load(os.path.join(target, "history.npz")) as z:
-        hist = {k: z[k] for k in z.files}
+    meta = read_json(os.path.join(target, "meta.json"))
+    if meta is None:
+        raise ValueError(f"task 2 checkpoint {target!r} is unreadable; delete it or start afresh")
+    train = load_npz(os.path.join(target, "train.npz"))
+    x, y = train["x"], train["y"]
+    hist = load_npz(os.path.join(target, "history.npz"))
     return target, meta, x, y, hist
 
 

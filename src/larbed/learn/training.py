@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .._checkpoint import load_npz, save_npz
 from ..geometry import Geometry
 from .models import (
     MODEL_KINDS,
@@ -411,16 +412,13 @@ class Regressor:
         state = self.get_state()
         arrays = {f"w{i:04d}": w for i, w in enumerate(state["weights"])}
         arrays.update({f"o{i:04d}": v for i, v in enumerate(state["optimizer"])})
-        path = os.fspath(path)
-        tmp = path + ".part.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
+        save_npz(path, **arrays)
 
     def load_state(self, path: str | os.PathLike) -> None:
         """Read a file written by :meth:`save_state`."""
-        with np.load(os.fspath(path)) as z:
-            w = [z[k] for k in sorted(k for k in z.files if k.startswith("w"))]
-            o = [z[k] for k in sorted(k for k in z.files if k.startswith("o"))]
+        z = load_npz(path)
+        w = [z[k] for k in sorted(k for k in z if k.startswith("w"))]
+        o = [z[k] for k in sorted(k for k in z if k.startswith("o"))]
         self.set_state({"weights": w, "optimizer": o})
 
     def full_model(self):

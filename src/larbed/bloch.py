@@ -1,0 +1,131 @@
+"""Structure matrices and the Bloch-wave kernels: the one module that calls :mod:`larbed._kernels`.
+
+* :func:`prepare_matrices` turns U_g (and absorption) into the kernels' scaled inputs and picks the
+  eigensolver path: real symmetric when every U_g is real, complex Hermitian, or general when
+  absorbing;
+* :func:`intensities`, :func:`jacobian` and :func:`eigensystems` run the kernel of that path over all
+  tilts, with :func:`larbed.threads.kernel_threads` (tilts in parallel, one BLAS thread each).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ._kernels import bloch as _kernels
+from ._types import EIGEN_PATHS, EigenPath
+from .geometry import Geometry
+from .origin import REAL_RTOL, phase_factors, real_origin_shift
+from .structure_factors import ug_matrix
+from .symmetry import tilt_symmetry
+from .threads import kernel_threads
+
+__all__ = ["eigensystems", "intensities", "is_real_ug", "jacobian", "prepare_matrices"]
+
+logger = logging.getLogger(__name__)
+
+_INTENSITY = {"real": _kernels.intensities_real, "hermitian": _kernels.intensities_hermitian,
+              "general": _kernels.intensities_general}
+_JACOBIAN = {"real": _kernels.jacobian_real, "hermitian": _kernels.jacobian_hermitian,
+             "general": _kernels.jacobian_general}
+
+
+def _check_path(path: str) -> None:
+    if path not in EIGEN_PATHS:
+        raise ValueError(f"unknown eigensolver path {path!r}; choose one of {EIGEN_PATHS}")
+
+
+def is_real_ug(values: np.ndarray) -> bool:
+    """True when every U_g is real to round-off (then the real symmetric eigensolver serves)."""
+    values = np.asarray(values)
+    scale = max(float(np.max(np.abs(values), initial=0.0)), 1e-300)
+    return bool(np.max(np.abs(values.imag), initial=0.0) <= REAL_RTOL * scale)
+
+
+def prepare_matrices(
+    geometry: Geometry,
+    ug_values: np.ndarray,
+    absorption: float | None = None,
+    u0: float = 0.0,
+    *,
+    allow_origin_shift: bool = False,
+):
+    """Kernel inputs scaled by 1/(2K): (offdiag, diag, path) with path in {'real', 'hermitian', 'general'}.
+
+    With ``allow_origin_shift`` complex U_g of a projection that is centrosymmetric about some
+    in-plane point are moved to that origin (see :func:`real_origin_shift`) and take the real
+    path: the intensities are the same, but the matrix no longer matches ``ug_values`` element by
+    element (so derivative code must leave it off).
+    """
+    inv2k = 1.0 / (2.0 * geometry.k0)
+    mat = ug_matrix(geometry, ug_values) * inv2k
+    diag = geometry.excitation_diagonal * inv2k
+    if absorption is not None and absorption != 0.0:
+        off = mat * (1.0 + 1j * absorption)
+        dg = diag.astype(complex) + 1j * absorption * u0 * inv2k
+        return np.ascontiguousarray(off), np.ascontiguousarray(dg), "general"
+    if is_real_ug(ug_values):
+        return np.ascontiguousarray(mat.real), np.ascontiguousarray(diag), "real"
+    centres = real_origin_shift(geometry, ug_values) if allow_origin_shift else []
+    if centres:
+        # of the centres of symmetry, take the one with the most tilt-grid symmetry
+        best = None
+        for r0 in centres:
+            shifted = np.asarray(ug_values) * phase_factors(geometry, r0)
+            if not is_real_ug(shifted):
+                continue
+            cand = np.ascontiguousarray(ug_matrix(geometry, shifted.real).real * inv2k)
+            n_ops = len(tilt_symmetry(geometry, cand))
+            if best is None or n_ops > best[0]:
+                best = (n_ops, cand)
+        if best is not None:
+            return best[1], np.ascontiguousarray(diag), "real"
+    return np.ascontiguousarray(mat), np.ascontiguousarray(diag.astype(float)), "hermitian"
+
+
+def intensities(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath,
+                thickness_a: np.ndarray) -> np.ndarray:
+    """|ψ|² over (thickness, tilt, beam) for thicknesses ``thickness_a`` [Å] (inputs from
+    :func:`prepare_matrices`); unfilled values would be NaN."""
+    _check_path(path)
+    thick = np.ascontiguousarray(np.atleast_1d(thickness_a), dtype=float)
+    out = np.full((thick.size,) + diag.shape, np.nan)
+    with kernel_threads():
+        _INTENSITY[path](offdiag, np.ascontiguousarray(diag), thick, out)
+    return out
+
+
+def jacobian(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a: float,
+             geometry: Geometry, ug: np.ndarray, fac: complex, u0: float,
+             kappa_column: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities (tilt, beam) and their derivatives (tilt, beam, column) [columns as in
+    :mod:`larbed._kernels.bloch`] at thickness ``thickness_a`` [Å]; ``fac`` = (1 + iκ)/(2K)."""
+    _check_path(path)
+    m, n = diag.shape
+    p = geometry.n_reflections
+    out_i = np.empty((m, n))
+    out_j = np.empty((m, n, 2 * p + 1 + int(kappa_column)))
+    inv2k = 1.0 / (2.0 * geometry.k0)
+    with kernel_threads():
+        _JACOBIAN[path](offdiag, np.ascontiguousarray(diag), float(thickness_a),
+                        np.ascontiguousarray(geometry.pair_index, dtype=np.int64),
+                        np.ascontiguousarray(geometry.pair_sign, dtype=np.int64), p, fac,
+                        1j * inv2k, np.ascontiguousarray(ug.real), np.ascontiguousarray(ug.imag),
+                        u0 * inv2k, out_i, out_j)
+    return out_i, out_j
+
+
+def eigensystems(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath):
+    """Eigenvalues (tilt, n) and eigenvectors (tilt, n, n) — and C⁻¹e₀ on the general path."""
+    _check_path(path)
+    m, n = diag.shape
+    with kernel_threads():
+        if path == "general":
+            w, c, cinv0 = (np.empty((m, n), complex), np.empty((m, n, n), complex),
+                           np.empty((m, n), complex))
+            _kernels.eigensystems_general(offdiag.astype(complex), diag.astype(complex), w, c, cinv0)
+            return w, c, cinv0
+        w, c = np.empty((m, n)), np.empty((m, n, n), complex)
+        _kernels.eigensystems_hermitian(offdiag.astype(complex), np.ascontiguousarray(diag, float), w, c)
+        return w, c

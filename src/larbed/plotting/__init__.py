@@ -1,0 +1,20 @@
+"""Pictures with matplotlib (non-interactive; every function returns a ``Figure``).
+
+:mod:`~larbed.plotting.pattern`: patterns as 2-D LARBED images, thickness series, fit comparisons;
+:mod:`~larbed.plotting.determination`: U_g with error bars and refinement histories;
+:mod:`~larbed.plotting.learn`: the figures of the network tasks.
+"""
+
+from .determination import plot_refinement_history, plot_ug
+from .pattern import (
+    INTENSITY_LABEL,
+    LOG_FLOOR,
+    MAX_SERIES_PANELS,
+    compare_patterns,
+    pattern_image,
+    plot_pattern,
+    plot_thickness_series,
+)
+
+__all__ = ["INTENSITY_LABEL", "LOG_FLOOR", "MAX_SERIES_PANELS", "compare_patterns", "pattern_image", "plot_pattern", "plot_refinement_history",
+           "plot_thickness_series", "plot_ug"]

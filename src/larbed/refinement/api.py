@@ -1,0 +1,404 @@
+"""The refinement entry points: :func:`refine` and :func:`thickness_scan`.
+
+:func:`refine` is weighted least squares of U_g, thickness and absorption against a pattern:
+Levenberg–Marquardt (:mod:`larbed.refinement.solver`) on normal equations summed over tilt chunks
+(:mod:`larbed.refinement.jacobian`), Poisson re-weighting passes when a dose is known, resumable
+checkpoints, and a :class:`~larbed.refinement.result.RefinementResult` with standard errors and
+trust warnings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from .._checkpoint import fingerprint, read_json, write_json
+from .._types import SCAN_METRICS, WEIGHTS, ScanMetric, Weights
+from ..geometry import Geometry
+from ..metrics import dose_column
+from ..resources import estimate_jacobian
+from ..schema import check_diffracted, check_pattern, check_thickness, check_ug, pattern_dose
+from ..symmetry import SymmetryGroup, symmetry_groups
+from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, check_thresholds
+from .jacobian import ForwardModel, WeightedProblem, masked_r, simulated_chunks
+from .parameters import ParameterMap, build_map, check_start_thickness, gauge_basis, reflection_mask
+from .result import RefinementResult, build_result
+from .solver import LMState, covariance, levenberg_marquardt, restore_undetermined
+
+__all__ = ["refine", "thickness_scan"]
+
+logger = logging.getLogger(__name__)
+
+#: Poisson variances: σ² = max(I, floor/dose)/dose, floor 1 count for the data-based first pass and
+#: this for the model-based passes (the maximum-likelihood fit needs σ² = I_model/dose).
+MODEL_VARIANCE_FLOOR = 1e-3
+#: A Poisson re-weighting pass that raises R by more than this factor is undone.
+POISSON_REVERT_FACTOR = 1.05
+#: A refinement iteration estimated to take longer than this [s] is announced in the log.
+ANNOUNCE_ITERATION_S = 10.0
+
+
+def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
+                   absorption: float | None = None, metric: ScanMetric = "r_factor",
+                   dose: float | None = None) -> xr.DataArray:
+    """Agreement between ``pattern`` and simulations with fixed U_g over a range of thicknesses.
+
+    One eigen-decomposition per tilt serves all thicknesses.
+
+    Parameters
+    ----------
+    pattern : xarray.Dataset, xarray.DataArray or ndarray
+        Measured intensities over (tilt, beam).
+    geometry : Geometry
+    ug : xarray.DataArray or array_like
+        Structure factors [1/Å²].
+    thicknesses_nm : array_like, optional
+        Thicknesses to try [nm]; default 5 to 100 nm in 0.25 nm steps.
+    absorption : float, optional
+        Proportional absorption κ.
+    metric : {'r_factor', 'chi2'}
+        R = Σ|I − I_sim|/Σ I, or χ² with Poisson variances I/dose (needs a dose) per data point.
+    dose : float, optional
+        Electrons per tilt (default: ``pattern.attrs['dose']``).
+
+    Returns
+    -------
+    xarray.DataArray
+        The metric over ``thickness`` [nm]; ``attrs['best_thickness_nm']`` and
+        ``attrs['best_value']`` give the minimum.
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry, compute_ug, simulate
+    >>> xtal = Crystal.builtin("SrTiO3")
+    >>> geo = Geometry(xtal, 120, (0, 0, 1), 9, 13, 70)
+    >>> ug = compute_ug(xtal, geo)
+    >>> scan = thickness_scan(simulate(geo, ug, 31.5), geo, ug)
+    >>> scan.attrs["best_thickness_nm"]
+    31.5
+    """
+    exp = check_pattern(pattern, geometry, dose)
+    ug_da = check_ug(geometry, ug)
+    if metric not in SCAN_METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {SCAN_METRICS}")
+    thick = (np.arange(5.0, 100.0 + 1e-9, 0.25) if thicknesses_nm is None
+             else check_thickness(thicknesses_nm, "thicknesses_nm"))
+    inv_var = None
+    if metric == "chi2":
+        d = pattern_dose(pattern, dose, geometry.n_tilts)
+        if d is None:
+            raise ValueError("metric='chi2' needs a dose (argument or pattern.attrs['dose'])")
+        dc = dose_column(d)
+        inv_var = dc / np.maximum(exp, 1.0 / dc)
+    values = np.zeros(len(thick))
+    for rows, sim in simulated_chunks(geometry, ug_da, thick, absorption):
+        diff = sim - exp[None, rows]
+        if inv_var is None:
+            values += np.abs(diff).sum(axis=(1, 2))
+        else:
+            values += (diff**2 * inv_var[None, rows]).sum(axis=(1, 2))
+    values /= exp.sum() if inv_var is None else exp.size
+    units = "1"
+    best = int(np.argmin(values))
+    return xr.DataArray(
+        values, dims=("thickness",),
+        coords={"thickness": ("thickness", thick, {"units": "nm"})},
+        name=metric,
+        attrs={"units": units, "metric": metric, "best_thickness_nm": float(thick[best]),
+               "best_value": float(values[best])},
+    )
+
+
+@dataclass
+class _Setup:
+    """Everything :func:`refine` derives from its inputs before the first iteration."""
+
+    exp: np.ndarray
+    ug: xr.DataArray
+    dose: object
+    weights: str
+    pmap: ParameterMap
+    model: ForwardModel
+    x0: np.ndarray
+    prior: tuple | None
+    fingerprint: str
+    absorbing: bool
+
+    def weights_for(self, x_w) -> np.ndarray:
+        """1/σ²: ones, or Poisson from the data (``x_w`` None) or from the fit at ``x_w``."""
+        if self.weights == "none":
+            return np.ones_like(self.exp)
+        dc = dose_column(self.dose)
+        if x_w is None:  # first pass: data-based variances with a floor of one count
+            return dc / np.maximum(self.exp, 1.0 / dc)
+        return dc / np.maximum(self.model.intensities(x_w), MODEL_VARIANCE_FLOOR / dc)
+
+
+def _prior(prior, p: int):
+    if prior is None:
+        return None
+    if not isinstance(prior, (tuple, list)) or len(prior) != 2:
+        raise TypeError("prior must be a (centre, sigma) pair")
+    centre = np.broadcast_to(np.asarray(prior[0], complex), (p,))
+    sigma = np.broadcast_to(np.asarray(prior[1], float), (p,))
+    if not np.all(np.isfinite(centre)) or np.any(np.isnan(sigma)) or np.any(sigma <= 0):
+        raise ValueError("prior: centre must be finite and sigma positive (inf for no prior)")
+    return np.concatenate([centre.real, centre.imag]), np.concatenate([sigma, sigma])
+
+
+def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, dose, symmetry,
+           real, absorption, refine_absorption, refine_reflections, prior, max_iter) -> _Setup:
+    """Validate the inputs (ValueError before any fitting) and build the parameter map."""
+    exp = check_pattern(pattern, geometry, dose)
+    check_diffracted(exp)
+    ug_da = check_ug(geometry, ug0)
+    t0 = check_start_thickness(thickness_nm0)
+    if weights not in WEIGHTS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
+    d = pattern_dose(pattern, dose, geometry.n_tilts)
+    if weights == "auto":
+        weights = "poisson" if d is not None else "none"
+    if weights == "poisson" and d is None:
+        raise ValueError("weights='poisson' needs a dose (argument or pattern.attrs['dose'])")
+    if absorption is not None:
+        absorption = float(absorption)
+        if not np.isfinite(absorption) or absorption < 0:
+            raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
+    if refine_absorption and absorption is None:
+        raise ValueError("refine_absorption=True needs a starting absorption (e.g. absorption=0.05)")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, (int, np.integer)) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive integer, got {max_iter!r}")
+    vals = ug_da.values
+    if real and np.max(np.abs(vals.imag), initial=0) > 1e-12 * max(np.max(np.abs(vals)), 1e-300):
+        raise ValueError("real=True needs a real starting U_g (Im U_g = 0); "
+                         "align the origin first (e.g. make_unique_ug_vector) or use real=False")
+    p = geometry.n_reflections
+    absorbing = absorption is not None
+    groups = ([SymmetryGroup(((i, 1),), False) for i in range(p)] if symmetry is None
+              else symmetry_groups(geometry, symmetry, intensity=exp, dose=d))
+    free = reflection_mask(geometry, refine_reflections)
+    x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
+    pmap = build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
+                     absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
+    n_q, n_data = pmap.t.shape[1], int(np.isfinite(exp).sum())
+    if n_q == 0:
+        raise ValueError("nothing to refine: no free U_g, thickness or absorption")
+    if n_q >= n_data:
+        raise ValueError(f"{n_q} free parameters but only {n_data} measured intensities: the pattern "
+                         "cannot determine them (tie U_g by symmetry, fix some, or record more tilts)")
+    prior_x = _prior(prior, p)
+    if symmetry is not None:
+        moved = np.max(np.abs(pmap.x(pmap.q(x0)) - x0)[:2 * p])
+        logger.info("symmetry constraint moved the start by up to %.3g 1/Å²", moved)
+    settings = {"weights": weights, "symmetry": [g.members for g in groups], "real": real,
+                "refine_thickness": refine_thickness, "refine_absorption": refine_absorption,
+                "free": None if free is None else free.tolist(), "prior": None if prior_x is None else
+                [prior_x[0].tolist(), np.where(np.isfinite(prior_x[1]), prior_x[1], -1).tolist()]}
+    fp = fingerprint(exp, None if d is None else np.asarray(d, float), np.asarray(x0),
+                     geometry.to_attrs(), settings)
+    model = ForwardModel(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, refine_absorption)
+    return _Setup(exp, ug_da, d, weights, pmap, model, x0, prior_x, fp, absorbing)
+
+
+def _load_checkpoint(path, n_x: int, fp: str):
+    if path is None or not os.path.exists(path):
+        return None
+    state = read_json(path)
+    if state is None:
+        raise ValueError(f"refinement checkpoint {os.fspath(path)!r} is unreadable (corrupt?); larbed "
+                         "does not overwrite it: delete it or give another checkpoint path")
+    if state.get("fingerprint", fp) != fp or len(state.get("x", [])) != n_x:
+        raise ValueError(f"refinement checkpoint {os.fspath(path)!r} belongs to another pattern or "
+                         "other settings; delete it or give another checkpoint path")
+    return state
+
+
+def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=None) -> None:
+    """``finished_with``: the iteration limits of a finished refinement (None while it runs)."""
+    write_json(path, {"fingerprint": fp, "x": np.asarray(x).tolist(), "history": history,
+                      "stage": stage, "finished": finished_with is not None, "limits": finished_with,
+                      "x_weights": None if x_weights is None else np.asarray(x_weights).tolist()})
+
+
+def _log_cost(geometry: Geometry, n_q: int, chunk: int) -> None:
+    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk)
+    msg = (f"refine: {geometry.n_tilts} tilts × {geometry.n_beams} beams, {n_q} free parameters, "
+           f"Jacobian in chunks of {chunk} tilts; about {est.seconds:.3g} s and "
+           f"{est.memory_bytes / 2**20:.0f} MiB per iteration")
+    (logger.warning if est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
+
+
+def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_weights, *,
+            n_stages: int, max_iter: int, ftol: float, bar, save):
+    """The least-squares pass and the Poisson re-weighting passes; (state, x_weights, stage)."""
+    geometry = su.model.geometry
+    prev_weights = None  # weights of the previous pass, under which q_before was fitted
+    stage = stage0
+    for stage in range(stage0, n_stages):
+        if stage > stage0 or (stage > 0 and x_weights is None):
+            prev_weights, x_weights = x_weights, su.pmap.x(state.q)
+            prob.set_weights(su.weights_for(x_weights))
+        q_before = state.q.copy()
+        r_before = masked_r(su.exp, su.model.intensities(su.pmap.x(q_before))) if stage > 0 else np.inf
+        state.mu = None
+        state = levenberg_marquardt(prob, state, max_iter=max_iter, ftol=ftol, xtol=ftol,
+                                    stage=stage, bar=bar,
+                                    on_iteration=lambda st, s=stage, w=x_weights: save(st, s, w))
+        if stage > 0 and masked_r(su.exp, state.inten) > POISSON_REVERT_FACTOR * r_before:
+            # model-based weights only make sense near the solution: keep the previous pass
+            logger.warning("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping "
+                           "the previous pass (the fit is far from the data)", stage, r_before,
+                           masked_r(su.exp, state.inten))
+            state.q, x_weights = q_before, prev_weights
+            prob.set_weights(su.weights_for(x_weights))
+            state.r, state.inten, state.hess, _ = prob.normal_equations(q_before)
+            break
+        if stage > 0:
+            cov, _ = covariance(state.hess, gauge_basis(su.pmap, geometry, su.pmap.x(state.q)))
+            sig = np.sqrt(np.abs(np.diag(cov)))
+            if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
+                break
+    return state, x_weights, stage
+
+
+def refine(
+    pattern,
+    geometry: Geometry,
+    ug0,
+    thickness_nm0: float,
+    *,
+    refine_thickness: bool = True,
+    weights: Weights = "auto",
+    dose=None,
+    symmetry=None,
+    real: bool = False,
+    absorption: float | None = None,
+    refine_absorption: bool = False,
+    refine_reflections=None,
+    prior=None,
+    max_iter: int = 100,
+    ftol: float = 1e-10,
+    poisson_passes: int = 3,
+    chi2_max: float = CHI2_MAX,
+    r_noise_factor: float = R_NOISE_FACTOR,
+    r_max: float = R_MAX_NOISE_FREE,
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+) -> RefinementResult:
+    """Least-squares refinement of U_g and thickness against a pattern.
+
+    Levenberg–Marquardt on the intensities with the exact Jacobian (:func:`intensity_jacobian`).
+
+    Parameters
+    ----------
+    pattern : xarray.Dataset, xarray.DataArray or ndarray
+        Measured intensities over (tilt, beam), fractions of the incident beam.
+    geometry : Geometry
+        Must match the pattern (beams, tilts, voltage).
+    ug0 : xarray.DataArray or array_like
+        Starting U_g [1/Å²], one per Friedel pair.
+    thickness_nm0 : float
+        Starting thickness [nm], > 0.
+    refine_thickness : bool
+        Refine t (else keep it fixed).
+    weights : {'auto', 'poisson', 'none'}
+        ``'poisson'``: w = 1/σ² with σ² = I/dose (data-based in the first pass, then the fitted
+        intensities, iterated — the Poisson maximum-likelihood fit); ``'none'``: w = 1;
+        ``'auto'``: Poisson when a dose is known.
+    dose : float, optional
+        Electrons per tilt (default ``pattern.attrs['dose']``).
+    symmetry : None, 'auto', 'pattern', 'crystal' or sequence
+        Tie symmetry-equivalent U_g (see :func:`larbed.symmetry.symmetry_groups`: ``'auto'`` detects
+        the pattern's point group, ``'crystal'`` uses the geometry's atoms, or give operation names
+        or groups of (h, k, l)). The constraints hold with the origin on the symmetry elements; the
+        start is projected onto them (group means) as it is, so give a start in that origin
+        (e.g. :func:`larbed.symmetry.align_to_groups`).
+    real : bool
+        Keep every U_g real (centrosymmetric projection, origin on the centre); the start must be real.
+    absorption : float, optional
+        Proportional absorption κ (fixed, or the start when ``refine_absorption``).
+    refine_absorption : bool
+        Refine κ too (needs ``absorption``).
+    refine_reflections : bool mask or sequence of (h, k, l), optional
+        Refine only these U_g; the others stay at the start (continuation strategies).
+    prior : (centre, sigma), optional
+        Gaussian prior on U_g: ``centre`` (n_reflections,) complex U_g [1/Å²] and ``sigma``
+        (n_reflections,) [1/Å²], ``inf`` for none. Adds the residuals (Re U − Re c)/σ and
+        (Im U − Im c)/σ to the weighted intensity residuals: with Poisson weights a maximum a
+        posteriori fit, with ``weights='none'`` σ counts in units of U per unit intensity residual.
+        It keeps U_g that the data hardly see from running off (continuation strategies); the
+        standard errors are then the posterior ones.
+    max_iter : int
+        Iterations per pass.
+    ftol : float
+        Converged when the relative χ² decrease (or the scaled step) falls below this twice.
+    poisson_passes : int
+        Re-weighting passes with model variances after the first (Poisson weights only).
+    progress : bool
+        Show a progress bar.
+    checkpoint : path, optional
+        JSON file written after every iteration; an existing one restarts from its parameters.
+
+    Returns
+    -------
+    RefinementResult
+
+    Examples
+    --------
+    >>> from larbed import Crystal, Geometry, compute_ug, simulate
+    >>> xtal = Crystal.builtin("SrTiO3")
+    >>> geo = Geometry(xtal, 120, (0, 0, 1), 9, 13, 70)
+    >>> truth = compute_ug(xtal, geo)
+    >>> res = refine(simulate(geo, truth, 30.0), geo, truth * 1.05, 29.0, progress=False)
+    >>> res.r_factor < 1e-8, round(res.thickness_nm, 6)
+    (True, 30.0)
+    """
+    su = _setup(pattern, geometry, ug0, thickness_nm0, refine_thickness=refine_thickness,
+                weights=weights, dose=dose, symmetry=symmetry, real=real, absorption=absorption,
+                refine_absorption=refine_absorption, refine_reflections=refine_reflections,
+                prior=prior, max_iter=max_iter)
+    check_thresholds(chi2_max, r_noise_factor, r_max)
+    pmap = su.pmap
+    limits_used = [int(max_iter), float(ftol), int(poisson_passes)]  # a rerun with others continues
+    q, history, stage0, x_weights, finished = pmap.q(su.x0), [], 0, None, False
+    saved = _load_checkpoint(checkpoint, len(su.x0), su.fingerprint)
+    if saved is not None:
+        q = pmap.q(np.asarray(saved["x"], float))
+        history = [tuple(h) for h in saved["history"]]
+        stage0 = int(saved.get("stage", 0))
+        finished = bool(saved.get("finished", False)) and saved.get("limits") == limits_used
+        x_weights = None if saved.get("x_weights") is None else np.asarray(saved["x_weights"], float)
+        logger.info("%s refinement from %s (%d iterations done)",
+                    "reusing the finished" if finished else "resuming", checkpoint, len(history))
+    n_stages = 1 + (poisson_passes if su.weights == "poisson" else 0)
+
+    def save(st, stage, x_w, done=False):
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, su.fingerprint, pmap.x(st.q), st.history, stage, x_w,
+                             limits_used if done else None)
+
+    from tqdm.auto import tqdm
+
+    prob = WeightedProblem(su.model, pmap, su.exp, su.weights_for(x_weights), su.prior)
+    state = LMState(q=q, history=history, iterations=len(history))
+    _log_cost(geometry, pmap.t.shape[1], prob.chunk)
+    bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
+               disable=not progress or finished, leave=False)
+    try:
+        stage = stage0
+        if finished:
+            state.r, state.inten, state.hess, _ = prob.normal_equations(state.q)
+            state.converged, state.message = True, "finished earlier (reused from the checkpoint)"
+        else:
+            state, x_weights, stage = _passes(su, prob, state, stage0, x_weights, n_stages=n_stages,
+                                              max_iter=max_iter, ftol=ftol, bar=bar, save=save)
+            restore_undetermined(prob, state, pmap.q(su.x0), max_iter=max_iter, ftol=ftol)
+        save(state, stage, x_weights, done=True)
+        return build_result(prob, state, geometry, su.ug, su.weights, su.absorbing, su.dose,
+                            (chi2_max, r_noise_factor, r_max))
+    finally:
+        bar.close()

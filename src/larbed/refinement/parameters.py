@@ -1,0 +1,128 @@
+"""The parameters of a refinement: x = base + T q, symmetry ties, the origin gauge.
+
+The full vector x = [Re U_p (P), Im U_p (P), t [nm], (κ)] holds every quantity the forward model
+needs; the free parameters q are the symmetry-reduced ones (one Re, and Im unless real, per group of
+tied U_g; t; κ). The origin shifts (U_g → U_g exp(2πi g·r0)) are exact null directions of the
+intensities: :func:`gauge_basis` gives them in q.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..geometry import Geometry
+from ..schema import check_thickness
+from ..symmetry import SymmetryGroup, reflection_index
+
+__all__ = ["GAUGE_RTOL", "MIN_THICKNESS_NM", "ParameterMap", "build_map", "check_start_thickness",
+           "gauge_basis", "reflection_mask"]
+
+#: Refinement keeps the thickness at or above this [nm] (a step below is clipped).
+MIN_THICKNESS_NM = 0.1
+#: An origin shift is a null direction of the constrained problem when the parametrization
+#: reproduces it to this relative accuracy.
+GAUGE_RTOL = 1e-8
+
+
+@dataclass
+class ParameterMap:
+    """x = base + T q: the free parameters q and their place in the full vector x."""
+
+    base: np.ndarray
+    t: np.ndarray
+    labels: list[str]
+
+    def x(self, q):
+        return self.base + self.t @ q
+
+    def q(self, x):
+        # columns have disjoint supports with entries ±1: the projection is a signed mean
+        norm = np.sum(self.t**2, axis=0)
+        return (self.t.T @ (x - self.base)) / norm
+
+
+def build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup], real: bool, refine_thickness: bool,
+               absorbing: bool, refine_absorption: bool, free_reflections=None) -> ParameterMap:
+    p = geometry.n_reflections
+    n_x = len(x0)
+    cols: list[np.ndarray] = []
+    labels: list[str] = []
+    names = geometry.reflection_labels()
+    free = np.ones(p, bool) if free_reflections is None else np.asarray(free_reflections, bool)
+    covered = np.zeros(n_x, bool)
+    for group in groups:
+        is_real = real or group.real
+        members = group.members
+        if not any(free[q] for q, _ in members):
+            continue
+        col = np.zeros(n_x)
+        for q, _ in members:
+            col[q] = 1.0
+        cols.append(col)
+        labels.append(f"Re U({names[members[0][0]]})")
+        for q, _ in members:
+            covered[q] = True
+            covered[p + q] = is_real  # a real group pins Im U to 0
+        if not is_real:
+            col = np.zeros(n_x)
+            for q, s in members:
+                col[p + q] = float(s)
+                covered[p + q] = True
+            cols.append(col)
+            labels.append(f"Im U({names[members[0][0]]})")
+    for flag, idx, label in ((refine_thickness, 2 * p, "t"),
+                             (absorbing and refine_absorption, 2 * p + 1, "kappa")):
+        if flag:
+            col = np.zeros(n_x)
+            col[idx] = 1.0
+            cols.append(col)
+            labels.append(label)
+            covered[idx] = True
+    t = np.stack(cols, axis=1) if cols else np.zeros((n_x, 0))
+    base = np.where(covered, 0.0, x0)
+    return ParameterMap(base, t, labels)
+
+
+def gauge_basis(pmap: ParameterMap, geometry: Geometry, x: np.ndarray) -> np.ndarray:
+    """Orthonormal (Q, k) basis of the origin-shift directions that the parametrization allows."""
+    p = geometry.n_reflections
+    ure, uim = x[:p], x[p:2 * p]
+    vecs = []
+    for axis in range(2):
+        g = 2 * np.pi * geometry.reflection_xy[:, axis]
+        n = np.zeros(len(x))
+        n[:p], n[p:2 * p] = -g * uim, g * ure  # d/dr0 of U exp(2πi g·r0) at r0 = 0
+        if not np.any(n):
+            continue
+        q, *_ = np.linalg.lstsq(pmap.t, n, rcond=None)
+        if np.linalg.norm(pmap.t @ q - n) <= GAUGE_RTOL * np.linalg.norm(n):
+            vecs.append(q)
+    if not vecs:
+        return np.zeros((pmap.t.shape[1], 0))
+    basis, sv, _ = np.linalg.svd(np.stack(vecs, axis=1), full_matrices=False)
+    return basis[:, sv > 1e-12 * sv[0]]
+
+
+def reflection_mask(geometry: Geometry, spec) -> np.ndarray | None:
+    if spec is None:
+        return None
+    arr = np.asarray(spec) if not isinstance(spec, (list, tuple)) else None
+    if arr is not None and arr.dtype == bool:
+        if arr.shape != (geometry.n_reflections,):
+            raise ValueError(f"refine_reflections mask must have shape ({geometry.n_reflections},)")
+        return arr
+    mask = np.zeros(geometry.n_reflections, bool)
+    for key in spec:
+        mask[reflection_index(geometry, key)[0]] = True
+    return mask
+
+
+def check_start_thickness(thickness_nm) -> float:
+    if np.ndim(thickness_nm) != 0:
+        raise ValueError(f"thickness must be a single number [nm], got shape {np.shape(thickness_nm)}")
+    t = check_thickness(thickness_nm, "thickness_nm")[0]
+    if t <= 0:
+        raise ValueError(f"thickness must be > 0 nm, got {t}")
+    return float(t)

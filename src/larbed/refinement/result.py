@@ -1,0 +1,256 @@
+"""The outcome of a refinement: :class:`RefinementResult`, and how it is built from the solver."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+import xarray as xr
+
+from ..geometry import Geometry
+from ..metrics import expected_noise_r
+from ..simulation import simulate
+from ..structure_factors import input_ug
+from ..trust import FitWarning, fit_quality_warnings, untrustworthy
+from .jacobian import WeightedProblem, masked_r
+from .parameters import MIN_THICKNESS_NM, gauge_basis
+from .solver import LMState, describe_null
+from .solver import covariance as covariance_of
+
+__all__ = ["RefinementResult", "build_result"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RefinementResult:
+    """Outcome of :func:`refine`.
+
+    Attributes
+    ----------
+    ug : xarray.DataArray
+        Refined U_g [1/Å²] over ``reflection`` (labelled like :func:`larbed.compute_ug`).
+    ug_error : xarray.DataArray
+        Standard errors: real part σ(Re U_g), imaginary part σ(Im U_g) [1/Å²] (0 when fixed).
+    thickness_nm, thickness_error_nm : float
+        Refined thickness and its standard error [nm].
+    absorption, absorption_error : float or None
+        Proportional absorption κ (None without absorption) and its standard error.
+    r_factor : float
+        R = Σ|I_exp − I_fit| / Σ I_exp.
+    chi2 : float
+        Reduced χ² = Σ w (I_exp − I_fit)² / (n_data − n_parameters).
+    standard_errors : xarray.Dataset
+        ``ug_real``, ``ug_imag`` (reflection) [1/Å²], ``thickness_nm`` [nm], ``absorption``.
+    covariance : xarray.DataArray
+        Over (``parameter``, ``parameter_b``) for [Re U_g…, Im U_g…, t, (κ)]; from (JᵀWJ)⁻¹ on
+        the complement of the origin-shift null space, times the reduced χ² when unweighted.
+    history : xarray.Dataset
+        Per iteration: ``chi2`` (Σ w r²), ``r_factor``, ``thickness_nm``, ``damping``, ``stage``.
+    fit : xarray.Dataset
+        The fitted pattern (as :func:`larbed.simulate`) plus ``observed`` and ``residual``
+        (observed − fit).
+    weights : str
+        ``'poisson'`` or ``'none'``.
+    converged : bool
+    message : str
+    n_iterations : int
+    warnings : list of FitWarning
+        What the fit found that makes a number doubtful (a ``str`` each, with a ``kind``:
+        'bound', 'chi2', 'r_factor' or 'undetermined'; see :mod:`larbed.trust`). Empty when
+        all is well.
+    """
+
+    ug: xr.DataArray
+    ug_error: xr.DataArray
+    thickness_nm: float
+    thickness_error_nm: float
+    absorption: float | None
+    absorption_error: float | None
+    r_factor: float
+    chi2: float
+    standard_errors: xr.Dataset
+    covariance: xr.DataArray
+    history: xr.Dataset
+    fit: xr.Dataset
+    weights: str
+    converged: bool
+    message: str
+    n_iterations: int
+    geometry: Geometry = field(repr=False)
+    warnings: list = field(default_factory=list)
+
+    @property
+    def trustworthy(self) -> bool:
+        """False when a warning of kind 'bound', 'chi2' or 'r_factor' was raised (see
+        :mod:`larbed.trust`)."""
+        return not untrustworthy(self.warnings)
+
+    def to_dataset(self) -> xr.Dataset:
+        """Everything in one Dataset (fit, U_g with errors, covariance, history) for saving;
+        :meth:`from_dataset` reads it back."""
+        from ..schema import attach_ug
+
+        ds = self.fit.copy()
+        ds = attach_ug(ds, self.ug, "ug")
+        ds["ug_error_real"] = ("reflection", self.ug_error.values.real, {"units": "1/Å^2"})
+        ds["ug_error_imag"] = ("reflection", self.ug_error.values.imag, {"units": "1/Å^2"})
+        ds["covariance"] = (("parameter", "parameter_b"), self.covariance.values,
+                            dict(self.covariance.attrs))
+        ds = ds.assign_coords(parameter=self.covariance.parameter.values,
+                              parameter_b=self.covariance.parameter_b.values)
+        for name in self.history.data_vars:
+            ds[f"history_{name}"] = ("iteration", self.history[name].values,
+                                     dict(self.history[name].attrs))
+        ds = ds.assign_coords(iteration=self.history.iteration.values)
+        ds.attrs.update({
+            "thickness_nm": self.thickness_nm, "thickness_error_nm": self.thickness_error_nm,
+            "r_factor": self.r_factor, "chi2": self.chi2, "weights": self.weights,
+            "converged": int(self.converged), "message": self.message,
+            "n_iterations": self.n_iterations,
+            "absorption": "none" if self.absorption is None else self.absorption,
+            "absorption_error": "none" if self.absorption_error is None else self.absorption_error,
+            "warnings": [[getattr(w, "kind", "r_factor"), str(w)] for w in self.warnings],
+        })
+        return ds
+
+    @classmethod
+    def from_dataset(cls, ds: xr.Dataset, geometry: Geometry | None = None) -> RefinementResult:
+        """Rebuild a result from :meth:`to_dataset` (e.g. a saved file); bit-for-bit the same."""
+        from ..schema import extract_ug
+
+        if geometry is None:
+            geometry = Geometry.from_attrs(ds.attrs)
+        try:
+            ug = extract_ug(ds, "ug")
+            ug.attrs.update({"source": "refined"})
+            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err.attrs.update({"source": "standard error", "long_name":
+                              "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+            hist = xr.Dataset(
+                {k[len("history_"):]: ("iteration", ds[k].values, dict(ds[k].attrs))
+                 for k in ds.data_vars if k.startswith("history_")},
+                coords={"iteration": ds.iteration.values})
+            cov = xr.DataArray(ds["covariance"].values, dims=("parameter", "parameter_b"),
+                               coords={"parameter": ds.parameter.values,
+                                       "parameter_b": ds.parameter_b.values},
+                               name="covariance", attrs=dict(ds["covariance"].attrs))
+            a = ds.attrs
+            kappa = None if a["absorption"] == "none" else float(a["absorption"])
+            kappa_err = None if a["absorption_error"] == "none" else float(a["absorption_error"])
+            keep = [v for v in ("intensity", "observed", "residual", "intensity_noise_free")
+                    if v in ds]
+            fit = ds[keep]
+            fit = fit.drop_vars([c for c in ("parameter", "parameter_b", "iteration")
+                                 if c in fit.coords])
+            fit["ug"] = ds["ug"]
+            warnings = [FitWarning(k, m) for k, m in a.get("warnings", [])]
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"dataset does not hold a larbed refinement result: {exc}") from exc
+        p = geometry.n_reflections
+        std = xr.Dataset(
+            {"ug_real": ("reflection", err.values.real, {"units": "1/Å^2"}),
+             "ug_imag": ("reflection", err.values.imag, {"units": "1/Å^2"}),
+             "thickness_nm": ((), float(a["thickness_error_nm"]), {"units": "nm"}),
+             "absorption": ((), np.nan if kappa_err is None else kappa_err, {"units": "1"})},
+            coords={c: ug.coords[c] for c in ug.coords})
+        assert std.sizes["reflection"] == p
+        return cls(ug=ug, ug_error=err, thickness_nm=float(a["thickness_nm"]),
+                   thickness_error_nm=float(a["thickness_error_nm"]), absorption=kappa,
+                   absorption_error=kappa_err, r_factor=float(a["r_factor"]), chi2=float(a["chi2"]),
+                   standard_errors=std, covariance=cov, history=hist, fit=fit,
+                   weights=str(a["weights"]), converged=bool(a["converged"]),
+                   message=str(a["message"]), n_iterations=int(a["n_iterations"]),
+                   geometry=geometry, warnings=warnings)
+
+
+def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_start: xr.DataArray,
+            weights: str, absorbing: bool, dose, thresholds) -> RefinementResult:
+    pmap = prob.pmap
+    p = geometry.n_reflections
+    x = pmap.x(state.q)
+    gauge = gauge_basis(pmap, geometry, x)
+    cov_q, null = covariance_of(state.hess, gauge)
+    inten = state.inten
+    resid = prob._weighted(inten)
+    n_free = state.hess.shape[1] - gauge.shape[1] - null.shape[1]
+    dof = max(int(np.isfinite(prob.data).sum()) - n_free, 1)
+    chi2 = float(resid @ resid) / dof
+    if weights == "none":
+        cov_q = cov_q * chi2
+    # x_i = base_i + T[i, c] q_c with at most one column c per i
+    n_x = len(x)
+    col = np.full(n_x, -1)
+    coef = np.zeros(n_x)
+    nz = np.nonzero(pmap.t)
+    col[nz[0]] = nz[1]
+    coef[nz[0]] = pmap.t[nz]
+    cov_x = np.zeros((n_x, n_x))
+    idx = np.flatnonzero(col >= 0)
+    cov_x[np.ix_(idx, idx)] = coef[idx, None] * coef[None, idx] * cov_q[np.ix_(col[idx], col[idx])]
+    sig = np.sqrt(np.abs(np.diag(cov_x)))
+
+    ug = input_ug(geometry, x[:p] + 1j * x[p:2 * p])
+    ug.attrs.update({"source": "refined", "u0": float(ug_start.attrs.get("u0", 0.0))})
+    ug_error = ug.copy(data=sig[:p] + 1j * sig[p:2 * p])  # may hold inf (undetermined)
+    ug_error.attrs.update({"source": "standard error", "long_name":
+                           "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+    t, t_err = float(x[2 * p]), float(sig[2 * p])
+    kappa = float(x[2 * p + 1]) if absorbing else None
+    kappa_err = float(sig[2 * p + 1]) if absorbing else None
+    names = geometry.reflection_labels()
+    labels = ([f"Re U({n})" for n in names] + [f"Im U({n})" for n in names] + ["t"]
+              + (["kappa"] if absorbing else []))
+    covariance = xr.DataArray(cov_x, dims=("parameter", "parameter_b"),
+                              coords={"parameter": labels, "parameter_b": labels},
+                              name="covariance", attrs={"units": "mixed (1/Å², nm)"})
+    refl = {c: ug.coords[c] for c in ug.coords}
+    std = xr.Dataset(
+        {"ug_real": ("reflection", sig[:p], {"units": "1/Å^2"}),
+         "ug_imag": ("reflection", sig[p:2 * p], {"units": "1/Å^2"}),
+         "thickness_nm": ((), t_err, {"units": "nm"}),
+         "absorption": ((), np.nan if kappa_err is None else kappa_err, {"units": "1"})},
+        coords=refl,
+    )
+    hist = np.array(state.history, dtype=float).reshape(-1, 6)
+    history = xr.Dataset(
+        {"stage": ("iteration", hist[:, 1].astype(int)),
+         "chi2": ("iteration", hist[:, 2], {"long_name": "Σ w (I_sim − I_exp)²"}),
+         "r_factor": ("iteration", hist[:, 3]),
+         "thickness_nm": ("iteration", hist[:, 4], {"units": "nm"}),
+         "damping": ("iteration", hist[:, 5])},
+        coords={"iteration": hist[:, 0].astype(int)},
+    )
+    fit = simulate(geometry, ug, t, absorption=kappa)
+    fit["observed"] = (("tilt", "beam"), prob.data, {"units": "1"})
+    fit["residual"] = (("tilt", "beam"), prob.data - fit.intensity.values, {"units": "1"})
+    r = masked_r(prob.data, fit.intensity.values)
+    fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights})
+    chi2_max, r_noise_factor, r_max = thresholds
+    noise_r = None if dose is None else expected_noise_r(fit.intensity.values, dose)
+    warnings = fit_quality_warnings(r, chi2 if weights == "poisson" else None, noise_r,
+                                    chi2_max=chi2_max, r_noise_factor=r_noise_factor, r_max=r_max)
+    if pmap.t[2 * p].any() and t <= MIN_THICKNESS_NM * (1 + 1e-9):
+        warnings.append(FitWarning("bound", f"the thickness ended at its lower bound "
+                                            f"{MIN_THICKNESS_NM:g} nm"))
+    if absorbing and pmap.t[2 * p + 1].any() and kappa <= 0.0:
+        warnings.append(FitWarning("bound", "the absorption κ ended at its lower bound 0"))
+    if null.shape[1]:
+        q_labels = [pmap.labels[c] for c in range(pmap.t.shape[1])]
+        combos = describe_null(null, q_labels)
+        warnings.append(FitWarning(
+            "undetermined", f"{null.shape[1]} parameter combination(s) not determined by the pattern "
+                            f"were kept at their start (σ = inf): {'; '.join(combos[:6])}"
+                            + (" …" if len(combos) > 6 else "")))
+    for w in warnings:
+        logger.warning("refine: %s", w)
+    logger.info("refine: R = %.3g, reduced χ² = %.3g, t = %.3f ± %.3f nm after %d iterations (%s)",
+                r, chi2, t, t_err, state.iterations, state.message)
+    return RefinementResult(
+        ug=ug, ug_error=ug_error, thickness_nm=t, thickness_error_nm=t_err, absorption=kappa,
+        absorption_error=kappa_err, r_factor=r, chi2=chi2, standard_errors=std,
+        covariance=covariance, history=history, fit=fit, weights=weights,
+        converged=state.converged, message=state.message, n_iterations=state.iterations,
+        geometry=geometry, warnings=warnings,
+    )
