@@ -9,6 +9,7 @@ Hypothesis profiles (pick one with the ``HYPOTHESIS_PROFILE`` environment variab
 
 from __future__ import annotations
 
+import functools
 import os
 
 import pytest
@@ -68,3 +69,51 @@ def small_geometry(srtio3) -> larbed.Geometry:
 def small_ug(srtio3, small_geometry):
     """ComputeUg of SrTiO3 (Lobato) for :func:`small_geometry` — real, 20 reflections [1/Å²]."""
     return larbed.compute_ug(srtio3, small_geometry)
+
+
+#: A low-symmetry crystal for the kernel tests (three elements, no special positions).
+TRICLINIC = ((4.1, 5.3, 6.2, 81.0, 97.0, 104.0),
+             [("Si", (0.1, 0.2, 0.3), 1.0, 0.5), ("O", (0.6, 0.15, 0.8)), ("Mg", (0.33, 0.71, 0.45), 0.7)])
+
+
+@functools.cache
+def _crystal(name: str) -> larbed.Crystal:
+    if name == "triclinic":
+        return larbed.Crystal(*TRICLINIC, name="triclinic")
+    return larbed.Crystal.builtin(name)
+
+
+@functools.cache
+def _geometry(crystal: str, zone_axis, n_beams, n_tilts, tilt_range_mrad, voltage_kv,
+              tilt_center_mrad) -> larbed.Geometry:
+    return larbed.Geometry(_crystal(crystal), voltage_kv, zone_axis, n_beams, n_tilts,
+                           tilt_range_mrad, tilt_center_mrad=tilt_center_mrad)
+
+
+@pytest.fixture(scope="session")
+def make_crystal():
+    """Crystal by name, built once: ``'SrTiO3'``, ``'ZnO'`` (builtins) or ``'triclinic'``."""
+    return _crystal
+
+
+@pytest.fixture(scope="session")
+def make_geometry():
+    """Geometry factory (built once per argument set): ``make_geometry(crystal_name,
+    zone_axis=(0, 0, 1), n_beams=13, n_tilts=49, tilt_range_mrad=70, voltage_kv=120,
+    tilt_center_mrad=(0, 0))``."""
+
+    def make(crystal: str = "SrTiO3", zone_axis=(0, 0, 1), n_beams: int = 13, n_tilts: int = 49,
+             tilt_range_mrad: float = 70.0, voltage_kv: float = 120.0, tilt_center_mrad=(0.0, 0.0)):
+        return _geometry(crystal, tuple(zone_axis), n_beams, n_tilts, float(tilt_range_mrad),
+                         float(voltage_kv), tuple(float(v) for v in tilt_center_mrad))
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def small_case(make_geometry):
+    """(geometry, true U_g, noise-free pattern): SrTiO3 [001], 9 beams (12 U_g, 5 symmetry
+    groups), 49 tilts over 70 mrad, 20 nm — the case of the determine tests."""
+    geo = make_geometry(n_beams=9, n_tilts=49)
+    truth = larbed.compute_ug(geo.crystal, geo)
+    return geo, truth, larbed.simulate(geo, truth, 20.0)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from functools import cache
-
 import numpy as np
 import pytest
 from threadpoolctl import threadpool_limits
 
-from larbed import Crystal, Geometry, compute_ug, shift_origin, simulate
+from larbed import Geometry, compute_ug, shift_origin, simulate
 from larbed._kernels import bloch
 from larbed.bloch import prepare_matrices
 from larbed.testing import (
@@ -32,19 +30,6 @@ RECONSTRUCT_RTOL = 1e-12
 THICKNESSES_NM = np.array([0.0, 7.0, 50.0])
 
 
-@cache
-def crystal(name: str) -> Crystal:
-    if name == "triclinic":
-        return Crystal(
-            (4.1, 5.3, 6.2, 81.0, 97.0, 104.0),
-            [
-                ("Si", (0.1, 0.2, 0.3), 1.0, 0.5),
-                ("O", (0.6, 0.15, 0.8)),
-                ("Mg", (0.33, 0.71, 0.45), 0.7),
-            ],
-            name="triclinic",
-        )
-    return Crystal.builtin(name)
 
 
 # (crystal, zone axis, n_beams, voltage)
@@ -59,10 +44,13 @@ CASES = {
 }
 
 
-@cache
-def geometry(case: str, n_tilts: int) -> Geometry:
-    name, zone, n_beams, kv = CASES[case]
-    return Geometry(crystal(name), kv, zone, n_beams, n_tilts, 40.0)
+@pytest.fixture(scope="module")
+def geometry(make_geometry):
+    def make(case: str, n_tilts: int) -> Geometry:
+        name, zone, n_beams, kv = CASES[case]
+        return make_geometry(name, zone, n_beams, n_tilts, 40.0, kv)
+
+    return make
 
 
 def ug_variant(geo: Geometry, variant: str):
@@ -75,7 +63,7 @@ def ug_variant(geo: Geometry, variant: str):
 @pytest.mark.parametrize("n_tilts", [1, 13], ids=["zone-axis", "13-tilts"])
 @pytest.mark.parametrize("variant", ["computed", "complex", "absorbing"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_simulate_matches_reference(case, variant, n_tilts):
+def test_simulate_matches_reference(case, variant, n_tilts, geometry):
     geo = geometry(case, n_tilts)
     ug = ug_variant(geo, variant)
     absorption = 0.1 if variant == "absorbing" else None
@@ -97,7 +85,7 @@ def test_simulate_matches_reference(case, variant, n_tilts):
     assert_patterns_allclose(ds.intensity.values[0], expected, rtol=0, atol=ZERO_THICKNESS_ATOL)
 
 
-def test_srtio3_zone_axis_is_exactly_degenerate():
+def test_srtio3_zone_axis_is_exactly_degenerate(geometry):
     """The awkward case is real: at the SrTiO3 [001] zone axis A has repeated eigenvalues."""
     geo = geometry("SrTiO3[001]", 1)
     mats = structure_matrices(geo, compute_ug(geo.crystal, geo))
@@ -129,7 +117,7 @@ def _kernel_run(path: str, off, diag, thickness_nm) -> np.ndarray:
         ("triclinic[1-12]", "general"),
     ],
 )
-def test_every_kernel_on_the_same_hermitian_input(case, path):
+def test_every_kernel_on_the_same_hermitian_input(case, path, geometry):
     """Every kernel that can take the problem gives the reference answer (no absorption)."""
     geo = geometry(case, 13)
     ug = compute_ug(geo.crystal, geo)
@@ -165,7 +153,7 @@ def test_kernels_with_a_single_beam(path):
         np.testing.assert_allclose(out, 1.0, rtol=0, atol=1e-15)
 
 
-def test_eigensystem_kernels_reproduce_their_matrices():
+def test_eigensystem_kernels_reproduce_their_matrices(geometry):
     geo = geometry("triclinic[001]", 13)
     ug = compute_ug(geo.crystal, geo)
     off, diag, path = prepare_matrices(geo, ug.values, absorption=0.05, u0=ug.attrs["u0"])
@@ -199,14 +187,6 @@ def test_eigensystem_kernels_reproduce_their_matrices():
     recon = ch @ (wh[..., None] * np.conj(np.swapaxes(ch, 1, 2)))
     np.testing.assert_allclose(recon, ah, rtol=0, atol=RECONSTRUCT_RTOL * np.abs(ah).max())
     assert np.all(np.diff(wh, axis=1) >= 0)  # ascending, as eigh returns them
-
-
-def test_progress_chunks_equal_one_call():
-    geo = geometry("SrTiO3[001]", 13)
-    ug = ug_variant(geo, "complex")
-    a = simulate(geo, ug, THICKNESSES_NM, progress=False)
-    b = simulate(geo, ug, THICKNESSES_NM, progress=True)
-    assert_patterns_allclose(b, a, rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------ larbed.testing itself

@@ -25,10 +25,8 @@ EXACT_R = 1e-6
 
 
 @pytest.fixture(scope="module")
-def small(srtio3):
-    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 9, 49, 70)
-    truth = larbed.compute_ug(srtio3, geo)
-    return geo, truth, larbed.simulate(geo, truth, 20.0)
+def small(small_case):
+    return small_case
 
 
 FAST = dict(search=False, progress=False)

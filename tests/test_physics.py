@@ -41,14 +41,15 @@ U0_ATOL = 1e-12
 THICKNESSES_NM = np.array([0.0, 3.0, 17.5, 60.0])
 
 
-@cache
-def sto() -> Crystal:
-    return Crystal.builtin("SrTiO3")
+@pytest.fixture(scope="module")
+def sto(srtio3):
+    return lambda: srtio3
 
 
-@cache
-def sto_geometry(n_beams: int = 13, n_tilts: int = 49, tilt_range_mrad: float = 70.0) -> Geometry:
-    return Geometry(sto(), 120.0, (0, 0, 1), n_beams, n_tilts, tilt_range_mrad)
+@pytest.fixture(scope="module")
+def sto_geometry(make_geometry):
+    return lambda n_beams=13, n_tilts=49, tilt_range_mrad=70.0: make_geometry(
+        "SrTiO3", n_beams=n_beams, n_tilts=n_tilts, tilt_range_mrad=tilt_range_mrad)
 
 
 def run_kernel_path(path: str, geometry: Geometry, ug, thickness_nm) -> np.ndarray:
@@ -72,7 +73,7 @@ def run_kernel_path(path: str, geometry: Geometry, ug, thickness_nm) -> np.ndarr
 
 # ----------------------------------------------------------------------------- conservation
 @pytest.mark.parametrize("path", ["real", "hermitian", "general"])
-def test_intensity_conserved_on_every_kernel_path(path):
+def test_intensity_conserved_on_every_kernel_path(path, sto, sto_geometry):
     geo = sto_geometry()
     ug = compute_ug(sto(), geo)
     if path != "real":  # complex U_g: move the origin off the inversion centre
@@ -83,7 +84,7 @@ def test_intensity_conserved_on_every_kernel_path(path):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_simulate_conserves_intensity_for_random_complex_ug(seed):
+def test_simulate_conserves_intensity_for_random_complex_ug(seed, sto_geometry):
     geo = sto_geometry(25, 13)
     ug = random_ug(geo, seed=seed)  # thesis range ±0.2 Å⁻²: strongly dynamical
     ds = simulate(geo, ug, THICKNESSES_NM)
@@ -91,7 +92,7 @@ def test_simulate_conserves_intensity_for_random_complex_ug(seed):
     np.testing.assert_allclose(ds.intensity.sum("beam"), 1.0, rtol=0, atol=CONSERVATION_ATOL)
 
 
-def test_zero_thickness_is_the_incident_beam():
+def test_zero_thickness_is_the_incident_beam(sto_geometry):
     geo = sto_geometry()
     ds = simulate(geo, random_ug(geo, seed=3), 0.0)
     expected = np.zeros((geo.n_tilts, geo.n_beams))
@@ -101,7 +102,7 @@ def test_zero_thickness_is_the_incident_beam():
 
 # ----------------------------------------------------------------------------- two beams
 @cache
-def two_beam_geometry(n_tilts: int) -> Geometry:
+def two_beam_geometry(sto, n_tilts: int) -> Geometry:
     """000 and 100 of SrTiO3 [001], tilt disc centred on the exact Bragg condition of 100."""
     probe = Geometry(sto(), 120.0, (0, 0, 1), 2, 1, 10.0)
     gx = probe.g_xy[1, 0]
@@ -110,8 +111,8 @@ def two_beam_geometry(n_tilts: int) -> Geometry:
     return Geometry(sto(), 120.0, (0, 0, 1), 2, n_tilts, 20.0, tilt_center_mrad=(bragg_mrad, 0.0))
 
 
-def test_two_beam_formula_across_the_rocking_curve():
-    geo = two_beam_geometry(49)
+def test_two_beam_formula_across_the_rocking_curve(sto):
+    geo = two_beam_geometry(sto, 49)
     u_g = 0.03 + 0.04j
     ug = input_ug(geo, {(1, 0, 0): u_g})
     thick = np.array([2.0, 11.0, 37.0])
@@ -123,8 +124,8 @@ def test_two_beam_formula_across_the_rocking_curve():
     np.testing.assert_allclose(ds.intensity.isel(beam=0), 1 - expected, rtol=0, atol=TWO_BEAM_ATOL)
 
 
-def test_extinction_distance_at_the_bragg_condition():
-    geo = two_beam_geometry(1)
+def test_extinction_distance_at_the_bragg_condition(sto):
+    geo = two_beam_geometry(sto, 1)
     d = geo.excitation_diagonal[0, 1] / (2 * geo.k0)
     assert abs(d) < 1e-15  # exact Bragg condition
     u_g = -0.021 + 0.013j
@@ -138,7 +139,7 @@ def test_extinction_distance_at_the_bragg_condition():
 
 
 # ----------------------------------------------------------------------------- kinematic limit
-def test_thin_crystal_kinematic_limit():
+def test_thin_crystal_kinematic_limit(sto_geometry):
     geo = sto_geometry()
     ug = random_ug(geo, seed=11, ug_range=1e-4)  # weak scattering: π t |U| / K ~ 1e-3
     t_nm = 5.0
@@ -157,7 +158,7 @@ def test_thin_crystal_kinematic_limit():
 
 # ----------------------------------------------------------------------------- eigen vs expm
 @pytest.mark.parametrize("kind", ["real", "complex", "absorbing"])
-def test_eigen_route_equals_matrix_exponential(kind):
+def test_eigen_route_equals_matrix_exponential(kind, sto, sto_geometry):
     geo = sto_geometry(13, 13)
     ug = compute_ug(sto(), geo)
     absorption = None
@@ -178,25 +179,10 @@ def test_eigen_route_equals_matrix_exponential(kind):
 
 
 # ----------------------------------------------------------------------------- origin shift
-def test_symmetry_shortcuts_change_no_intensity():
-    """simulate's shortcuts (origin moved to the centre of symmetry → real solver; only
-    symmetry-independent tilts computed) give the plain computation to round-off."""
-    geo = sto_geometry(13, 49)
-    ug = shift_origin(geo, compute_ug(sto(), geo), (1.1, -0.4, 0.0))
-    fast = simulate(geo, ug, THICKNESSES_NM)
-    plain = simulate(geo, ug, THICKNESSES_NM, use_symmetry=False)
-    assert fast.attrs["eigen_path"] == "real" and plain.attrs["eigen_path"] == "hermitian"
-    # origin on the 4mm axis after the shift: 8 operations, 49 tilts → 10 independent ones
-    assert fast.attrs["symmetry_operations"] == 8 and fast.attrs["independent_tilts"] == 10
-    assert_patterns_allclose(fast.intensity.values, plain.intensity.values, rtol=0, atol=EXPM_ATOL)
-    # a U_g without any symmetry is computed tilt by tilt on the Hermitian path
-    rnd = random_ug(geo, seed=3, ug_range=0.05)
-    ds = simulate(geo, rnd, THICKNESSES_NM)
-    assert ds.attrs["eigen_path"] == "hermitian" and ds.attrs["independent_tilts"] == 49
 
 
 @pytest.mark.parametrize("shift", [(0.37, 1.21, 0.5), (2.2, -0.9)])
-def test_origin_shift_changes_no_intensity(shift):
+def test_origin_shift_changes_no_intensity(shift, sto_geometry):
     geo = sto_geometry()
     ug = random_ug(geo, seed=5, ug_range=0.08)
     shifted = shift_origin(geo, ug, shift)
@@ -206,7 +192,7 @@ def test_origin_shift_changes_no_intensity(shift):
     assert_patterns_allclose(b, a, rtol=0, atol=ORIGIN_ATOL)
 
 
-def test_origin_shift_by_a_lattice_vector_is_identity():
+def test_origin_shift_by_a_lattice_vector_is_identity(sto, sto_geometry):
     geo = sto_geometry()
     ug = random_ug(geo, seed=6)
     shifted = shift_origin(geo, ug, sto().lattice_vectors[0] + 2 * sto().lattice_vectors[1])
@@ -245,7 +231,7 @@ def _assert_symmetric(intensity, geo, ops):
         )
 
 
-def test_srtio3_zone_axis_pattern_has_4mm_symmetry():
+def test_srtio3_zone_axis_pattern_has_4mm_symmetry(sto, sto_geometry):
     geo = sto_geometry(25, 49)
     ug = compute_ug(sto(), geo)
     intensity = simulate(geo, ug, [10.0, 30.0]).intensity.values
@@ -258,7 +244,7 @@ def test_srtio3_zone_axis_pattern_has_4mm_symmetry():
         _assert_symmetric(broken, geo, ops)
 
 
-def test_srtio3_symmetry_survives_an_origin_shift():
+def test_srtio3_symmetry_survives_an_origin_shift(sto, sto_geometry):
     geo = sto_geometry(13, 49)
     ug = shift_origin(geo, compute_ug(sto(), geo), (0.9, 0.3))
     intensity = simulate(geo, ug, 25.0).intensity.values
@@ -279,7 +265,7 @@ def test_zno_zone_axis_has_6mm_symmetry():
 
 
 # ----------------------------------------------------------------------------- absorption
-def test_absorption_loses_intensity_monotonically():
+def test_absorption_loses_intensity_monotonically(sto, sto_geometry):
     geo = sto_geometry()
     ug = compute_ug(sto(), geo)  # attrs['u0'] present: absorptive diagonal iκU_0
     thick = np.array([0.0, 5.0, 10.0, 20.0, 40.0, 80.0])
@@ -294,7 +280,7 @@ def test_absorption_loses_intensity_monotonically():
 
 
 # ----------------------------------------------------------------------------- U_0
-def test_u0_shifts_no_intensity():
+def test_u0_shifts_no_intensity(sto, sto_geometry):
     geo = sto_geometry()
     ug = compute_ug(sto(), geo)
     u0 = ug.attrs["u0"]
@@ -312,18 +298,3 @@ def test_u0_shifts_no_intensity():
     assert_patterns_allclose(
         simulate(geo, no_u0, THICKNESSES_NM), simulate(geo, ug, THICKNESSES_NM), rtol=0, atol=0
     )
-
-
-def test_absorption_without_u0_is_flagged(caplog):
-    geo = sto_geometry()
-    ug = compute_ug(sto(), geo)
-    bare = ug.copy()
-    del bare.attrs["u0"]  # κU_g alone (zero mean) is not a positive absorptive potential
-    with caplog.at_level("WARNING", logger="larbed.simulation"):
-        simulate(geo, bare, 20.0, absorption=0.1)
-    assert any("without U_0" in r.getMessage() for r in caplog.records)
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="larbed.simulation"):
-        simulate(geo, ug, 20.0, absorption=0.1)
-        simulate(geo, bare, 20.0)  # no absorption: U_0 not needed
-    assert not caplog.records

@@ -30,4 +30,5 @@ def moved_names(module: str, moved: Mapping[str, str]) -> Callable[[str], object
         )
         return getattr(importlib.import_module(target), new)
 
+    __getattr__.moved = dict(moved)  # type: ignore[attr-defined]  (what moved where: for tests, docs)
     return __getattr__

@@ -9,12 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from . import bloch
+from . import bloch, schema, symmetry
 from ._deprecation import moved_names
 from .geometry import Geometry
 from .metrics import check_dose, dose_column
-from .schema import INTENSITY_ATTRS, check_thickness, check_ug, pattern_dataset
-from .symmetry import tilt_symmetry
 
 __all__ = ["simulate"]
 
@@ -28,6 +26,7 @@ __getattr__ = moved_names(__name__, {
     "is_real_ug": "larbed.bloch", "prepare_matrices": "larbed.bloch",
     "tilt_symmetry": "larbed.symmetry", "real_origin_shift": "larbed.origin",
     "one_blas_thread": "larbed.threads:kernel_threads",
+    "REAL_RTOL": "larbed.origin", "SYMMETRY_RTOL": "larbed.symmetry",
 })
 
 
@@ -56,7 +55,7 @@ def _run_kernel(path, offdiag, diag, thickness_a, progress: bool) -> np.ndarray:
 
 def _run_symmetric(geometry, path, offdiag, diag, thickness_a, progress, use_symmetry):
     """Run the kernel on symmetry-independent tilts only and fill the rest by permutation."""
-    ops = tilt_symmetry(geometry, offdiag) if use_symmetry else []
+    ops = symmetry.tilt_symmetry(geometry, offdiag) if use_symmetry else []
     if not ops:
         return _run_kernel(path, offdiag, diag, thickness_a, progress), 1, diag.shape[0]
     reps = _independent_tilts(diag.shape[0], ops)
@@ -126,9 +125,9 @@ def simulate(
     """
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
-    ug_da = check_ug(geometry, ug)
+    ug_da = schema.check_ug(geometry, ug)
     scalar = np.ndim(thickness_nm) == 0
-    thick = check_thickness(thickness_nm)
+    thick = schema.check_thickness(thickness_nm)
     if absorption is not None:
         absorption = float(absorption)
         if not np.isfinite(absorption) or absorption < 0:
@@ -170,9 +169,9 @@ def simulate(
         rng = np.random.default_rng(seed)
         dc = dose_column(dose)
         noisy = rng.poisson(np.clip(intensity, 0, None) * dc) / dc
-    ds = pattern_dataset(geometry, noisy, thickness_nm=None if scalar else thick, ug=ug_da)
+    ds = schema.pattern_dataset(geometry, noisy, thickness_nm=None if scalar else thick, ug=ug_da)
     if dose is not None:
-        ds["intensity_noise_free"] = (ds.intensity.dims, intensity, dict(INTENSITY_ATTRS))
+        ds["intensity_noise_free"] = (ds.intensity.dims, intensity, dict(schema.INTENSITY_ATTRS))
         if np.ndim(dose):
             ds["dose"] = ("tilt", dose, {"units": "electrons per tilt"})
     ds.attrs.update(

@@ -48,7 +48,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-__getattr__ = moved_names(__name__, {"align_origin": "larbed.origin", "align_to_groups": "larbed.origin"})
+__getattr__ = moved_names(__name__, {"align_origin": "larbed.origin", "align_to_groups": "larbed.origin",
+                                     "ALIGN_GRID": "larbed.origin"})
 
 #: Two in-plane vectors are the same when they agree to this [1/Å] (reflections) …
 G_MATCH_ATOL = 1e-6

@@ -29,7 +29,6 @@ or a thickness outside a range the user gave, is reported as a 'bound' warning
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
 import time
@@ -39,10 +38,10 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from .._checkpoint import fingerprint, folder_lock, read_json, write_json
+from .._checkpoint import fingerprint, folder_lock, write_json
 from ..geometry import Geometry
 from ..metrics import expected_noise_r, poisson_deviance
-from ..origin import align_to_groups, phase_factors, unique_origin
+from ..origin import align_to_groups
 from ..refinement import refine
 from ..schema import check_diffracted, check_pattern, check_ug, pattern_dataset, pattern_dose
 from ..structure_factors import input_ug
@@ -53,12 +52,13 @@ from ..symmetry import (
     pattern_operations,
     symmetry_groups,
 )
-from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, FitWarning, check_thresholds
+from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, check_thresholds
 from .polish import polish, polish_poisson
-from .result import DeterminationResult, rotate_errors
+from .records import finished_result, prepare_checkpoints
+from .records import provenance as records_provenance
+from .result import DeterminationResult, assemble, at_edge
 from .search import UG_BOUND, distinct_members, global_search
 from .starts import (
-    SCAN_STEP_NM,
     SUCCESS_R_NOISE_FACTOR,
     SUCCESS_R_NOISE_FREE,
     StartRun,
@@ -69,22 +69,13 @@ from .starts import (
     start_values,
 )
 
-__all__ = ["AUTO_THICKNESS_RANGES_NM", "CHECKPOINT_PATTERNS", "determine"]
+__all__ = ["AUTO_THICKNESS_RANGES_NM", "determine"]
 
 logger = logging.getLogger(__name__)
 
 #: Thickness ranges [nm] of the automatic scan: the first, then the wider one when the best fit
 #: does not reach the solution.
 AUTO_THICKNESS_RANGES_NM = ((5.0, 100.0), (2.0, 250.0))
-#: A thickness within this many scan steps of a range edge "sits at the edge".
-EDGE_STEPS = 2
-#: A U_g within this fraction of ``ug_bound`` counts as at the search bound.
-UG_BOUND_RTOL = 1e-3
-#: Checkpoint files larbed writes into ``determine_checkpoint/`` (only these are ever deleted).
-CHECKPOINT_PATTERNS = ("config.json", "result.nc", "network.json", "start_*.json",
-                       "kinematic*.npz", "search*.npz", "final_refine*.json", "poisson*_*.json")
-
-
 @dataclass(frozen=True)
 class _Plan:
     """The settings of one determine run (its public arguments, validated)."""
@@ -185,7 +176,7 @@ def determine(
         Weights of the final refinement (see :func:`larbed.refine`).
     kinematic : bool
         Before the search, refine starts made from the beams' mean intensities
-        (:func:`larbed.search.kinematic_starts`: |U_g| ∝ sqrt of the tilt-averaged intensity,
+        (:func:`larbed.determination.kinematic_starts`: |U_g| ∝ sqrt of the tilt-averaged intensity,
         signs by descent). They reach the solution where a random search in many dimensions does
         not (SrTiO3 [001] with 69 beams).
     search : bool
@@ -193,7 +184,7 @@ def determine(
     search_time_s : float
         Time budget of the search [s].
     search_popsize, search_tilts, ug_bound
-        See :func:`larbed.search.global_search`.
+        See :func:`larbed.determination.global_search`.
     perturbation : float
         Relative size of the perturbed variants of explicit starts.
     n_perturbed : int
@@ -268,13 +259,13 @@ def determine(
                  task2_iterations, task2_kwargs, polish_weak, polish_time_s, max_iter, thresholds,
                  progress)
     fp = fingerprint(inten, None if d is None else np.asarray(d, float), geometry.to_attrs(), settings)
-    provenance = _provenance(pattern, inten, d, {**settings, **thresholds})
+    provenance = records_provenance(pattern, inten, d, {**settings, **thresholds})
     lock = contextlib.nullcontext() if out_dir is None else folder_lock(out_dir, "larbed determine")
     with lock:
         ckpt = None
         if out_dir is not None:
-            ckpt, old = _prepare_checkpoints(out_dir, fp, settings, resume)
-            done = _finished_result(ckpt, old, thresholds, geometry)
+            ckpt, old = prepare_checkpoints(out_dir, fp, settings, resume)
+            done = finished_result(ckpt, old, thresholds, geometry)
             if done is not None:
                 return done
         res = _determine(pattern, inten, geometry, d, ranges, user_range, symmetry, plan, ckpt,
@@ -303,22 +294,6 @@ def _check_start(start, model, geometry: Geometry):
             raise ValueError(f"start='task2' needs model='ann' or 'cnn', got {model!r}")
         return start, None if start == "search" else start
     return check_ug(geometry, start), "user"
-
-
-def _finished_result(ckpt: str, old: dict | None, thresholds: dict, geometry: Geometry):
-    """The saved result of a finished run with the same fingerprint (None when there is none)."""
-    path = os.path.join(ckpt, "result.nc")
-    if old is None or not old.get("finished") or old.get("thresholds") != thresholds:
-        return None
-    from ..io import load_pattern
-
-    try:
-        res = DeterminationResult.from_dataset(load_pattern(path), geometry)
-    except (ValueError, OSError) as exc:
-        logger.warning("determine: the saved result %s cannot be read (%s); running again", path, exc)
-        return None
-    logger.info("determine: %s holds this run, finished earlier; returning it", ckpt)
-    return res
 
 
 def _explicit_candidates(pattern, inten, geometry, groups, plan: _Plan, run: StartRun, ckpt,
@@ -448,7 +423,7 @@ def _determine(pattern, inten, geometry, d, ranges, user_range, symmetry, plan: 
     rounds = []
     for round_i, (lo, hi) in enumerate(ranges):
         # a wider range repeats the (long) global search only when the last fit sat at an edge
-        search_here = plan.search and (round_i == 0 or _at_edge(rounds[-1][0].thickness_nm,
+        search_here = plan.search and (round_i == 0 or at_edge(rounds[-1][0].thickness_nm,
                                                                  *rounds[-1][2]))
         out = _one_range(pattern, inten, geometry, groups, plan, run, explicit, round_i, lo, hi,
                          search_here, stage)
@@ -472,71 +447,8 @@ def _determine(pattern, inten, geometry, d, ranges, user_range, symmetry, plan: 
         return f.r_factor if d is None else poisson_deviance(inten, f.fit.intensity.values, d)
 
     final, search_out, (lo, hi) = min(rounds, key=score)
-    return _assemble(run, final, search_out, (lo, hi), user_range, groups, ops, plan, info,
-                     success_r, t_start, provenance)
-
-
-def _assemble(run: StartRun, final, search_out, thickness_range, user_range, groups, ops,
-              plan: _Plan, info, success_r, t_start, provenance) -> DeterminationResult:
-    """The result of the chosen round: warnings, unique origin, errors, histories, provenance."""
-    geometry = run.geometry
-    lo, hi = thickness_range
-    warnings = list(final.warnings)
-    t_fit = final.thickness_nm
-    outside = not lo <= t_fit <= hi
-    if (user_range and outside) or (final.r_factor > success_r and _at_edge(t_fit, lo, hi)):
-        where = "outside" if outside else "at an edge of"
-        hint = "" if user_range else " (the widest automatic range)"
-        warnings.append(FitWarning("bound", f"the thickness {t_fit:.3f} nm is {where} the range "
-                                            f"{lo:g}-{hi:g} nm{hint}; give thickness_range_nm "
-                                            "(CLI --thickness-range) that contains it"))
-    vals = final.ug.values
-    at_bound = np.flatnonzero(np.maximum(np.abs(vals.real), np.abs(vals.imag))
-                              >= plan.ug_bound * (1 - UG_BOUND_RTOL))
-    if at_bound.size:
-        labels = [geometry.reflection_labels()[i] for i in at_bound[:6]]
-        warnings.append(FitWarning("bound", f"U_g of {', '.join(labels)}{' …' if at_bound.size > 6 else ''} "
-                                            f"reached the search bound ±{plan.ug_bound:g} 1/Å² (ug_bound): "
-                                            "physical U_g are smaller; the fit is likely wrong"))
-    for w in warnings[len(final.warnings):]:
-        logger.warning("determine: %s", w)
-    unique, r0 = unique_origin(geometry, final.ug, groups)
-    err = rotate_errors(final, phase_factors(geometry, np.asarray(r0)))
-    ug_error = unique.copy(data=err)  # may hold inf (undetermined)
-    ug_error.attrs.update({"source": "standard error",
-                           "long_name": "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
-    unique.attrs["source"] = "determine"
-    std = xr.Dataset({"ug_real": ("reflection", err.real, {"units": "1/Å^2"}),
-                      "ug_imag": ("reflection", err.imag, {"units": "1/Å^2"}),
-                      "thickness_nm": ((), final.thickness_error_nm, {"units": "nm"})},
-                     coords={c: unique.coords[c] for c in unique.coords})
-    results = run.results
-    keys = sorted(results, key=lambda k: results[k]["r_factor"])
-    hist = xr.Dataset(
-        {"start_source": ("start", np.array(keys, dtype=str)),
-         "start_r_factor": ("start", [results[k]["r_factor"] for k in keys]),
-         "start_thickness_nm": ("start", [results[k]["thickness_nm"] for k in keys]),
-         "start_scan_r": ("start", [results[k]["scan_r"] for k in keys])},
-        coords={"start": np.arange(len(keys))},
-    )
-    if search_out is not None and len(search_out["history"]):
-        hist["search_best_r"] = ("generation", np.asarray(search_out["history"], float))
-        hist.attrs["search_stopped"] = str(search_out["stopped"])
-        hist.attrs["search_evaluations"] = int(search_out["evaluations"])
-    for name in final.history.data_vars:
-        hist[f"refine_{name}"] = final.history[name]
-    hist.attrs.update({"success_r": success_r, **info})
-    elapsed = time.perf_counter() - t_start
-    provenance = {**provenance, "weights_used": final.weights, "thickness_range_used_nm": [lo, hi]}
-    logger.info("determine: R = %.3g, t = %.3f ± %.3f nm in %.1f s", final.r_factor, final.thickness_nm,
-                final.thickness_error_nm, elapsed)
-    return DeterminationResult(
-        ug=unique, ug_error=ug_error, thickness_nm=final.thickness_nm,
-        thickness_error_nm=final.thickness_error_nm, r_factor=final.r_factor, chi2=final.chi2,
-        standard_errors=std, history=hist, refinement=final, symmetry=list(ops), groups=list(groups),
-        origin_shift=np.asarray(r0, float), elapsed_s=elapsed, geometry=geometry,
-        warnings=warnings, thickness_range_nm=(lo, hi), provenance=provenance,
-    )
+    return assemble(run, final, search_out, (lo, hi), user_range, groups, ops, plan.ug_bound,
+                    info, success_r, t_start, provenance)
 
 
 def resolve_groups(symmetry, intensity, geometry, dose):
@@ -550,63 +462,6 @@ def resolve_groups(symmetry, intensity, geometry, dose):
         return groups_from_operations(geometry, ops), ops
     groups = symmetry_groups(geometry, symmetry)
     return groups, ["user"]
-
-
-def _dose_summary(dose) -> str | float:
-    if dose is None:
-        return "none (noise-free: unweighted least squares)"
-    if np.ndim(dose) == 0:
-        return float(dose)
-    d = np.asarray(dose, float)
-    return f"per tilt, {d.min():.6g}..{d.max():.6g} (median {np.median(d):.6g}) electrons"
-
-
-def _provenance(pattern, intensity: np.ndarray, dose, settings: dict) -> dict:
-    from .. import __version__
-    from ..io import source_provenance
-
-    return {"larbed_version": __version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            **source_provenance(pattern),
-            "data_sha256": fingerprint(np.ascontiguousarray(intensity)),
-            "dose_used": _dose_summary(dose), "settings": settings}
-
-
-def _prepare_checkpoints(out_dir, fp: str, settings: dict, resume: bool) -> tuple[str, dict | None]:
-    """The checkpoint folder of a run; its config (None for a new run). Deletes only larbed's files."""
-    import glob
-
-    ckpt = os.path.join(os.fspath(out_dir), "determine_checkpoint")
-    cfg_path = os.path.join(ckpt, "config.json")
-    old = None
-    if os.path.exists(cfg_path):
-        old = read_json(cfg_path)
-        if old is None or "fingerprint" not in old:
-            raise ValueError(f"{cfg_path!r} is unreadable (corrupt, or not larbed's); larbed deletes "
-                             "nothing it does not recognise: remove that folder yourself or use "
-                             "another out_dir")
-    elif os.path.isdir(ckpt) and os.listdir(ckpt):
-        raise ValueError(f"{ckpt!r} holds files but no config.json: it was not written by larbed "
-                         "determine; use another out_dir")
-    if old is not None and resume and old["fingerprint"] != fp:
-        raise ValueError(f"{ckpt!r} holds a determine run with other data or settings; "
-                         "use another out_dir or resume=False")
-    if old is not None and not resume:
-        removed = 0
-        for pattern in CHECKPOINT_PATTERNS:
-            for path in glob.glob(os.path.join(ckpt, pattern)):
-                os.remove(path)
-                removed += 1
-        logger.info("determine: resume=False: removed %d checkpoint files of the earlier run", removed)
-        old = None
-    os.makedirs(ckpt, exist_ok=True)
-    if old is None:
-        write_json(cfg_path, {"fingerprint": fp, "settings": settings, "finished": False})
-    return ckpt, old
-
-
-def _at_edge(t: float, lo: float, hi: float) -> bool:
-    return t <= lo + EDGE_STEPS * SCAN_STEP_NM or t >= hi - EDGE_STEPS * SCAN_STEP_NM
 
 
 def _check_int(name: str, val, low: int) -> None:

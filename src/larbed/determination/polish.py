@@ -184,7 +184,7 @@ def polish_poisson(pattern, intensity: np.ndarray, geometry: Geometry, final: Re
         if saved is None:
             res = refine(pattern, geometry, input_ug(geometry, vals), final.thickness_nm,
                          symmetry=list(groups), weights="poisson", dose=dose, max_iter=START_ITERATIONS,
-                         poisson_passes=1, progress=False)
+                         poisson_passes=1, progress=False, log_warnings=False)
             saved = {"ug_real": res.ug.values.real.tolist(), "ug_imag": res.ug.values.imag.tolist(),
                      "thickness_nm": res.thickness_nm,
                      "deviance": poisson_deviance(intensity, res.fit.intensity.values, dose)}

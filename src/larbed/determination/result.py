@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,17 +13,24 @@ import xarray as xr
 
 from .._checkpoint import check_writable
 from ..geometry import Geometry
-from ..origin import align_origin
+from ..origin import align_origin, phase_factors, unique_origin
 from ..refinement import RefinementResult
 from ..schema import attach_ug, check_ug, extract_ug
 from ..symmetry import SymmetryGroup
 from ..trust import FitWarning, untrustworthy
 
-__all__ = ["FIXED_ERROR_RTOL", "DeterminationResult", "provenance_attrs", "rotate_errors"]
+__all__ = ["EDGE_STEPS", "FIXED_ERROR_RTOL", "UG_BOUND_RTOL", "DeterminationResult", "assemble",
+           "at_edge", "provenance_attrs", "rotate_errors"]
+
+logger = logging.getLogger(__name__)
 
 #: A standard error below this fraction of the largest one belongs to a fixed part (e.g. Im U_g
 #: of a real, centrosymmetric solution after an origin shift by a lattice fraction).
 FIXED_ERROR_RTOL = 1e-9
+#: A thickness within this many scan steps of a range edge "sits at the edge".
+EDGE_STEPS = 2
+#: A U_g within this fraction of ``ug_bound`` counts as at the search bound.
+UG_BOUND_RTOL = 1e-3
 
 
 @dataclass
@@ -31,7 +40,7 @@ class DeterminationResult:
     Attributes
     ----------
     ug : xarray.DataArray
-        U_g [1/Å²] after :func:`larbed.learn.make_unique_ug_vector` (labelled like
+        U_g [1/Å²] after :func:`larbed.origin.make_unique_ug_vector` (labelled like
         :func:`larbed.compute_ug`).
     ug_error : xarray.DataArray
         Standard errors in the same origin: real part σ(Re U_g), imaginary part σ(Im U_g) [1/Å²].
@@ -265,3 +274,73 @@ def provenance_attrs(provenance: dict) -> dict:
     flat = {k: provenance[k] for k in ("larbed_version", "created", "source_path", "source_sha256",
                                        "data_sha256", "dose_used", "weights_used") if k in provenance}
     return {"provenance": json.dumps(provenance, default=str), **flat}
+
+
+def at_edge(t: float, lo: float, hi: float) -> bool:
+    """The thickness t [nm] sits within :data:`EDGE_STEPS` scan steps of an edge of (lo, hi)."""
+    from .starts import SCAN_STEP_NM
+
+    return t <= lo + EDGE_STEPS * SCAN_STEP_NM or t >= hi - EDGE_STEPS * SCAN_STEP_NM
+
+
+def assemble(run, final, search_out, thickness_range, user_range: bool, groups, ops, ug_bound: float,
+             info: dict, success_r: float, t_start: float, provenance: dict) -> DeterminationResult:
+    """The result of the chosen round: warnings, unique origin, errors, histories, provenance."""
+    geometry = run.geometry
+    lo, hi = thickness_range
+    warnings = list(final.warnings)
+    t_fit = final.thickness_nm
+    outside = not lo <= t_fit <= hi
+    if (user_range and outside) or (final.r_factor > success_r and at_edge(t_fit, lo, hi)):
+        where = "outside" if outside else "at an edge of"
+        hint = "" if user_range else " (the widest automatic range)"
+        warnings.append(FitWarning("bound", f"the thickness {t_fit:.3f} nm is {where} the range "
+                                            f"{lo:g}-{hi:g} nm{hint}; give thickness_range_nm "
+                                            "(CLI --thickness-range) that contains it"))
+    vals = final.ug.values
+    at_bound = np.flatnonzero(np.maximum(np.abs(vals.real), np.abs(vals.imag))
+                              >= ug_bound * (1 - UG_BOUND_RTOL))
+    if at_bound.size:
+        labels = [geometry.reflection_labels()[i] for i in at_bound[:6]]
+        warnings.append(FitWarning("bound", f"U_g of {', '.join(labels)}{' …' if at_bound.size > 6 else ''} "
+                                            f"reached the search bound ±{ug_bound:g} 1/Å² (ug_bound): "
+                                            "physical U_g are smaller; the fit is likely wrong"))
+    for w in warnings[len(final.warnings):]:
+        logger.warning("determine: %s", w)
+    unique, r0 = unique_origin(geometry, final.ug, groups)
+    err = rotate_errors(final, phase_factors(geometry, np.asarray(r0)))
+    ug_error = unique.copy(data=err)  # may hold inf (undetermined)
+    ug_error.attrs.update({"source": "standard error",
+                           "long_name": "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
+    unique.attrs["source"] = "determine"
+    std = xr.Dataset({"ug_real": ("reflection", err.real, {"units": "1/Å^2"}),
+                      "ug_imag": ("reflection", err.imag, {"units": "1/Å^2"}),
+                      "thickness_nm": ((), final.thickness_error_nm, {"units": "nm"})},
+                     coords={c: unique.coords[c] for c in unique.coords})
+    results = run.results
+    keys = sorted(results, key=lambda k: results[k]["r_factor"])
+    hist = xr.Dataset(
+        {"start_source": ("start", np.array(keys, dtype=str)),
+         "start_r_factor": ("start", [results[k]["r_factor"] for k in keys]),
+         "start_thickness_nm": ("start", [results[k]["thickness_nm"] for k in keys]),
+         "start_scan_r": ("start", [results[k]["scan_r"] for k in keys])},
+        coords={"start": np.arange(len(keys))},
+    )
+    if search_out is not None and len(search_out["history"]):
+        hist["search_best_r"] = ("generation", np.asarray(search_out["history"], float))
+        hist.attrs["search_stopped"] = str(search_out["stopped"])
+        hist.attrs["search_evaluations"] = int(search_out["evaluations"])
+    for name in final.history.data_vars:
+        hist[f"refine_{name}"] = final.history[name]
+    hist.attrs.update({"success_r": success_r, **info})
+    elapsed = time.perf_counter() - t_start
+    provenance = {**provenance, "weights_used": final.weights, "thickness_range_used_nm": [lo, hi]}
+    logger.info("determine: R = %.3g, t = %.3f ± %.3f nm in %.1f s", final.r_factor, final.thickness_nm,
+                final.thickness_error_nm, elapsed)
+    return DeterminationResult(
+        ug=unique, ug_error=ug_error, thickness_nm=final.thickness_nm,
+        thickness_error_nm=final.thickness_error_nm, r_factor=final.r_factor, chi2=final.chi2,
+        standard_errors=std, history=hist, refinement=final, symmetry=list(ops), groups=list(groups),
+        origin_shift=np.asarray(r0, float), elapsed_s=elapsed, geometry=geometry,
+        warnings=warnings, thickness_range_nm=(lo, hi), provenance=provenance,
+    )

@@ -118,7 +118,7 @@ def refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
     for frac in stages:
         mask = None if frac >= 1.0 else glen <= np.quantile(glen, frac) + 1e-9
         res = refine(intensity, geometry, start, thickness_nm, symmetry=list(groups), weights="none",
-                     max_iter=max_iter, progress=False, refine_reflections=mask)
+                     max_iter=max_iter, progress=False, log_warnings=False, refine_reflections=mask)
         start, thickness_nm = res.ug, res.thickness_nm
     return res
 
@@ -139,10 +139,10 @@ def refine_continuation(intensity, geometry: Geometry, start, thickness_nm: floa
     for lam in np.linspace(1.0 / CONTINUATION_STEPS, 1.0, CONTINUATION_STEPS)[:-1]:
         target = (1.0 - lam) * inten0 + lam * intensity
         res = refine(target, geometry, ug, t, symmetry=list(groups), weights="none",
-                     max_iter=CONTINUATION_ITERATIONS, progress=False)
+                     max_iter=CONTINUATION_ITERATIONS, progress=False, log_warnings=False)
         ug, t = res.ug, res.thickness_nm
     return refine(intensity, geometry, ug, t, symmetry=list(groups), weights="none",
-                  max_iter=max_iter, progress=False)
+                  max_iter=max_iter, progress=False, log_warnings=False)
 
 
 def refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,

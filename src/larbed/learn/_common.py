@@ -1,4 +1,4 @@
-"""Shared pieces of the two tasks: inputs, defaults, seeds, prediction and checks."""
+"""Shared pieces of the two tasks: inputs, settings, defaults, seeds, prediction and checks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ import datetime
 import logging
 import os
 import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import xarray as xr
@@ -32,7 +35,7 @@ R_THRESHOLD = 0.3
 #: … and max |U_pred| below this [1/Å²].
 UG_MAX = 0.2
 # SeedSequence spawn keys, one per purpose
-_KEY_T1_DATA, _KEY_T1_TRAIN, _KEY_T2_DATA, _KEY_T2_TRAIN, _KEY_T2_ITER = 11, 12, 21, 22, 23
+KEY_T1_DATA, KEY_T1_TRAIN, KEY_T2_DATA, KEY_T2_TRAIN, KEY_T2_ITER = 11, 12, 21, 22, 23
 
 
 def default_scales(n: int = 13) -> list[float]:
@@ -79,7 +82,8 @@ def resolve_inputs(
     return inputs
 
 
-def _check_common(model, n_train, n_test, epochs, thickness_range_nm) -> int:
+def check_common_settings(model, n_train, n_test, epochs, thickness_range_nm) -> int:
+    """Check the arguments both tasks share; return the number of initial training epochs."""
     if model not in MODEL_KINDS:
         raise ValueError(f"unknown model {model!r}; choose one of {MODEL_KINDS}")
     for name, val in (("n_train", n_train), ("n_test", n_test)):
@@ -96,7 +100,8 @@ def _check_common(model, n_train, n_test, epochs, thickness_range_nm) -> int:
     return int(ep)
 
 
-def _machine() -> dict:
+def machine_info() -> dict:
+    """Cores, platform, processor, TensorFlow/Keras versions and the time, for result attrs."""
     try:
         import keras
         import tensorflow as tf
@@ -113,14 +118,85 @@ def _machine() -> dict:
     }
 
 
-def _predict(reg: Regressor, x_exp: np.ndarray, geometry: Geometry, i_exp: np.ndarray, t_range):
+def predict_and_score(
+    reg: Regressor, x_exp: np.ndarray, geometry: Geometry, i_exp: np.ndarray, t_range
+):
+    """Predict (U_g, t [nm]) for the experimental pattern, simulate it and return (U_g, t, R)."""
     out = reg.predict(x_exp)[0]
     ug, t = split_targets(out, t_range)
     sim = simulate(geometry, ug, float(t))["intensity"].values
     return ug, float(t), r_factor(i_exp, sim)
 
 
-def _weights_label(model: str, weights) -> str:
-    if model != "cnn":
-        return "n/a"
-    return "none" if weights is None else os.fspath(weights)
+@dataclass(frozen=True)
+class NetworkSettings:
+    """Which network a task trains: ``model`` and the ``weights``, ``hidden``,
+    ``trainable_backbone`` and ``standardize_features`` arguments of :func:`run_task1`."""
+
+    model: str
+    weights: object
+    hidden: Sequence[int] | None
+    trainable_backbone: bool
+    standardize_features: bool
+
+    @property
+    def weights_label(self) -> str:
+        """How ``weights`` is recorded in results: ``'n/a'`` (ANN), ``'none'`` or the name/path."""
+        if self.model != "cnn":
+            return "n/a"
+        return "none" if self.weights is None else os.fspath(self.weights)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """The checked inputs and settings both tasks run with (the arguments of :func:`run_task1`).
+
+    ``epochs`` is the resolved number of initial training epochs, ``t_range`` the thickness range
+    [nm] and ``jitter`` the thickness jitter [nm].
+    """
+
+    inputs: TaskInputs
+    net: NetworkSettings
+    seed: int
+    n_train: int
+    n_test: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    t_range: tuple[float, ...]
+    jitter: float
+    download: bool
+
+    @property
+    def geometry(self) -> Geometry:
+        """The geometry of the experimental pattern."""
+        return self.inputs.geometry
+
+    @cached_property
+    def i_exp(self) -> np.ndarray:
+        """The experimental intensities (tilt, beam)."""
+        return self.inputs.intensity()
+
+    def regressor(self) -> Regressor:
+        """A new :class:`Regressor` with these settings."""
+        net = self.net
+        return Regressor(
+            net.model,
+            self.geometry,
+            hidden=net.hidden,
+            weights=net.weights,
+            trainable_backbone=net.trainable_backbone,
+            standardize_features=net.standardize_features,
+            learning_rate=self.learning_rate,
+            batch_size=self.batch_size,
+            seed=self.seed,
+            download=self.download,
+        )
+
+    def fit_from_start(self, reg: Regressor, x, y, seed_sequence):
+        """Standardise on the first ``n_train`` samples of (x, y), train ``epochs`` epochs with the
+        generator of ``seed_sequence``, test on the rest; return (train, test) loss per epoch."""
+        n = self.n_train
+        reg.standardize(x[:n])
+        rng = np.random.default_rng(seed_sequence)
+        return reg.fit(x[:n], y[:n], self.epochs, rng, x_test=x[n:], y_test=y[n:])

@@ -28,13 +28,21 @@ from typing import Literal, get_args
 import numpy as np
 import xarray as xr
 
-from .._checkpoint import fingerprint, load_npz, save_npz
+from .._checkpoint import fingerprint
 from .._types import RANDOM_PRIORS
 from ..geometry import Geometry
 from ..origin import choose_reference_reflections, make_unique_ug_vector
 from ..schema import check_ug, pattern_coords
 from ..simulation import simulate
 from ..structure_factors import compute_ug, random_ug
+from .chunks import CHUNK_DIR_SUFFIX, open_chunk_folder, simulate_chunks
+from .targets import (
+    THICKNESS_TARGET_NM,
+    check_thickness_range,
+    make_targets,
+    split_targets,
+    target_labels,
+)
 
 __all__ = [
     "Channel",
@@ -45,6 +53,7 @@ __all__ = [
     "make_targets",
     "split_targets",
     "deviate_ug",
+    "resolve_reference",
     "target_labels",
     "THICKNESS_TARGET_NM",
 ]
@@ -56,49 +65,13 @@ CHANNELS: tuple[str, ...] = get_args(Channel)
 Scheduler = Literal["synchronous", "threads", "processes"]
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 
-#: Thickness target unit: target = t [Å] / 1000 = t [nm] / 100 (thesis 3.1.3).
-THICKNESS_TARGET_NM = 100.0
 #: Default half-width of the thickness jitter around a given thickness [nm] ("a few nm").
 THICKNESS_JITTER_NM = 5.0
 #: Default number of samples per Dask task.
 CHUNK_SIZE = 16
-_CHUNK_DIR_SUFFIX = ".chunks"
 
 
-# ----------------------------------------------------------------------------- targets
-def make_targets(ug_values: np.ndarray, thickness_nm) -> np.ndarray:
-    """Learning targets [Re U, Im U, t/1000 Å] of shape (..., 2M + 1) from U_g (..., M) and t [nm]."""
-    u = np.asarray(ug_values, dtype=complex)
-    t = np.asarray(thickness_nm, dtype=float)[..., None] / THICKNESS_TARGET_NM
-    return np.concatenate([u.real, u.imag, np.broadcast_to(t, u.shape[:-1] + (1,))], axis=-1)
-
-
-def split_targets(
-    targets: np.ndarray, thickness_range_nm: Sequence[float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inverse of :func:`make_targets`: (U_g complex (..., M) [1/Å²], thickness (...) [nm]).
-
-    The thickness is |t| (a network may predict a negative value), clipped to
-    ``thickness_range_nm`` when given.
-    """
-    y = np.asarray(targets, dtype=float)
-    if y.shape[-1] % 2 != 1 or y.shape[-1] < 3:
-        raise ValueError(f"targets must have odd length 2M + 1 >= 3, got {y.shape[-1]}")
-    m = (y.shape[-1] - 1) // 2
-    ug = y[..., :m] + 1j * y[..., m : 2 * m]
-    t = np.abs(y[..., 2 * m]) * THICKNESS_TARGET_NM
-    if thickness_range_nm is not None:
-        lo, hi = _check_range(thickness_range_nm)
-        t = np.clip(t, lo, hi)
-    return ug, t
-
-
-def target_labels(geometry: Geometry) -> list[str]:
-    """Names of the 2M + 1 target components, e.g. ``'Re 1 0 0'``, ``'Im 1 0 0'``, ``'t/1000A'``."""
-    labels = geometry.reflection_labels()
-    return [f"Re {x}" for x in labels] + [f"Im {x}" for x in labels] + ["t/1000A"]
-
-
+# ----------------------------------------------------------------------------- samples
 def deviate_ug(ug0: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """U = U0 + s·|U0|·(ε_r + iε_i), ε uniform in [-1, 1]; zero U0 stays zero."""
     u0 = np.asarray(ug0, dtype=complex)
@@ -106,16 +79,6 @@ def deviate_ug(ug0: np.ndarray, scale: float, rng: np.random.Generator) -> np.nd
     return u0 + scale * np.abs(u0) * (eps[0] + 1j * eps[1])
 
 
-def _check_range(thickness_range_nm) -> tuple[float, float]:
-    arr = np.asarray(thickness_range_nm, dtype=float)
-    if arr.shape != (2,) or not np.all(np.isfinite(arr)) or arr[0] <= 0 or arr[1] < arr[0]:
-        raise ValueError(
-            f"thickness_range_nm must be (low, high) with 0 < low <= high [nm], got {thickness_range_nm!r}"
-        )
-    return float(arr[0]), float(arr[1])
-
-
-# ----------------------------------------------------------------------------- sample spec
 @dataclass(frozen=True)
 class _Spec:
     """Everything that determines the samples (hashable, JSON-able; recorded in the file)."""
@@ -246,30 +209,6 @@ def load_dataset(path: str | os.PathLike) -> xr.Dataset:
     return ds
 
 
-def _chunk_file(folder: str, lo: int, hi: int) -> str:
-    return os.path.join(folder, f"chunk_{lo:08d}_{hi:08d}.npz")
-
-
-def _save_chunk(folder: str, part: dict) -> None:
-    save_npz(_chunk_file(folder, part["lo"], part["hi"]), intensity=part["intensity"], ug=part["ug"],
-             thickness_nm=part["thickness_nm"])
-
-
-def _load_chunk(folder: str, lo: int, hi: int) -> dict | None:
-    name = _chunk_file(folder, lo, hi)
-    if not os.path.exists(name):
-        return None
-    try:
-        z = load_npz(name)
-        part = {"lo": lo, "hi": hi, **{k: z[k] for k in ("intensity", "ug", "thickness_nm")}}
-    except (OSError, ValueError, KeyError) as exc:  # a truncated checkpoint: recompute it
-        logger.warning("ignoring unreadable checkpoint %s (%s)", name, exc)
-        return None
-    if part["intensity"].shape[0] != hi - lo:
-        return None
-    return part
-
-
 # ----------------------------------------------------------------------------- main entry
 def _as_seed_sequence(seed) -> np.random.SeedSequence:
     if isinstance(seed, np.random.SeedSequence):
@@ -365,68 +304,13 @@ def generate_dataset(
     >>> dict(ds.intensity.sizes), ds.targets.sizes["target"]
     ({'sample': 3, 'tilt': 5, 'beam': 5}, 13)
     """
-    if not isinstance(geometry, Geometry):
-        raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"n must be an integer number of samples, got {n!r}")
-    if n <= 0:
-        raise ValueError(f"n must be > 0 samples, got {n}")
-    if channel not in CHANNELS:
-        raise ValueError(f"unknown channel {channel!r}; choose one of {CHANNELS}")
-    if prior not in RANDOM_PRIORS:
-        raise ValueError(f"unknown prior {prior!r}; choose one of {RANDOM_PRIORS}")
-    if (
-        isinstance(chunk_size, bool)
-        or not isinstance(chunk_size, (int, np.integer))
-        or chunk_size <= 0
-    ):
-        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-    if client is None and scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
-    scale = float(scale)
-    if not math.isfinite(scale) or scale < 0:
-        raise ValueError(f"scale must be finite and >= 0, got {scale}")
-    jitter = float(thickness_jitter_nm)
-    if not math.isfinite(jitter) or jitter < 0:
-        raise ValueError(
-            f"thickness_jitter_nm must be finite and >= 0 [nm], got {thickness_jitter_nm}"
-        )
-    t_range = _check_range(thickness_range_nm)
-    if not (math.isfinite(float(ug_range)) and float(ug_range) > 0):
-        raise ValueError(f"ug_range must be positive [1/Å²], got {ug_range}")
+    _check_choices(geometry, n, channel, prior, chunk_size, client, scheduler)
+    scale, jitter, t_range = _check_numbers(scale, thickness_jitter_nm, thickness_range_nm, ug_range)
     ss = _as_seed_sequence(seed)
-
-    if channel == "deviation":
-        if ug0 is None or thickness0_nm is None:
-            raise ValueError("channel='deviation' needs ug0 (U_g [1/Å²]) and thickness0_nm [nm]")
-        u0 = check_ug(geometry, ug0).values.astype(complex)
-        t0 = float(thickness0_nm)
-        if not math.isfinite(t0) or t0 <= 0:
-            raise ValueError(
-                f"thickness0_nm must be a positive thickness [nm], got {thickness0_nm}"
-            )
-        ref_source = u0
-    else:
-        if ug0 is not None or thickness0_nm is not None:
-            raise ValueError(
-                "ug0/thickness0_nm are for channel='deviation'; the random channel draws both"
-            )
-        u0 = np.zeros(geometry.n_reflections, dtype=complex)
-        t0 = 0.0
-        ref_source = compute_ug(geometry.crystal, geometry).values
-    if reference is None:
-        ref = choose_reference_reflections(ref_source, geometry)
-    else:
-        ref = make_unique_ug_vector(
-            np.ones(geometry.n_reflections, complex),
-            geometry,
-            reference=reference,
-            return_shift=True,
-        )[2]
+    u0, t0, ref = _channel_origin(geometry, channel, ug0, thickness0_nm, reference)
     tgt = tuple(float(x) for x in targets_rad)
     if len(tgt) != 2 or not all(math.isfinite(x) for x in tgt):
         raise ValueError(f"targets_rad must be two finite phases [rad], got {targets_rad!r}")
-
     spec = _Spec(
         channel=channel,
         n=int(n),
@@ -445,120 +329,138 @@ def generate_dataset(
         targets_rad=tgt,  # type: ignore[arg-type]
         geometry=json.dumps(geometry.to_attrs(), sort_keys=True, default=str),
     )
-    attrs = {
-        "title": "larbed learning data set (simulated LARBED patterns with U_g and thickness)",
-        "channel": channel,
-        "n_samples": int(n),
-        "seed_entropy": spec.entropy,
-        "seed_spawn_key": list(spec.spawn_key),
-        "deviation_scale": spec.scale,
-        "thickness_range_nm": list(t_range),
-        "thickness_jitter_nm": spec.thickness_jitter_nm,
-        "thickness0_nm": t0,
-        "prior": spec.prior,
-        "ug_range": spec.ug_range,
-        "unique": int(bool(unique)),
-        "unique_reference": [" ".join(map(str, geometry.reflection_hkl[i].tolist())) for i in ref],
-        "unique_targets_rad": list(tgt),
-        "target_thickness_unit": "t [Å] / 1000",
-        "spec_digest": spec.digest(),
-    }
-
     if path is not None:
         path = os.fspath(path)
-        if os.path.exists(path):
-            ds = load_dataset(path)
-            if ds.attrs.get("spec_digest") != spec.digest():
-                raise ValueError(
-                    f"{path!r} holds a different data set (other settings); remove it or choose another path"
-                )
-            logger.info("loaded finished data set from %s", path)
-            return ds
+        finished = _load_finished(path, spec)
+        if finished is not None:
+            return finished
     bounds = [(lo, min(lo + int(chunk_size), n)) for lo in range(0, n, int(chunk_size))]
-    parts: list[dict] = []
     folder = None
+    parts: list[dict] = []
+    todo = bounds
     if path is not None:
-        folder = path + _CHUNK_DIR_SUFFIX
-        os.makedirs(folder, exist_ok=True)
-        marker = os.path.join(folder, "spec.json")
-        if os.path.exists(marker):
-            with open(marker, encoding="utf-8") as fh:
-                old = json.load(fh).get("digest")
-            if old != spec.digest():
-                raise ValueError(
-                    f"checkpoint folder {folder!r} belongs to a different data set; remove it or "
-                    "choose another path"
-                )
-        else:
-            with open(marker, "w", encoding="utf-8") as fh:
-                json.dump({"digest": spec.digest(), "spec": asdict(spec)}, fh)
-        todo = []
-        for lo, hi in bounds:
-            part = _load_chunk(folder, lo, hi)
-            if part is None:
-                todo.append((lo, hi))
-            else:
-                parts.append(part)
-        if parts:
-            logger.info("resuming: %d of %d chunks already in %s", len(parts), len(bounds), folder)
-    else:
-        todo = bounds
-
-    from tqdm.auto import tqdm
-
-    done = sum(p["hi"] - p["lo"] for p in parts)
-    with tqdm(
-        total=n, initial=done, desc="simulate samples", unit="sample", disable=not progress
-    ) as bar:
-
-        def _finished(part: dict) -> None:
-            if folder is not None:
-                _save_chunk(folder, part)
-            parts.append(part)
-            bar.update(part["hi"] - part["lo"])
-
-        if todo:
-            if client is not None:
-                _run_distributed(client, geometry, spec, todo, _finished)
-            else:
-                _run_local(scheduler, geometry, spec, todo, _finished)
-    ds = _assemble(geometry, spec, parts, attrs)
+        folder = path + CHUNK_DIR_SUFFIX
+        parts, todo = open_chunk_folder(folder, spec, bounds)
+    simulate_chunks(_simulate_chunk, geometry, spec, todo, parts, folder, client, scheduler, progress)
+    ds = _assemble(geometry, spec, parts, _dataset_attrs(geometry, spec))
     if path is not None:
         save_dataset(ds, path)
         shutil.rmtree(folder, ignore_errors=True)
     return ds
 
 
-def _run_local(scheduler: str, geometry: Geometry, spec: _Spec, todo, finished) -> None:
-    import dask
-    from dask.callbacks import Callback
+def _check_choices(geometry, n, channel, prior, chunk_size, client, scheduler) -> None:
+    """Check the types and the named choices of :func:`generate_dataset`'s arguments."""
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an integer number of samples, got {n!r}")
+    if n <= 0:
+        raise ValueError(f"n must be > 0 samples, got {n}")
+    if channel not in CHANNELS:
+        raise ValueError(f"unknown channel {channel!r}; choose one of {CHANNELS}")
+    if prior not in RANDOM_PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; choose one of {RANDOM_PRIORS}")
+    if (
+        isinstance(chunk_size, bool)
+        or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size <= 0
+    ):
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if client is None and scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {SCHEDULERS}")
 
-    tasks = [
-        dask.delayed(_simulate_chunk, pure=True)(
-            geometry, spec, lo, hi, dask_key_name=f"larbed-chunk-{lo}-{hi}"
+
+def _check_numbers(
+    scale, thickness_jitter_nm, thickness_range_nm, ug_range
+) -> tuple[float, float, tuple[float, float]]:
+    """Check the scalar settings; return (scale, thickness jitter [nm], thickness range [nm])."""
+    scale = float(scale)
+    if not math.isfinite(scale) or scale < 0:
+        raise ValueError(f"scale must be finite and >= 0, got {scale}")
+    jitter = float(thickness_jitter_nm)
+    if not math.isfinite(jitter) or jitter < 0:
+        raise ValueError(
+            f"thickness_jitter_nm must be finite and >= 0 [nm], got {thickness_jitter_nm}"
         )
-        for lo, hi in todo
-    ]
-    keys = {f"larbed-chunk-{lo}-{hi}" for lo, hi in todo}
-
-    class _Done(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):  # noqa: D401 - dask hook
-            if key in keys:
-                finished(result)
-
-    with _Done():
-        dask.compute(*tasks, scheduler=scheduler)
+    t_range = check_thickness_range(thickness_range_nm)
+    if not (math.isfinite(float(ug_range)) and float(ug_range) > 0):
+        raise ValueError(f"ug_range must be positive [1/Å²], got {ug_range}")
+    return scale, jitter, t_range
 
 
-def _run_distributed(client, geometry: Geometry, spec: _Spec, todo, finished) -> None:
-    from dask.distributed import as_completed
-
-    geo_future = client.scatter(geometry, broadcast=True)
-    futures = [
-        client.submit(
-            _simulate_chunk, geo_future, spec, lo, hi, key=f"larbed-chunk-{spec.digest()}-{lo}-{hi}"
+def _channel_origin(
+    geometry: Geometry, channel: str, ug0, thickness0_nm, reference
+) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """U0 (M,) complex, t0 [nm] and the make-unique references of a channel (checked)."""
+    if channel == "deviation":
+        if ug0 is None or thickness0_nm is None:
+            raise ValueError("channel='deviation' needs ug0 (U_g [1/Å²]) and thickness0_nm [nm]")
+        u0 = check_ug(geometry, ug0).values.astype(complex)
+        t0 = float(thickness0_nm)
+        if not math.isfinite(t0) or t0 <= 0:
+            raise ValueError(
+                f"thickness0_nm must be a positive thickness [nm], got {thickness0_nm}"
+            )
+        return u0, t0, resolve_reference(geometry, reference, u0)
+    if ug0 is not None or thickness0_nm is not None:
+        raise ValueError(
+            "ug0/thickness0_nm are for channel='deviation'; the random channel draws both"
         )
-        for lo, hi in todo
-    ]
-    for fut in as_completed(futures):
-        finished(fut.result())
+    u0 = np.zeros(geometry.n_reflections, dtype=complex)
+    return u0, 0.0, resolve_reference(geometry, reference)
+
+
+def resolve_reference(geometry: Geometry, reference=None, ug=None) -> tuple[int, int]:
+    """The make-unique reference reflections (indices along ``reflection``) of a data set.
+
+    ``reference`` as :func:`~larbed.learn.make_unique_ug_vector` takes it, or ``None``: chosen by
+    the rule of :mod:`larbed.origin` from ``ug`` (default: the geometry crystal's ComputeUg).
+    """
+    if reference is None:
+        if ug is None:
+            ug = compute_ug(geometry.crystal, geometry).values
+        return choose_reference_reflections(ug, geometry)
+    return make_unique_ug_vector(
+        np.ones(geometry.n_reflections, complex),
+        geometry,
+        reference=reference,
+        return_shift=True,
+    )[2]
+
+
+def _dataset_attrs(geometry: Geometry, spec: _Spec) -> dict:
+    """The generation settings recorded in a data set's attributes."""
+    return {
+        "title": "larbed learning data set (simulated LARBED patterns with U_g and thickness)",
+        "channel": spec.channel,
+        "n_samples": spec.n,
+        "seed_entropy": spec.entropy,
+        "seed_spawn_key": list(spec.spawn_key),
+        "deviation_scale": spec.scale,
+        "thickness_range_nm": list(spec.thickness_range_nm),
+        "thickness_jitter_nm": spec.thickness_jitter_nm,
+        "thickness0_nm": spec.thickness0_nm,
+        "prior": spec.prior,
+        "ug_range": spec.ug_range,
+        "unique": int(spec.unique),
+        "unique_reference": [
+            " ".join(map(str, geometry.reflection_hkl[i].tolist())) for i in spec.reference
+        ],
+        "unique_targets_rad": list(spec.targets_rad),
+        "target_thickness_unit": "t [Å] / 1000",
+        "spec_digest": spec.digest(),
+    }
+
+
+def _load_finished(path: str, spec: _Spec) -> xr.Dataset | None:
+    """The data set already in ``path`` (None if there is none); refuse one of other settings."""
+    if not os.path.exists(path):
+        return None
+    ds = load_dataset(path)
+    if ds.attrs.get("spec_digest") != spec.digest():
+        raise ValueError(
+            f"{path!r} holds a different data set (other settings); remove it or choose another path"
+        )
+    logger.info("loaded finished data set from %s", path)
+    return ds

@@ -9,27 +9,38 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
-from .._checkpoint import atomic_dir, load_npz, read_json, save_npz, write_json, write_text
-from ..origin import choose_reference_reflections, make_unique_ug_vector
+from .._checkpoint import (
+    atomic_dir,
+    fingerprint,
+    load_npz,
+    read_json,
+    save_npz,
+    write_json,
+    write_text,
+)
+from ..origin import make_unique_ug_vector
 from ..simulation import simulate
-from ..structure_factors import compute_ug
 from ._common import (
-    _KEY_T2_DATA,
-    _KEY_T2_ITER,
-    _KEY_T2_TRAIN,
+    KEY_T2_DATA,
+    KEY_T2_ITER,
+    KEY_T2_TRAIN,
     LOOP_EPOCHS,
-    _check_common,
-    _machine,
-    _predict,
-    _weights_label,
+    NetworkSettings,
+    TaskPlan,
+    check_common_settings,
+    machine_info,
+    predict_and_score,
     resolve_inputs,
 )
-from .dataset import THICKNESS_JITTER_NM, deviate_ug, generate_dataset, make_targets
+from .chunks import CHUNK_DIR_SUFFIX
+from .dataset import THICKNESS_JITTER_NM, deviate_ug, generate_dataset, resolve_reference
 from .results import Task2Result
+from .targets import make_targets
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
 
 __all__ = ["run_task2"]
@@ -38,10 +49,69 @@ logger = logging.getLogger(__name__)
 
 
 _CKPT = "task2_checkpoint"
+#: The initial (random) data set in the checkpoint folder.
+_DATA_SET = "random_set.nc"
+#: What each iteration records.
+_RECORD_KEYS = ("r", "ug", "t", "scale", "train", "test", "time")
 
 
-def _config_for_checkpoint(**kw) -> dict:
-    return json.loads(json.dumps(kw, sort_keys=True, default=str))
+@dataclass(frozen=True)
+class _Task2Plan(TaskPlan):
+    """A Task 2 run: the shared settings, the loop's and the make-unique references ``ref``."""
+
+    scale0: float
+    decay: float
+    loop_epochs: int
+    prior: str
+    ref: tuple[int, int]
+    dose: float | None
+
+
+@dataclass
+class _State:
+    """What the loop changes: training set (float32 copies), history so far, next iteration."""
+
+    x: np.ndarray
+    y: np.ndarray
+    rec: dict[str, list]
+    init_train: np.ndarray
+    init_test: np.ndarray
+    start: int
+    elapsed_before: float
+
+    def __post_init__(self) -> None:
+        self.x = np.array(self.x, dtype=np.float32)
+        self.y = np.array(self.y, dtype=np.float32)
+
+
+def _checkpoint_config(plan: _Task2Plan) -> dict:
+    """The settings a checkpoint records; a run resumes only a checkpoint with the same ones."""
+    net = plan.net
+    config = dict(
+        name=plan.inputs.name,
+        model=net.model,
+        weights=net.weights_label,
+        hidden=net.hidden,
+        trainable_backbone=net.trainable_backbone,
+        standardize_features=net.standardize_features,
+        seed=plan.seed,
+        scale0=plan.scale0,
+        decay=plan.decay,
+        n_train=plan.n_train,
+        n_test=plan.n_test,
+        epochs=plan.epochs,
+        loop_epochs=plan.loop_epochs,
+        batch_size=plan.batch_size,
+        learning_rate=plan.learning_rate,
+        prior=plan.prior,
+        thickness_range_nm=plan.t_range,
+        thickness_jitter_nm=plan.jitter,
+        reference=list(plan.ref),
+        dose=plan.dose,
+        geometry=plan.geometry.to_attrs(),
+        exp_sha256=fingerprint(np.ascontiguousarray(plan.i_exp)),
+    )
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
 def _write_checkpoint(
@@ -166,7 +236,65 @@ def run_task2(
         res.r_min, res.thickness_nm, res.elapsed_s, res.best_ug
     """
     t_start = time.perf_counter()
-    ep = _check_common(model, n_train, n_test, epochs, thickness_range_nm)
+    ep = check_common_settings(model, n_train, n_test, epochs, thickness_range_nm)
+    _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay)
+    inputs = resolve_inputs(preset_or_inputs, dose=dose)
+    plan = _Task2Plan(
+        inputs=inputs,
+        net=NetworkSettings(model, weights, hidden, trainable_backbone, standardize_features),
+        seed=seed,
+        scale0=scale0,
+        decay=decay,
+        n_train=n_train,
+        n_test=n_test,
+        epochs=ep,
+        loop_epochs=loop_epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        prior=prior,
+        t_range=tuple(float(x) for x in thickness_range_nm),
+        jitter=thickness_jitter_nm,
+        ref=resolve_reference(inputs.geometry, reference),
+        dose=dose,
+        download=download,
+    )
+    config = _checkpoint_config(plan)
+    reg = plan.regressor()
+    x_exp = reg.inputs(plan.i_exp)
+    ckpt_dir = None if out_dir is None else os.path.join(os.fspath(out_dir), _CKPT)
+    state = None
+    if ckpt_dir is not None and resume:
+        state = _resume(ckpt_dir, config, reg, f"{inputs.name} {model}")
+    if state is None:
+        state = _fresh_start(plan, reg, ckpt_dir, client, progress)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=iterations,
+        initial=min(state.start, iterations),
+        desc=f"task2 {inputs.name} {model}",
+        unit="it",
+        disable=not progress,
+    )
+    t_seg = time.perf_counter()
+    for i in range(state.start, iterations):
+        record = _iterate(plan, reg, x_exp, state, i)
+        bar.update(1)
+        bar.set_postfix(R=f"{record['r']:.3f}", best=f"{min(state.rec['r']):.3f}")
+        if ckpt_dir is not None and ((i + 1) % checkpoint_every == 0 or i == iterations - 1):
+            _save_progress(ckpt_dir, i + 1, reg, state, config, t_start)
+        if callback is not None:
+            callback(i, record)
+    bar.close()
+    logger.info("task2 loop segment: %.1f s", time.perf_counter() - t_seg)
+    elapsed = state.elapsed_before + time.perf_counter() - t_start
+    hist = _history(plan, state, config, list(reg.hidden_sizes), iterations, elapsed)
+    return Task2Result(hist, inputs)
+
+
+def _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay) -> None:
+    """Check the loop arguments of :func:`run_task2`."""
     for name, val in (
         ("iterations", iterations),
         ("loop_epochs", loop_epochs),
@@ -180,171 +308,133 @@ def run_task2(
             raise ValueError(f"{name} must be a positive integer, got {val!r}")
     if not (math.isfinite(scale0) and scale0 >= 0 and math.isfinite(decay) and decay > 0):
         raise ValueError(f"scale0 must be >= 0 and decay > 0, got {scale0}, {decay}")
-    inputs = resolve_inputs(preset_or_inputs, dose=dose)
-    geo = inputs.geometry
-    i_exp = inputs.intensity()
-    t_range = tuple(float(x) for x in thickness_range_nm)
-    if reference is None:
-        ref = choose_reference_reflections(compute_ug(geo.crystal, geo))
-    else:
-        ref = make_unique_ug_vector(
-            np.ones(geo.n_reflections, complex), geo, reference=reference, return_shift=True
-        )[2]
-    config = _config_for_checkpoint(
-        name=inputs.name,
-        model=model,
-        weights=_weights_label(model, weights),
-        hidden=hidden,
-        trainable_backbone=trainable_backbone,
-        standardize_features=standardize_features,
-        seed=seed,
-        scale0=scale0,
-        decay=decay,
-        n_train=n_train,
-        n_test=n_test,
-        epochs=ep,
-        loop_epochs=loop_epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        prior=prior,
-        thickness_range_nm=t_range,
-        thickness_jitter_nm=thickness_jitter_nm,
-        reference=list(ref),
-        dose=dose,
-        geometry=geo.to_attrs(),
-        exp_sum=float(np.sum(i_exp)),
-        exp_hash=float(np.sum(i_exp * np.arange(1, i_exp.size + 1).reshape(i_exp.shape))),
-    )
-    reg = Regressor(
-        model,
-        geo,
-        hidden=hidden,
-        weights=weights,
-        trainable_backbone=trainable_backbone,
-        standardize_features=standardize_features,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
-        seed=seed,
-        download=download,
-    )
-    x_exp = reg.inputs(i_exp)
-    ckpt_dir = None if out_dir is None else os.path.join(os.fspath(out_dir), _CKPT)
-    state = _read_checkpoint(ckpt_dir) if (ckpt_dir is not None and resume) else None
-    m = geo.n_reflections
-    if state is not None:
-        target, meta, x, y, saved = state
-        if meta["config"] != config:
-            diff = sorted(k for k in config if meta["config"].get(k) != config[k])
-            raise ValueError(
-                f"checkpoint in {ckpt_dir!r} was made with other settings ({', '.join(diff)}); "
-                "use another out_dir, resume=False, or the same settings"
-            )
-        reg.load_state(os.path.join(target, "model.npz"))
-        start = int(meta["completed"])
-        elapsed_before = float(meta["elapsed_s"])
-        init_train, init_test = saved.pop("init_train"), saved.pop("init_test")
-        rec = {k: list(v) for k, v in saved.items()}
-        logger.info(
-            "task2: resuming %s %s at iteration %d from %s", inputs.name, model, start, target
-        )
-    else:
-        if ckpt_dir is not None:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
-            os.makedirs(ckpt_dir)
-        ds = generate_dataset(
-            geo,
-            n_train + n_test,
-            channel="random",
-            prior=prior,
-            thickness_range_nm=t_range,
-            reference=ref,
-            seed=np.random.SeedSequence(seed, spawn_key=(_KEY_T2_DATA,)),
-            client=client,
-            progress=progress,
-            path=None if ckpt_dir is None else os.path.join(ckpt_dir, "random_set.nc"),
-        )
-        x = reg.inputs(ds["intensity"].values)
-        y = ds["targets"].values.astype(np.float32)
-        reg.standardize(x[:n_train])
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_KEY_T2_TRAIN,)))
-        init_train, init_test = reg.fit(
-            x[:n_train], y[:n_train], ep, rng, x_test=x[n_train:], y_test=y[n_train:]
-        )
-        start, elapsed_before = 0, 0.0
-        rec = {k: [] for k in ("r", "ug", "t", "scale", "train", "test", "time")}
-    x = np.array(x, dtype=np.float32)
-    y = np.array(y, dtype=np.float32)
 
-    from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=iterations,
-        initial=min(start, iterations),
-        desc=f"task2 {inputs.name} {model}",
-        unit="it",
-        disable=not progress,
+def _resume(ckpt_dir: str, config: dict, reg: Regressor, label: str) -> _State | None:
+    """The state of the checkpoint in ``ckpt_dir``, its weights and optimizer loaded into ``reg``;
+    None when there is no checkpoint. Refuses one made with other settings."""
+    state = _read_checkpoint(ckpt_dir)
+    if state is None:
+        return None
+    target, meta, x, y, saved = state
+    if meta["config"] != config:
+        diff = sorted(k for k in config if meta["config"].get(k) != config[k])
+        raise ValueError(
+            f"checkpoint in {ckpt_dir!r} was made with other settings ({', '.join(diff)}); "
+            "use another out_dir, resume=False, or the same settings"
+        )
+    reg.load_state(os.path.join(target, "model.npz"))
+    start = int(meta["completed"])
+    elapsed_before = float(meta["elapsed_s"])
+    init_train, init_test = saved.pop("init_train"), saved.pop("init_test")
+    rec = {k: list(v) for k, v in saved.items()}
+    logger.info("task2: resuming %s at iteration %d from %s", label, start, target)
+    return _State(x, y, rec, init_train, init_test, start, elapsed_before)
+
+
+def _clear_checkpoint(folder: str) -> None:
+    """Delete what a Task 2 run writes into ``folder``: the ``state_*`` folders, ``LATEST``, the
+    initial data set with its chunk checkpoints and ``*.part`` leftovers of interrupted writes.
+    Other files stay; a missing folder is created."""
+    os.makedirs(folder, exist_ok=True)
+    ours = ("LATEST", _DATA_SET, _DATA_SET + CHUNK_DIR_SUFFIX)
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        is_dir = os.path.isdir(path) and not os.path.islink(path)
+        if name in ours or name.endswith(".part") or (name.startswith("state_") and is_dir):
+            if is_dir:
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.remove(path)
+
+
+def _fresh_start(
+    plan: _Task2Plan, reg: Regressor, ckpt_dir: str | None, client, progress
+) -> _State:
+    """Start afresh: simulate the random initial data set (kept in ``ckpt_dir``) and train on it."""
+    if ckpt_dir is not None:
+        _clear_checkpoint(ckpt_dir)
+    ds = generate_dataset(
+        plan.geometry,
+        plan.n_train + plan.n_test,
+        channel="random",
+        prior=plan.prior,
+        thickness_range_nm=plan.t_range,
+        reference=plan.ref,
+        seed=np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_DATA,)),
+        client=client,
+        progress=progress,
+        path=None if ckpt_dir is None else os.path.join(ckpt_dir, _DATA_SET),
     )
-    t_seg = time.perf_counter()
-    for i in range(start, iterations):
-        t0 = time.perf_counter()
-        ug_p, t_p, r = _predict(reg, x_exp, geo, i_exp, t_range)
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_KEY_T2_ITER, i)))
-        s = scale0 * decay**i
-        ug_new = deviate_ug(ug_p, s, rng)
-        t_new = float(
-            np.clip(t_p + rng.uniform(-thickness_jitter_nm, thickness_jitter_nm), *t_range)
-        )
-        ug_new = make_unique_ug_vector(ug_new, geo, reference=ref)
-        i_new = simulate(geo, ug_new, t_new)["intensity"].values
-        j = i % n_train
-        x[j] = reg.inputs(i_new)[0]
-        y[j] = make_targets(ug_new, t_new)
-        train, test = reg.fit(
-            x[:n_train],
-            y[:n_train],
-            loop_epochs,
-            rng,
-            x_test=x[n_train:],
-            y_test=y[n_train:],
-            test_every_epoch=False,
-        )
-        for key, val in (
-            ("r", r),
-            ("ug", ug_p),
-            ("t", t_p),
-            ("scale", s),
-            ("train", train),
-            ("test", test[-1]),
-            ("time", time.perf_counter() - t0),
-        ):
-            rec[key].append(val)
-        bar.update(1)
-        bar.set_postfix(R=f"{r:.3f}", best=f"{min(rec['r']):.3f}")
-        last = i == iterations - 1
-        if ckpt_dir is not None and ((i + 1) % checkpoint_every == 0 or last):
-            hist = {k: np.asarray(v) for k, v in rec.items()}
-            hist.update(init_train=init_train, init_test=init_test)
-            meta = {
-                "config": config,
-                "completed": i + 1,
-                "elapsed_s": elapsed_before + time.perf_counter() - t_start,
-            }
-            _write_checkpoint(ckpt_dir, i + 1, reg, x, y, hist, meta)
-        if callback is not None:
-            callback(i, {"r": r, "thickness_nm": t_p, "scale": s, "ug": ug_p})
-    bar.close()
-    logger.info("task2 loop segment: %.1f s", time.perf_counter() - t_seg)
-    elapsed = elapsed_before + time.perf_counter() - t_start
+    x = reg.inputs(ds["intensity"].values)
+    y = ds["targets"].values.astype(np.float32)
+    seeds = np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_TRAIN,))
+    init_train, init_test = plan.fit_from_start(reg, x, y, seeds)
+    rec: dict[str, list] = {k: [] for k in _RECORD_KEYS}
+    return _State(x, y, rec, init_train, init_test, start=0, elapsed_before=0.0)
 
+
+def _iterate(plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int) -> dict:
+    """Iteration ``i``: predict (U, t) and its R; replace training sample i (mod n_train) by a
+    deviation of the prediction; train ``loop_epochs`` epochs. Appends to ``state.rec`` and
+    returns the callback's record."""
+    t0 = time.perf_counter()
+    geo, n = plan.geometry, plan.n_train
+    ug_p, t_p, r = predict_and_score(reg, x_exp, geo, plan.i_exp, plan.t_range)
+    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
+    s = plan.scale0 * plan.decay**i
+    ug_new = deviate_ug(ug_p, s, rng)
+    lo, hi = plan.t_range
+    t_new = float(np.clip(t_p + rng.uniform(-plan.jitter, plan.jitter), lo, hi))
+    ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
+    i_new = simulate(geo, ug_new, t_new)["intensity"].values
+    x, y = state.x, state.y
+    x[i % n] = reg.inputs(i_new)[0]
+    y[i % n] = make_targets(ug_new, t_new)
+    train, test = reg.fit(
+        x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
+    )
+    for key, val in (
+        ("r", r),
+        ("ug", ug_p),
+        ("t", t_p),
+        ("scale", s),
+        ("train", train),
+        ("test", test[-1]),
+        ("time", time.perf_counter() - t0),
+    ):
+        state.rec[key].append(val)
+    return {"r": r, "thickness_nm": t_p, "scale": s, "ug": ug_p}
+
+
+def _save_progress(
+    ckpt_dir: str, completed: int, reg: Regressor, state: _State, config: dict, t_start: float
+) -> None:
+    """Checkpoint after ``completed`` iterations (``t_start``: this segment's start)."""
+    hist = {k: np.asarray(v) for k, v in state.rec.items()}
+    hist.update(init_train=state.init_train, init_test=state.init_test)
+    meta = {
+        "config": config,
+        "completed": completed,
+        "elapsed_s": state.elapsed_before + time.perf_counter() - t_start,
+    }
+    _write_checkpoint(ckpt_dir, completed, reg, state.x, state.y, hist, meta)
+
+
+def _history(
+    plan: _Task2Plan, state: _State, config: dict, hidden: list, iterations: int, elapsed: float
+) -> xr.Dataset:
+    """The result Dataset: one entry per iteration, the initial training and the settings."""
+    rec, geo, inputs = state.rec, plan.geometry, plan.inputs
     n_it = len(rec["r"])
     if n_it == 0:
         raise ValueError("iterations=0: nothing was predicted")
     hist = xr.Dataset(
         coords={
             "iteration": ("iteration", np.arange(n_it)),
-            "loop_epoch": ("loop_epoch", np.arange(1, loop_epochs + 1)),
-            "epoch": ("epoch", np.arange(1, ep + 1)),
-            "reflection": ("reflection", np.arange(m)),
+            "loop_epoch": ("loop_epoch", np.arange(1, plan.loop_epochs + 1)),
+            "epoch": ("epoch", np.arange(1, plan.epochs + 1)),
+            "reflection": ("reflection", np.arange(geo.n_reflections)),
             "reflection_label": ("reflection", np.array(geo.reflection_labels())),
         }
     )
@@ -363,8 +453,8 @@ def run_task2(
     )
     hist["test_loss"] = ("iteration", np.asarray(rec["test"], float), {"units": "MSE"})
     hist["iteration_s"] = ("iteration", np.asarray(rec["time"], float), {"units": "s"})
-    hist["init_train_loss"] = ("epoch", np.asarray(init_train, float), {"units": "MSE"})
-    hist["init_test_loss"] = ("epoch", np.asarray(init_test, float), {"units": "MSE"})
+    hist["init_train_loss"] = ("epoch", np.asarray(state.init_train, float), {"units": "MSE"})
+    hist["init_test_loss"] = ("epoch", np.asarray(state.init_test, float), {"units": "MSE"})
     if inputs.ug_true is not None:
         hist["ug_true"] = ("reflection", inputs.ug_true.values.astype(complex), {"units": "1/Å^2"})
     r_all = hist.r_factor.values
@@ -372,8 +462,8 @@ def run_task2(
     hist.attrs.update(
         {
             "title": "larbed Task 2 (U_g determination)",
-            **{k: v for k, v in config.items() if k not in ("geometry", "exp_sum", "exp_hash")},
-            "hidden": list(reg.hidden_sizes),
+            **{k: v for k, v in config.items() if k not in ("geometry", "exp_sha256")},
+            "hidden": hidden,
             "iterations": int(iterations),
             "thickness_true_nm": float("nan")
             if inputs.thickness_true_nm is None
@@ -382,8 +472,8 @@ def run_task2(
             "best_iteration": best,
             "best_thickness_nm": float(hist.thickness_nm.values[best]),
             "elapsed_s": elapsed,
-            **_machine(),
+            **machine_info(),
             **geo.to_attrs(),
         }
     )
-    return Task2Result(hist, inputs)
+    return hist

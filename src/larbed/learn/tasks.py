@@ -13,27 +13,30 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 
 from ._common import (
-    _KEY_T1_DATA,
-    _KEY_T1_TRAIN,
     EPOCHS,
+    KEY_T1_DATA,
+    KEY_T1_TRAIN,
     LOOP_EPOCHS,
     R_STOP,
     R_THRESHOLD,
     UG_MAX,
-    _check_common,
-    _machine,
-    _predict,
-    _weights_label,
+    NetworkSettings,
+    TaskPlan,
+    check_common_settings,
     default_scales,
+    machine_info,
+    predict_and_score,
     resolve_inputs,
 )
-from .dataset import THICKNESS_JITTER_NM, generate_dataset, target_labels
+from .dataset import THICKNESS_JITTER_NM, generate_dataset
 from .results import Task1Result
+from .targets import target_labels
 from .task2 import run_task2
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
 
@@ -43,6 +46,18 @@ logger = logging.getLogger(__name__)
 
 
 # ============================================================================ Task 1
+@dataclass(frozen=True)
+class _Task1Plan(TaskPlan):
+    """A Task 1 run: the shared settings, the true U_g [1/Å²] and thickness [nm] and the stop and
+    threshold criteria."""
+
+    ug_true: np.ndarray
+    thickness_true_nm: float
+    r_stop: float
+    r_threshold: float
+    ug_max: float
+
+
 def run_task1(
     preset_or_inputs,
     model: str = "cnn",
@@ -122,30 +137,31 @@ def run_task1(
     Task1Result
     """
     t_start = time.perf_counter()
-    ep = _check_common(model, n_train, n_test, epochs, thickness_range_nm)
+    ep = check_common_settings(model, n_train, n_test, epochs, thickness_range_nm)
     inputs = resolve_inputs(preset_or_inputs, dose=dose)
     if inputs.ug_true is None or inputs.thickness_true_nm is None:
         raise ValueError("Task 1 needs the true U_g and thickness (ug_true, thickness_true_nm)")
-    scale_list = default_scales() if scales is None else [float(s) for s in scales]
-    if not scale_list or any(not math.isfinite(s) or s < 0 for s in scale_list):
-        raise ValueError(f"scales must be a non-empty list of finite values >= 0, got {scales!r}")
-    geo = inputs.geometry
-    i_exp = inputs.intensity()
-    ug_true = inputs.ug_true.values
-    t_range = tuple(float(x) for x in thickness_range_nm)
-    reg = Regressor(
-        model,
-        geo,
-        hidden=hidden,
-        weights=weights,
-        trainable_backbone=trainable_backbone,
-        standardize_features=standardize_features,
-        learning_rate=learning_rate,
-        batch_size=batch_size,
+    scale_list = _check_scales(scales)
+    plan = _Task1Plan(
+        inputs=inputs,
+        net=NetworkSettings(model, weights, hidden, trainable_backbone, standardize_features),
         seed=seed,
+        n_train=n_train,
+        n_test=n_test,
+        epochs=ep,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        t_range=tuple(float(x) for x in thickness_range_nm),
+        jitter=thickness_jitter_nm,
+        ug_true=inputs.ug_true.values,
+        thickness_true_nm=inputs.thickness_true_nm,
+        r_stop=r_stop,
+        r_threshold=r_threshold,
+        ug_max=ug_max,
         download=download,
     )
-    x_exp = reg.inputs(i_exp)
+    reg = plan.regressor()
+    x_exp = reg.inputs(plan.i_exp)
     data_dir = None
     if out_dir is not None:
         data_dir = os.path.join(os.fspath(out_dir), "task1_data")
@@ -156,70 +172,87 @@ def run_task1(
 
     bar = tqdm(scale_list, desc=f"task1 {inputs.name} {model}", unit="scale", disable=not progress)
     for k, s in enumerate(bar):
-        t0 = time.perf_counter()
-        path = None
-        if data_dir is not None:
-            n_all = n_train + n_test
-            path = os.path.join(data_dir, f"seed{seed}_k{k:02d}_s{s:g}_n{n_all}.nc")
-        ds = generate_dataset(
-            geo,
-            n_train + n_test,
-            channel="deviation",
-            ug0=ug_true,
-            thickness0_nm=inputs.thickness_true_nm,
-            scale=s,
-            thickness_range_nm=t_range,
-            thickness_jitter_nm=thickness_jitter_nm,
-            seed=np.random.SeedSequence(seed, spawn_key=(_KEY_T1_DATA, k)),
-            client=client,
-            progress=False,
-            path=path,
-        )
-        x = reg.inputs(ds["intensity"].values)
-        y = ds["targets"].values
-        reg.reset()
-        reg.standardize(x[:n_train])
-        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_KEY_T1_TRAIN, k)))
-        train, test = reg.fit(
-            x[:n_train], y[:n_train], ep, rng, x_test=x[n_train:], y_test=y[n_train:]
-        )
-        ug_p, t_p, r = _predict(reg, x_exp, geo, i_exp, t_range)
-        test_pred = reg.predict(x[n_train:])
-        rows.append(
-            {
-                "scale": s,
-                "r": r,
-                "ug": ug_p,
-                "t": t_p,
-                "train": train,
-                "test": test,
-                "test_pred": test_pred,
-                "test_true": y[n_train:],
-                "time": time.perf_counter() - t0,
-            }
-        )
-        bar.set_postfix(s=f"{s:g}", R=f"{r:.3f}")
+        row = _run_scale(plan, reg, x_exp, k, s, client, data_dir)
+        rows.append(row)
+        bar.set_postfix(s=f"{s:g}", R=f"{row['r']:.3f}")
         logger.info(
-            "task1 %s %s: scale %g R = %.4f (%.1f s)", inputs.name, model, s, r, rows[-1]["time"]
+            "task1 %s %s: scale %g R = %.4f (%.1f s)", inputs.name, model, s, row["r"], row["time"]
         )
-        if r >= r_stop:
+        if row["r"] >= r_stop:
             break
     bar.close()
+    return Task1Result(_history(plan, reg, rows, t_start), inputs)
 
+
+def _check_scales(scales) -> list[float]:
+    """The deviation scales to try (default :func:`default_scales`), checked."""
+    scale_list = default_scales() if scales is None else [float(s) for s in scales]
+    if not scale_list or any(not math.isfinite(s) or s < 0 for s in scale_list):
+        raise ValueError(f"scales must be a non-empty list of finite values >= 0, got {scales!r}")
+    return scale_list
+
+
+def _run_scale(
+    plan: _Task1Plan, reg: Regressor, x_exp: np.ndarray, k: int, s: float, client, data_dir
+) -> dict:
+    """Scale ``k`` (deviation ``s``): simulate its data set (kept in ``data_dir`` unless None),
+    train the network from its initial weights, predict (U, t) for the experimental pattern and
+    compute R. Returns the row of the history."""
+    t0 = time.perf_counter()
+    n_train, n_all = plan.n_train, plan.n_train + plan.n_test
+    path = None
+    if data_dir is not None:
+        path = os.path.join(data_dir, f"seed{plan.seed}_k{k:02d}_s{s:g}_n{n_all}.nc")
+    ds = generate_dataset(
+        plan.geometry,
+        n_all,
+        channel="deviation",
+        ug0=plan.ug_true,
+        thickness0_nm=plan.thickness_true_nm,
+        scale=s,
+        thickness_range_nm=plan.t_range,
+        thickness_jitter_nm=plan.jitter,
+        seed=np.random.SeedSequence(plan.seed, spawn_key=(KEY_T1_DATA, k)),
+        client=client,
+        progress=False,
+        path=path,
+    )
+    x = reg.inputs(ds["intensity"].values)
+    y = ds["targets"].values
+    reg.reset()
+    seeds = np.random.SeedSequence(plan.seed, spawn_key=(KEY_T1_TRAIN, k))
+    train, test = plan.fit_from_start(reg, x, y, seeds)
+    ug_p, t_p, r = predict_and_score(reg, x_exp, plan.geometry, plan.i_exp, plan.t_range)
+    return {
+        "scale": s,
+        "r": r,
+        "ug": ug_p,
+        "t": t_p,
+        "train": train,
+        "test": test,
+        "test_pred": reg.predict(x[n_train:]),
+        "test_true": y[n_train:],
+        "time": time.perf_counter() - t0,
+    }
+
+
+def _history(plan: _Task1Plan, reg: Regressor, rows: list[dict], t_start: float) -> xr.Dataset:
+    """The result Dataset: one entry per scale tried, the threshold and the settings."""
+    geo, inputs = plan.geometry, plan.inputs
     ugs = np.stack([row["ug"] for row in rows])
     max_abs = np.abs(ugs).max(axis=1)
     rs = np.array([row["r"] for row in rows])
-    ok = (rs < r_threshold) & (max_abs < ug_max)
+    ok = (rs < plan.r_threshold) & (max_abs < plan.ug_max)
     sc = np.array([row["scale"] for row in rows])
     threshold = float(sc[ok].max()) if np.any(ok) else float("nan")
     labels = geo.reflection_labels()
     hist = xr.Dataset(
         coords={
             "scale": ("scale", sc),
-            "epoch": ("epoch", np.arange(1, ep + 1)),
+            "epoch": ("epoch", np.arange(1, plan.epochs + 1)),
             "reflection": ("reflection", np.arange(geo.n_reflections)),
             "reflection_label": ("reflection", np.array(labels)),
-            "test_sample": ("test_sample", np.arange(n_test)),
+            "test_sample": ("test_sample", np.arange(plan.n_test)),
             "target": ("target", np.arange(2 * geo.n_reflections + 1)),
             "target_label": ("target", np.array(target_labels(geo))),
         }
@@ -247,33 +280,34 @@ def run_task1(
         np.stack([row["test_true"] for row in rows]),
     )
     hist["elapsed_s"] = ("scale", np.array([row["time"] for row in rows]), {"units": "s"})
-    hist["ug_true"] = ("reflection", ug_true.astype(complex), {"units": "1/Å^2"})
+    hist["ug_true"] = ("reflection", plan.ug_true.astype(complex), {"units": "1/Å^2"})
     elapsed = time.perf_counter() - t_start
+    net = plan.net
     hist.attrs.update(
         {
             "title": "larbed Task 1 (U_g deviation)",
             "name": inputs.name,
-            "model": model,
-            "weights": _weights_label(model, weights),
+            "model": net.model,
+            "weights": net.weights_label,
             "hidden": list(reg.hidden_sizes),
             "trainable_backbone": int(reg.trainable_backbone),
-            "standardize_features": int(bool(standardize_features)),
-            "seed": int(seed),
-            "n_train": int(n_train),
-            "n_test": int(n_test),
-            "epochs": ep,
-            "batch_size": int(batch_size),
-            "learning_rate": float(learning_rate),
-            "thickness_true_nm": float(inputs.thickness_true_nm),
-            "thickness_range_nm": list(t_range),
-            "thickness_jitter_nm": float(thickness_jitter_nm),
-            "r_stop": float(r_stop),
-            "r_threshold": float(r_threshold),
-            "ug_max": float(ug_max),
+            "standardize_features": int(bool(net.standardize_features)),
+            "seed": int(plan.seed),
+            "n_train": int(plan.n_train),
+            "n_test": int(plan.n_test),
+            "epochs": plan.epochs,
+            "batch_size": int(plan.batch_size),
+            "learning_rate": float(plan.learning_rate),
+            "thickness_true_nm": float(plan.thickness_true_nm),
+            "thickness_range_nm": list(plan.t_range),
+            "thickness_jitter_nm": float(plan.jitter),
+            "r_stop": float(plan.r_stop),
+            "r_threshold": float(plan.r_threshold),
+            "ug_max": float(plan.ug_max),
             "threshold": threshold,
             "elapsed_s": elapsed,
-            **_machine(),
+            **machine_info(),
             **geo.to_attrs(),
         }
     )
-    return Task1Result(hist, inputs)
+    return hist

@@ -39,4 +39,7 @@ __all__ = [
 __getattr__ = moved_names(__name__, {
     "check_pattern": "larbed.schema", "pattern_dose": "larbed.schema",
     "check_normalisation": "larbed.schema", "check_diffracted": "larbed.schema",
+    "MIN_THICKNESS_NM": "larbed.refinement.parameters", "GAUGE_RTOL": "larbed.refinement.parameters",
+    "UNDETERMINED_RCOND": "larbed.refinement.solver",
+    "MODEL_VARIANCE_FLOOR": "larbed.refinement.api", "POISSON_REVERT_FACTOR": "larbed.refinement.api",
 })

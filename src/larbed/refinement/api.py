@@ -233,7 +233,7 @@ def _log_cost(geometry: Geometry, n_q: int, chunk: int) -> None:
 
 
 def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_weights, *,
-            n_stages: int, max_iter: int, ftol: float, bar, save):
+            n_stages: int, max_iter: int, ftol: float, bar, save, log=logger.warning):
     """The least-squares pass and the Poisson re-weighting passes; (state, x_weights, stage)."""
     geometry = su.model.geometry
     prev_weights = None  # weights of the previous pass, under which q_before was fitted
@@ -250,9 +250,8 @@ def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_we
                                     on_iteration=lambda st, s=stage, w=x_weights: save(st, s, w))
         if stage > 0 and masked_r(su.exp, state.inten) > POISSON_REVERT_FACTOR * r_before:
             # model-based weights only make sense near the solution: keep the previous pass
-            logger.warning("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping "
-                           "the previous pass (the fit is far from the data)", stage, r_before,
-                           masked_r(su.exp, state.inten))
+            log("refine: re-weighting pass %d raised R from %.3g to %.3g; keeping the previous "
+                "pass (the fit is far from the data)", stage, r_before, masked_r(su.exp, state.inten))
             state.q, x_weights = q_before, prev_weights
             prob.set_weights(su.weights_for(x_weights))
             state.r, state.inten, state.hess, _ = prob.normal_equations(q_before)
@@ -288,6 +287,7 @@ def refine(
     r_max: float = R_MAX_NOISE_FREE,
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
+    log_warnings: bool = True,
 ) -> RefinementResult:
     """Least-squares refinement of U_g and thickness against a pattern.
 
@@ -316,7 +316,7 @@ def refine(
         the pattern's point group, ``'crystal'`` uses the geometry's atoms, or give operation names
         or groups of (h, k, l)). The constraints hold with the origin on the symmetry elements; the
         start is projected onto them (group means) as it is, so give a start in that origin
-        (e.g. :func:`larbed.symmetry.align_to_groups`).
+        (e.g. :func:`larbed.origin.align_to_groups`).
     real : bool
         Keep every U_g real (centrosymmetric projection, origin on the centre); the start must be real.
     absorption : float, optional
@@ -341,7 +341,11 @@ def refine(
     progress : bool
         Show a progress bar.
     checkpoint : path, optional
-        JSON file written after every iteration; an existing one restarts from its parameters.
+        JSON file written after every iteration; an existing one restarts from its parameters, and
+        a finished one (same data, settings and limits) is returned without iterating.
+    log_warnings : bool
+        Also log the result's warnings (default); ``False`` keeps them in ``.warnings`` only (for
+        the many trial refinements inside :func:`larbed.determine`).
 
     Returns
     -------
@@ -395,10 +399,11 @@ def refine(
             state.converged, state.message = True, "finished earlier (reused from the checkpoint)"
         else:
             state, x_weights, stage = _passes(su, prob, state, stage0, x_weights, n_stages=n_stages,
-                                              max_iter=max_iter, ftol=ftol, bar=bar, save=save)
+                                              max_iter=max_iter, ftol=ftol, bar=bar, save=save,
+                                              log=logger.warning if log_warnings else logger.debug)
             restore_undetermined(prob, state, pmap.q(su.x0), max_iter=max_iter, ftol=ftol)
         save(state, stage, x_weights, done=True)
         return build_result(prob, state, geometry, su.ug, su.weights, su.absorbing, su.dose,
-                            (chi2_max, r_noise_factor, r_max))
+                            (chi2_max, r_noise_factor, r_max), log_warnings)
     finally:
         bar.close()

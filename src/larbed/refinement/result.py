@@ -166,7 +166,8 @@ class RefinementResult:
 
 
 def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_start: xr.DataArray,
-            weights: str, absorbing: bool, dose, thresholds) -> RefinementResult:
+                 weights: str, absorbing: bool, dose, thresholds,
+                 log_warnings: bool = True) -> RefinementResult:
     pmap = prob.pmap
     p = geometry.n_reflections
     x = pmap.x(state.q)
@@ -244,7 +245,7 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
                             f"were kept at their start (σ = inf): {'; '.join(combos[:6])}"
                             + (" …" if len(combos) > 6 else "")))
     for w in warnings:
-        logger.warning("refine: %s", w)
+        (logger.warning if log_warnings else logger.debug)("refine: %s", w)
     logger.info("refine: R = %.3g, reduced χ² = %.3g, t = %.3f ± %.3f nm after %d iterations (%s)",
                 r, chi2, t, t_err, state.iterations, state.message)
     return RefinementResult(
