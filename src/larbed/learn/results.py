@@ -100,18 +100,8 @@ def _labelled_ug(geometry: Geometry, values: np.ndarray, source: str) -> xr.Data
 
 
 @dataclass
-class Task1Result:
-    """Task 1 (U_g deviation): one row per deviation scale.
-
-    Attributes
-    ----------
-    history : xarray.Dataset
-        Over ``scale`` (and ``epoch``, ``reflection``, ``test_sample``, ``target``):
-        ``r_factor``, ``ug_pred`` (complex), ``thickness_nm``, ``max_abs_ug``, ``train_loss``,
-        ``test_loss``, ``test_pred``/``test_true`` (network output on the test set), ``elapsed_s``;
-        ``ug_true``. Attributes: settings, ``threshold``, ``elapsed_s``.
-    inputs : TaskInputs
-    """
+class TaskResult:
+    """What Task 1 and Task 2 results share: the history Dataset and the inputs."""
 
     history: xr.Dataset
     inputs: TaskInputs = field(repr=False)
@@ -125,14 +115,30 @@ class Task1Result:
         return str(self.history.attrs["model"])
 
     @property
+    def elapsed_s(self) -> float:
+        """Wall time of the whole task (all resumed parts together) [s]."""
+        return float(self.history.attrs["elapsed_s"])
+
+
+@dataclass
+class Task1Result(TaskResult):
+    """Task 1 (U_g deviation): one row per deviation scale.
+
+    Attributes
+    ----------
+    history : xarray.Dataset
+        Over ``scale`` (and ``epoch``, ``reflection``, ``test_sample``, ``target``):
+        ``r_factor``, ``ug_pred`` (complex), ``thickness_nm``, ``max_abs_ug``, ``train_loss``,
+        ``test_loss``, ``test_pred``/``test_true`` (network output on the test set), ``elapsed_s``;
+        ``ug_true``. Attributes: settings, ``threshold``, ``elapsed_s``.
+    inputs : TaskInputs
+    """
+
+
+    @property
     def threshold(self) -> float:
         """Largest scale with R < r_threshold and max|U_pred| < ug_max (NaN if none)."""
         return float(self.history.attrs["threshold"])
-
-    @property
-    def elapsed_s(self) -> float:
-        """Wall time of the whole task [s]."""
-        return float(self.history.attrs["elapsed_s"])
 
     def summary(self) -> dict:
         """The thesis-table numbers: name, model, threshold, elapsed_s, last scale and its R."""
@@ -161,7 +167,7 @@ class Task1Result:
 
 
 @dataclass
-class Task2Result:
+class Task2Result(TaskResult):
     """Task 2 (U_g determination): one row per loop iteration.
 
     Attributes
@@ -175,16 +181,6 @@ class Task2Result:
     inputs : TaskInputs
     """
 
-    history: xr.Dataset
-    inputs: TaskInputs = field(repr=False)
-
-    @property
-    def name(self) -> str:
-        return str(self.history.attrs.get("name", self.inputs.name))
-
-    @property
-    def model(self) -> str:
-        return str(self.history.attrs["model"])
 
     @property
     def best_iteration(self) -> int:
@@ -211,11 +207,6 @@ class Task2Result:
     def thickness_nm(self) -> float:
         """Thickness of the best prediction [nm]."""
         return float(self.history.thickness_nm.values[self.best_iteration])
-
-    @property
-    def elapsed_s(self) -> float:
-        """Wall time of the whole task (all resumed parts together) [s]."""
-        return float(self.history.attrs["elapsed_s"])
 
     def best_pattern(self) -> xr.Dataset:
         """The pattern simulated from the best prediction."""
