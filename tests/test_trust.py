@@ -310,3 +310,18 @@ def test_large_refinement_runs_in_bounded_memory(srtio3):
     chunk = max(1, refine_jacobian.JACOBIAN_CHUNK_BYTES // (8 * 69 * (2 * (2 * geo.n_reflections + 2) + 4)))
     chunked = resources.estimate_jacobian(big, chunk_tilts=chunk)
     assert full.memory_bytes > 30e9 and chunked.memory_bytes < 2e9
+
+
+def test_kernel_threads_is_reentrant_and_holds_blas_at_one_thread():
+    from threadpoolctl import threadpool_info
+
+    from larbed.threads import kernel_threads
+
+    def blas():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    with kernel_threads():
+        assert blas() == {1}
+        with kernel_threads():
+            assert blas() == {1}
+        assert blas() == {1}  # the inner exit changed nothing

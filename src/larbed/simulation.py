@@ -13,6 +13,7 @@ from . import bloch, schema, symmetry
 from ._deprecation import moved_names
 from .geometry import Geometry
 from .metrics import check_dose, dose_column
+from .threads import uses_kernels
 
 __all__ = ["simulate"]
 
@@ -67,6 +68,7 @@ def _run_symmetric(geometry, path, offdiag, diag, thickness_a, progress, use_sym
     return out, len(ops) + 1, len(reps)
 
 
+@uses_kernels
 def simulate(
     geometry: Geometry,
     ug,

@@ -26,11 +26,14 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
+import threading
 from collections.abc import Iterator
 
-__all__ = ["ENV_VAR", "get_num_threads", "kernel_threads", "num_threads", "set_num_threads"]
+__all__ = ["ENV_VAR", "get_num_threads", "kernel_threads", "num_threads", "set_num_threads",
+           "uses_kernels"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,16 +94,46 @@ def _blas_controller():
     return _CONTROLLER
 
 
+_STATE = threading.local()  # nesting depth of kernel_threads in this thread
+
+
 @contextlib.contextmanager
 def kernel_threads() -> Iterator[int]:
-    """Run kernels with :func:`num_threads` Numba threads and one BLAS thread each; yields the count."""
+    """Run kernels with :func:`num_threads` Numba threads and one BLAS thread each; yields the count.
+
+    Re-entrant: inside an active ``kernel_threads`` (same thread) it changes nothing. Public
+    operations hold it for their whole duration (:func:`uses_kernels`): switching BLAS between one
+    and several threads around every kernel call leaves OpenBLAS workers spinning beside the Numba
+    workers and halves the speed of a refinement.
+    """
     import numba
 
+    depth = getattr(_STATE, "depth", 0)
+    if depth:
+        _STATE.depth = depth + 1
+        try:
+            yield numba.get_num_threads()
+        finally:
+            _STATE.depth = depth
+        return
     n = num_threads()
     before = numba.get_num_threads()
     numba.set_num_threads(n)
+    _STATE.depth = 1
     try:
         with _blas_controller().limit(limits=1, user_api="blas"):
             yield n
     finally:
+        _STATE.depth = 0
         numba.set_num_threads(before)
+
+
+def uses_kernels(func):
+    """Decorator: run ``func`` inside :func:`kernel_threads` (for the public entry points)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with kernel_threads():
+            return func(*args, **kwargs)
+
+    return wrapper

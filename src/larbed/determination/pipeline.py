@@ -52,6 +52,7 @@ from ..symmetry import (
     pattern_operations,
     symmetry_groups,
 )
+from ..threads import uses_kernels
 from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, check_thresholds
 from .polish import polish, polish_poisson
 from .records import finished_result, prepare_checkpoints
@@ -104,6 +105,7 @@ class _Plan:
     progress: bool
 
 
+@uses_kernels
 def determine(
     pattern,
     geometry: Geometry,

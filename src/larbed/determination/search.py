@@ -17,6 +17,7 @@ import numpy as np
 from .. import bloch
 from ..geometry import Geometry
 from ..symmetry import SymmetryGroup
+from ..threads import uses_kernels
 
 __all__ = ["MAX_POPULATION", "SEARCH_STEP_NM", "UG_BOUND", "Objective", "distinct_members",
            "global_search"]
@@ -113,6 +114,7 @@ def _evaluator(objective: Objective, client):
     return evaluate
 
 
+@uses_kernels
 def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[SymmetryGroup], *,
                   thickness_range_nm=(5.0, 100.0), ug_bound: float = UG_BOUND, seed: int = 0,
                   time_budget_s: float = 90.0, popsize: int = 10, max_generations: int = 1000,

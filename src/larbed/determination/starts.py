@@ -26,6 +26,7 @@ from ..refinement import refine, thickness_scan
 from ..simulation import simulate
 from ..structure_factors import input_ug
 from ..symmetry import SymmetryGroup
+from ..threads import uses_kernels
 from ..trust import R_MAX_NOISE_FREE
 from .search import SEARCH_STEP_NM, Objective
 
@@ -194,6 +195,7 @@ def group_magnitudes(intensity: np.ndarray, geometry: Geometry, groups: Sequence
     return out
 
 
+@uses_kernels
 def kinematic_starts(intensity: np.ndarray, geometry: Geometry, groups: Sequence[SymmetryGroup], *,
                      thickness_range_nm=(5.0, 100.0), tilts: int = 100, n_out: int = 2,
                      weak_fraction: float = WEAK_FRACTION, sweeps: int = 2,

@@ -23,6 +23,7 @@ from ..metrics import dose_column
 from ..resources import estimate_jacobian
 from ..schema import check_diffracted, check_pattern, check_thickness, check_ug, pattern_dose
 from ..symmetry import SymmetryGroup, symmetry_groups
+from ..threads import uses_kernels
 from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, check_thresholds
 from .jacobian import ForwardModel, WeightedProblem, masked_r, simulated_chunks
 from .parameters import ParameterMap, build_map, check_start_thickness, gauge_basis, reflection_mask
@@ -42,6 +43,7 @@ POISSON_REVERT_FACTOR = 1.05
 ANNOUNCE_ITERATION_S = 10.0
 
 
+@uses_kernels
 def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
                    absorption: float | None = None, metric: ScanMetric = "r_factor",
                    dose: float | None = None) -> xr.DataArray:
@@ -264,6 +266,7 @@ def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_we
     return state, x_weights, stage
 
 
+@uses_kernels
 def refine(
     pattern,
     geometry: Geometry,

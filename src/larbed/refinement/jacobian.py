@@ -15,6 +15,7 @@ from ..geometry import Geometry
 from ..resources import check_memory, estimate_jacobian
 from ..schema import check_ug, pattern_coords
 from ..simulation import simulate
+from ..threads import uses_kernels
 from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness
 
 __all__ = ["JACOBIAN_CHUNK_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
@@ -76,6 +77,7 @@ class ForwardModel:
         return out_i, out_j
 
 
+@uses_kernels
 def intensity_jacobian(geometry: Geometry, ug, thickness_nm: float, *,
                        absorption: float | None = None) -> xr.Dataset:
     """Exact derivatives of the pattern with respect to U_g, thickness and absorption.
