@@ -186,7 +186,7 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
     x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
     pmap = build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
                      absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
-    n_q, n_data = pmap.t.shape[1], int(np.isfinite(exp).sum())
+    n_q, n_data = pmap.n_q, int(np.isfinite(exp).sum())
     if n_q == 0:
         raise ValueError("nothing to refine: no free U_g, thickness or absorption")
     if n_q >= n_data:
@@ -259,7 +259,7 @@ def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_we
             state.r, state.inten, state.hess, _ = prob.normal_equations(q_before)
             break
         if stage > 0:
-            cov, _ = covariance(state.hess, gauge_basis(su.pmap, geometry, su.pmap.x(state.q)))
+            cov, _ = covariance(state.hess, gauge_basis(su.pmap, geometry, state.q))
             sig = np.sqrt(np.abs(np.diag(cov)))
             if np.all(np.abs(state.q - q_before) <= 0.01 * sig):
                 break
@@ -392,7 +392,7 @@ def refine(
 
     prob = WeightedProblem(su.model, pmap, su.exp, su.weights_for(x_weights), su.prior)
     state = LMState(q=q, history=history, iterations=len(history))
-    _log_cost(geometry, pmap.t.shape[1], prob.chunk)
+    _log_cost(geometry, pmap.n_q, prob.chunk)
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
                disable=not progress or finished, leave=False)
     try:

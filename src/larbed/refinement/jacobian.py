@@ -16,7 +16,7 @@ from ..resources import check_memory, estimate_jacobian
 from ..schema import check_ug, pattern_coords
 from ..simulation import simulate
 from ..threads import uses_kernels
-from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness
+from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness, free_x
 
 __all__ = ["JACOBIAN_CHUNK_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
            "intensity_jacobian", "masked_r", "simulated_chunks"]
@@ -173,24 +173,26 @@ class WeightedProblem:
         self.model, self.pmap = model, pmap
         self.data = data
         self.set_weights(weights)
-        self._t_dense = np.ascontiguousarray(pmap.t)
         n_tilts, n_beams = data.shape
-        per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.t.shape[1] + 4)
+        per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.n_q + 4)
         self.chunk = int(max(1, min(n_tilts, JACOBIAN_CHUNK_BYTES // per_tilt)))
         # Gaussian prior on x (Re U_g, Im U_g): residual rows (x_i − centre_i)/σ_i for finite σ_i
         self.prior_idx = np.zeros(0, int)
         if prior is not None:
             centre, sigma = prior
-            self.prior_idx = np.flatnonzero(np.isfinite(sigma) & np.any(pmap.t != 0, axis=1)[:len(sigma)])
+            free = free_x(pmap, None)[:len(sigma)]
+            self.prior_idx = np.flatnonzero(np.isfinite(sigma) & free)
             self.prior_centre = np.asarray(centre, float)[self.prior_idx]
             self.prior_inv = 1.0 / np.asarray(sigma, float)[self.prior_idx]
-            self._t_prior = np.asarray(pmap.t[self.prior_idx]) * self.prior_inv[:, None]
 
     def set_weights(self, weights: np.ndarray) -> None:
         self.sw = np.sqrt(np.asarray(weights, float)).ravel()
 
     def _prior_rows(self, q):
         return (self.pmap.x(q)[self.prior_idx] - self.prior_centre) * self.prior_inv
+
+    def _prior_jacobian(self, q):
+        return np.asarray(self.pmap.dx(q)[self.prior_idx]) * self.prior_inv[:, None]
 
     def _weighted(self, inten: np.ndarray) -> np.ndarray:
         return self.sw * np.nan_to_num(inten - self.data).ravel()
@@ -205,8 +207,9 @@ class WeightedProblem:
     def normal_equations(self, q):
         """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk."""
         x = self.pmap.x(q)
+        d = np.ascontiguousarray(self.pmap.dx(q))
         n_tilts, n_beams = self.data.shape
-        n_q = self.pmap.t.shape[1]
+        n_q = self.pmap.n_q
         hess = np.zeros((n_q, n_q))
         grad = np.zeros(n_q)
         inten = np.empty((n_tilts, n_beams))
@@ -215,7 +218,7 @@ class WeightedProblem:
             part, jac = self.model.jacobian(x, slice(lo, hi))
             inten[lo:hi] = part
             sw = self.sw[lo * n_beams:hi * n_beams]
-            jq = jac.reshape(-1, jac.shape[2]) @ self._t_dense
+            jq = jac.reshape(-1, jac.shape[2]) @ d
             jq *= sw[:, None]
             hess += jq.T @ jq
             grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())
@@ -223,8 +226,9 @@ class WeightedProblem:
         if self.prior_idx.size:
             rows = self._prior_rows(q)
             r = np.concatenate([r, rows])
-            hess += self._t_prior.T @ self._t_prior
-            grad += self._t_prior.T @ rows
+            jp = self._prior_jacobian(q)
+            hess += jp.T @ jp
+            grad += jp.T @ rows
         return r, inten, hess, grad
 
     def clip(self, q):

@@ -17,7 +17,7 @@ from ..schema import check_thickness
 from ..symmetry import SymmetryGroup, reflection_index
 
 __all__ = ["GAUGE_RTOL", "MIN_THICKNESS_NM", "ParameterMap", "build_map", "check_start_thickness",
-           "gauge_basis", "reflection_mask"]
+           "covariance_of_x", "free_x", "gauge_basis", "reflection_mask"]
 
 #: Refinement keeps the thickness at or above this [nm] (a step below is clipped).
 MIN_THICKNESS_NM = 0.1
@@ -28,16 +28,32 @@ GAUGE_RTOL = 1e-8
 
 @dataclass
 class ParameterMap:
-    """x = base + T q: the free parameters q and their place in the full vector x."""
+    """x = base + T q: the free parameters q and their place in the full vector x.
+
+    The interface the solver uses — :attr:`n_q`, :meth:`x`, :meth:`dx`, :meth:`q`,
+    :attr:`labels` — is what any parametrization provides (a nonlinear one, e.g. atomic
+    coordinates mapped to U_g, gives dx(q) = ∂x/∂q at q).
+    """
 
     base: np.ndarray
     t: np.ndarray
     labels: list[str]
 
+    @property
+    def n_q(self) -> int:
+        """Number of free parameters."""
+        return self.t.shape[1]
+
     def x(self, q):
+        """The full vector [Re U (P), Im U (P), t [nm], (κ)] at the free parameters q."""
         return self.base + self.t @ q
 
+    def dx(self, q=None) -> np.ndarray:
+        """∂x/∂q (n_x, n_q); constant for this linear map."""
+        return self.t
+
     def q(self, x):
+        """The free parameters closest to a full vector x (least squares)."""
         # columns have disjoint supports with entries ±1: the projection is a signed mean
         norm = np.sum(self.t**2, axis=0)
         return (self.t.T @ (x - self.base)) / norm
@@ -85,8 +101,10 @@ def build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup]
     return ParameterMap(base, t, labels)
 
 
-def gauge_basis(pmap: ParameterMap, geometry: Geometry, x: np.ndarray) -> np.ndarray:
-    """Orthonormal (Q, k) basis of the origin-shift directions that the parametrization allows."""
+def gauge_basis(pmap, geometry: Geometry, q: np.ndarray) -> np.ndarray:
+    """Orthonormal (n_q, k) basis of the origin-shift directions the parametrization allows at q."""
+    x = pmap.x(q)
+    d = pmap.dx(q)
     p = geometry.n_reflections
     ure, uim = x[:p], x[p:2 * p]
     vecs = []
@@ -96,13 +114,30 @@ def gauge_basis(pmap: ParameterMap, geometry: Geometry, x: np.ndarray) -> np.nda
         n[:p], n[p:2 * p] = -g * uim, g * ure  # d/dr0 of U exp(2πi g·r0) at r0 = 0
         if not np.any(n):
             continue
-        q, *_ = np.linalg.lstsq(pmap.t, n, rcond=None)
-        if np.linalg.norm(pmap.t @ q - n) <= GAUGE_RTOL * np.linalg.norm(n):
-            vecs.append(q)
+        v, *_ = np.linalg.lstsq(d, n, rcond=None)
+        if np.linalg.norm(d @ v - n) <= GAUGE_RTOL * np.linalg.norm(n):
+            vecs.append(v)
     if not vecs:
-        return np.zeros((pmap.t.shape[1], 0))
+        return np.zeros((pmap.n_q, 0))
     basis, sv, _ = np.linalg.svd(np.stack(vecs, axis=1), full_matrices=False)
     return basis[:, sv > 1e-12 * sv[0]]
+
+
+def free_x(pmap, q) -> np.ndarray:
+    """Boolean mask over x: the components the free parameters move (at q; None: the start)."""
+    return np.any(pmap.dx(q) != 0, axis=1)
+
+
+def covariance_of_x(pmap, q, cov_q: np.ndarray) -> np.ndarray:
+    """Cov(x) = D Cov(q) Dᵀ with D = ∂x/∂q; a component touched by an infinite variance is inf."""
+    d = pmap.dx(q)
+    bad = ~np.isfinite(np.diag(cov_q))
+    finite = np.where(np.isfinite(cov_q), cov_q, 0.0)
+    cov_x = d @ finite @ d.T
+    loose = np.any(d[:, bad] != 0, axis=1)
+    cov_x[loose, :] = np.inf
+    cov_x[:, loose] = np.inf
+    return cov_x
 
 
 def reflection_mask(geometry: Geometry, spec) -> np.ndarray | None:

@@ -14,7 +14,7 @@ from ..simulation import simulate
 from ..structure_factors import input_ug
 from ..trust import FitWarning, fit_quality_warnings, untrustworthy
 from .jacobian import WeightedProblem, masked_r
-from .parameters import MIN_THICKNESS_NM, gauge_basis
+from .parameters import MIN_THICKNESS_NM, covariance_of_x, free_x, gauge_basis
 from .solver import LMState, describe_null
 from .solver import covariance as covariance_of
 
@@ -171,7 +171,7 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     pmap = prob.pmap
     p = geometry.n_reflections
     x = pmap.x(state.q)
-    gauge = gauge_basis(pmap, geometry, x)
+    gauge = gauge_basis(pmap, geometry, state.q)
     cov_q, null = covariance_of(state.hess, gauge)
     inten = state.inten
     resid = prob._weighted(inten)
@@ -180,16 +180,7 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     chi2 = float(resid @ resid) / dof
     if weights == "none":
         cov_q = cov_q * chi2
-    # x_i = base_i + T[i, c] q_c with at most one column c per i
-    n_x = len(x)
-    col = np.full(n_x, -1)
-    coef = np.zeros(n_x)
-    nz = np.nonzero(pmap.t)
-    col[nz[0]] = nz[1]
-    coef[nz[0]] = pmap.t[nz]
-    cov_x = np.zeros((n_x, n_x))
-    idx = np.flatnonzero(col >= 0)
-    cov_x[np.ix_(idx, idx)] = coef[idx, None] * coef[None, idx] * cov_q[np.ix_(col[idx], col[idx])]
+    cov_x = covariance_of_x(pmap, state.q, cov_q)
     sig = np.sqrt(np.abs(np.diag(cov_x)))
 
     ug = input_ug(geometry, x[:p] + 1j * x[p:2 * p])
@@ -232,13 +223,14 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     noise_r = None if dose is None else expected_noise_r(fit.intensity.values, dose)
     warnings = fit_quality_warnings(r, chi2 if weights == "poisson" else None, noise_r,
                                     chi2_max=chi2_max, r_noise_factor=r_noise_factor, r_max=r_max)
-    if pmap.t[2 * p].any() and t <= MIN_THICKNESS_NM * (1 + 1e-9):
+    moved = free_x(pmap, state.q)
+    if moved[2 * p] and t <= MIN_THICKNESS_NM * (1 + 1e-9):
         warnings.append(FitWarning("bound", f"the thickness ended at its lower bound "
                                             f"{MIN_THICKNESS_NM:g} nm"))
-    if absorbing and pmap.t[2 * p + 1].any() and kappa <= 0.0:
+    if absorbing and moved[2 * p + 1] and kappa <= 0.0:
         warnings.append(FitWarning("bound", "the absorption κ ended at its lower bound 0"))
     if null.shape[1]:
-        q_labels = [pmap.labels[c] for c in range(pmap.t.shape[1])]
+        q_labels = [pmap.labels[c] for c in range(pmap.n_q)]
         combos = describe_null(null, q_labels)
         warnings.append(FitWarning(
             "undetermined", f"{null.shape[1]} parameter combination(s) not determined by the pattern "

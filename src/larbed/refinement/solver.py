@@ -67,7 +67,7 @@ def levenberg_marquardt(prob: WeightedProblem, state: LMState, *, max_iter: int,
     geometry = prob.model.geometry
     for _ in range(max_iter):
         diag = np.maximum(np.diag(hess).copy(), 1e-12 * max(np.max(np.diag(hess)), 1e-300))
-        gauge = gauge_basis(prob.pmap, geometry, prob.pmap.x(state.q))
+        gauge = gauge_basis(prob.pmap, geometry, state.q)
         if pinned is not None and pinned.shape[1]:
             gauge, *_ = np.linalg.svd(np.hstack([gauge, pinned]), full_matrices=False)
         pin = np.max(diag) * (gauge @ gauge.T) if gauge.shape[1] else 0.0
@@ -177,8 +177,7 @@ def restore_undetermined(prob: WeightedProblem, state: LMState, q_start: np.ndar
     otherwise the directions stay where the fit put them (logged). Either way their standard
     errors are infinite.
     """
-    null = null_directions(state.hess, gauge_basis(prob.pmap, prob.model.geometry,
-                                                     prob.pmap.x(state.q)))
+    null = null_directions(state.hess, gauge_basis(prob.pmap, prob.model.geometry, state.q))
     if not null.shape[1]:
         return
     q_new = state.q - null @ (null.T @ (state.q - q_start))
