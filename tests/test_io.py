@@ -130,7 +130,6 @@ HEADER = "h,k,l,tilt_x_mrad,tilt_y_mrad,intensity\n"
         (HEADER + "0,0,0,0,0,nan\n", "NaN or infinite"),
         (HEADER + "0,0,0,0,0,-0.5\n", "negative intensity"),
         (HEADER + "0,0,0,0,0,1\n0,0,0,0,0,1\n", "duplicate data rows"),
-        (HEADER + "0,0,0,0,0,1\n1,0,0,0,0,1\n0,0,0,5,0,1\n", "incomplete table"),
         (HEADER + "0.5,0,0,0,0,1\n", "must be integers"),
         (HEADER + "0,0,0,0,abc,1\n", "non-numeric"),
     ],
@@ -147,14 +146,34 @@ def test_csv_not_matching_geometry(tmp_path, geometry, pattern):
     io.write_csv(pattern, path)
     lines = path.read_text().splitlines()
     other = larbed.Geometry(geometry.crystal, 120, (0, 0, 1), 9, 13, 20)
-    with pytest.raises(ValueError, match=r"not among the geometry's 9 beams"):
+    with pytest.raises(ValueError, match=r"not among the geometry's 9 simulated beams"):
         io.read_csv(path, other)
     shifted = larbed.Geometry(geometry.crystal, 120, (0, 0, 1), 13, 13, 20, tilt_center_mrad=(3, 0))
     with pytest.raises(ValueError, match="matches no tilt of the geometry"):
         io.read_csv(path, shifted)
-    path.write_text("\n".join(lines[:-1]) + "\n")  # one row short
-    with pytest.raises(ValueError, match="1 .* rows missing"):
-        io.read_csv(path, geometry)
+    path.write_text("\n".join(lines[:-1]) + "\n")  # one row short: that value is not measured
+    short = io.read_csv(path, geometry)
+    values = short.intensity.values
+    assert np.isnan(values[-1, -1]) and np.isfinite(values).sum() == values.size - 1
+    np.testing.assert_array_equal(values[:-1], pattern.intensity.values[:-1])
+
+
+def test_csv_rows_in_any_order_and_unrecorded_beams(tmp_path, geometry, pattern):
+    path = tmp_path / "p.csv"
+    io.write_csv(pattern, path)
+    lines = path.read_text().splitlines()
+    rng = np.random.default_rng(0)
+    body = lines[2:]
+    rng.shuffle(body)
+    path.write_text("\n".join(lines[1:2] + body) + "\n")  # no attrs header, shuffled rows
+    back = io.read_csv(path, geometry)
+    np.testing.assert_array_equal(back.intensity.values, pattern.intensity.values)
+    rec = [tuple(h) for h in geometry.hkl[:5].tolist()]
+    partial = larbed.Geometry(geometry.crystal, 120, (0, 0, 1), geometry.n_beams,
+                              geometry.n_tilts, geometry.tilt_range_mrad, recorded=rec)
+    sub = io.read_csv(path, partial)
+    assert np.all(np.isnan(sub.intensity.values[:, 5:]))
+    np.testing.assert_array_equal(sub.intensity.values[:, :5], pattern.intensity.values[:, :5])
 
 
 def test_corrupt_and_wrong_netcdf_files(tmp_path, pattern, complex_ug):

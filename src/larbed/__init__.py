@@ -15,6 +15,7 @@ from .crystal import Atom, Crystal
 from .determination import DeterminationResult, determine
 from .geometry import Geometry
 from .io import load_pattern, load_ug, read_csv, save_pattern, save_ug, write_csv
+from .measurement import Measurement
 from .metrics import r_factor
 from .origin import shift_origin
 from .refinement import RefinementResult, intensity_jacobian, refine, thickness_scan
@@ -30,6 +31,7 @@ __all__ = [
     "DeterminationResult",
     "FitWarning",
     "Geometry",
+    "Measurement",
     "RefinementResult",
     "__version__",
     "compute_ug",

@@ -35,8 +35,9 @@ __all__ = [
 Parameterization = Literal["lobato", "kirkland"]
 #: Priors of random U_g: uniform ±range (thesis) or random atom arrangements.
 RandomPrior = Literal["uniform", "physical"]
-#: Weights of least squares: Poisson when a dose is known ('auto'), Poisson, or none.
-Weights = Literal["auto", "poisson", "none"]
+#: Weights of least squares: Poisson when a dose is known ('auto'), Poisson, a variance model
+#: σ² = a + b·I fitted to the residuals (normalised data without a dose), or none.
+Weights = Literal["auto", "poisson", "variance", "none"]
 #: Agreement measure of a thickness scan.
 ScanMetric = Literal["r_factor", "chi2"]
 #: Eigensolver of a structure matrix: real symmetric, complex Hermitian, general (absorbing).

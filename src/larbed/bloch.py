@@ -21,7 +21,7 @@ from .structure_factors import ug_matrix
 from .symmetry import tilt_symmetry
 from .threads import kernel_threads
 
-__all__ = ["eigensystems", "intensities", "is_real_ug", "jacobian", "prepare_matrices"]
+__all__ = ["eigensystems", "intensities", "is_real_ug", "jacobian", "jacobian_q", "prepare_matrices"]
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +29,8 @@ _INTENSITY = {"real": _kernels.intensities_real, "hermitian": _kernels.intensiti
               "general": _kernels.intensities_general}
 _JACOBIAN = {"real": _kernels.jacobian_real, "hermitian": _kernels.jacobian_hermitian,
              "general": _kernels.jacobian_general}
+_JACOBIAN_Q = {"real": _kernels.jacobian_q_real, "hermitian": _kernels.jacobian_q_hermitian,
+               "general": _kernels.jacobian_q_general}
 
 
 def _check_path(path: str) -> None:
@@ -50,17 +52,20 @@ def prepare_matrices(
     u0: float = 0.0,
     *,
     allow_origin_shift: bool = False,
+    tilts_mrad: np.ndarray | None = None,
 ):
     """Kernel inputs scaled by 1/(2K): (offdiag, diag, path) with path in {'real', 'hermitian', 'general'}.
 
     With ``allow_origin_shift`` complex U_g of a projection that is centrosymmetric about some
     in-plane point are moved to that origin (see :func:`real_origin_shift`) and take the real
     path: the intensities are the same, but the matrix no longer matches ``ug_values`` element by
-    element (so derivative code must leave it off).
+    element (so derivative code must leave it off). ``tilts_mrad`` (n_tilts, 2) replaces the
+    geometry's tilts in the diagonal (a tilt map θ' = A θ + c) [mrad].
     """
     inv2k = 1.0 / (2.0 * geometry.k0)
     mat = ug_matrix(geometry, ug_values) * inv2k
-    diag = geometry.excitation_diagonal * inv2k
+    diag = (geometry.excitation_diagonal if tilts_mrad is None
+            else geometry.excitation_diagonal_at(tilts_mrad)) * inv2k
     if absorption is not None and absorption != 0.0:
         off = mat * (1.0 + 1j * absorption)
         dg = diag.astype(complex) + 1j * absorption * u0 * inv2k
@@ -98,21 +103,53 @@ def intensities(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath,
 
 def jacobian(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a: float,
              geometry: Geometry, ug: np.ndarray, fac: complex, u0: float,
-             kappa_column: bool) -> tuple[np.ndarray, np.ndarray]:
+             kappa_column: bool, diag_directions: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Intensities (tilt, beam) and their derivatives (tilt, beam, column) [columns as in
-    :mod:`larbed._kernels.bloch`] at thickness ``thickness_a`` [Å]; ``fac`` = (1 + iκ)/(2K)."""
+    :mod:`larbed._kernels.bloch`] at thickness ``thickness_a`` [Å]; ``fac`` = (1 + iκ)/(2K).
+
+    ``diag_directions`` (n_dirs, n_beams): directions of the (scaled) diagonal, e.g. its
+    derivative with respect to the tilt; one extra column each, after t (and κ).
+    """
     _check_path(path)
     m, n = diag.shape
     p = geometry.n_reflections
+    dirs = (np.zeros((0, n), complex) if diag_directions is None
+            else np.ascontiguousarray(diag_directions, dtype=complex))
     out_i = np.empty((m, n))
-    out_j = np.empty((m, n, 2 * p + 1 + int(kappa_column)))
+    out_j = np.empty((m, n, 2 * p + 1 + int(kappa_column) + dirs.shape[0]))
     inv2k = 1.0 / (2.0 * geometry.k0)
     with kernel_threads():
         _JACOBIAN[path](offdiag, np.ascontiguousarray(diag), float(thickness_a),
                         np.ascontiguousarray(geometry.pair_index, dtype=np.int64),
                         np.ascontiguousarray(geometry.pair_sign, dtype=np.int64), p, fac,
                         1j * inv2k, np.ascontiguousarray(ug.real), np.ascontiguousarray(ug.imag),
-                        u0 * inv2k, out_i, out_j)
+                        u0 * inv2k, bool(kappa_column), dirs, out_i, out_j)
+    return out_i, out_j
+
+
+def jacobian_q(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a: float,
+               pos_col: np.ndarray, pos_w: np.ndarray, col_fac: np.ndarray, kappa: bool,
+               kfac: complex, u0s: float, diag_directions: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Intensities (tilt, beam) and derivatives summed into free parameters (tilt, beam, column):
+    columns [U-part q (``len(col_fac)``), t (per Å), κ (when ``kappa``), diagonal directions]
+    (see :func:`larbed._kernels.bloch.tilt_jacobian_q`). ``pos_col``/``pos_w`` (n, n, e): the
+    columns and weights each structure-matrix position feeds; with ``kappa`` also row
+    ``len(col_fac)`` with weights U_ab (complex; general path)."""
+    _check_path(path)
+    m, n = diag.shape
+    n_u = len(col_fac)
+    dirs = (np.zeros((0, n), complex) if diag_directions is None
+            else np.ascontiguousarray(diag_directions, dtype=complex))
+    out_i = np.empty((m, n))
+    out_j = np.empty((m, n, n_u + 1 + int(kappa) + dirs.shape[0]))
+    weights = np.ascontiguousarray(pos_w, dtype=complex if path == "general" else float)
+    with kernel_threads():
+        _JACOBIAN_Q[path](offdiag, np.ascontiguousarray(diag), float(thickness_a),
+                          np.ascontiguousarray(pos_col, dtype=np.int64), weights,
+                          np.ascontiguousarray(col_fac, dtype=complex), n_u, bool(kappa),
+                          complex(kfac), float(u0s), dirs, out_i, out_j)
     return out_i, out_j
 
 

@@ -30,6 +30,8 @@ __all__ = [
     "attach_ug",
     "check_diffracted",
     "check_normalisation",
+    "background_subtracted",
+    "check_measured",
     "check_pattern",
     "check_thickness",
     "check_ug",
@@ -300,14 +302,16 @@ def check_diffracted(arr: np.ndarray) -> None:
         )
 
 
-def check_pattern(pattern, geometry: Geometry, dose=None) -> np.ndarray:
+def check_pattern(pattern, geometry: Geometry, dose=None, *, scaled: bool = False) -> np.ndarray:
     """Intensities (n_tilts, n_beams) of ``pattern`` after checking them against ``geometry``.
 
     ``pattern`` is a Dataset with ``intensity``, a DataArray over (``tilt``, ``beam``) or an array of
     shape (n_tilts, n_beams). Raises ValueError when shape, beams (h, k, l), tilts or recorded
     geometry attributes disagree with ``geometry``, when intensities are NaN, infinite or < 0, or
     when they are not fractions of the incident beam (:func:`check_normalisation`; ``dose`` [electrons
-    per tilt], default the pattern's, sets the noise allowed on per-tilt sums).
+    per tilt], default the pattern's, sets the noise allowed on per-tilt sums). ``scaled``: a
+    measurement model with a scale or a background explains the per-tilt sums; only raw integer
+    counts are rejected then.
     """
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
@@ -346,17 +350,50 @@ def check_pattern(pattern, geometry: Geometry, dose=None) -> np.ndarray:
     if arr.shape != want:
         raise ValueError(f"pattern has shape {arr.shape}; the geometry needs (n_tilts, n_beams) = {want}")
     arr = arr.astype(float)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"pattern has {int(np.sum(~np.isfinite(arr)))} NaN or infinite intensities")
-    if np.any(arr < 0):
+    if np.any(np.isinf(arr)):
+        raise ValueError(f"pattern has {int(np.sum(np.isinf(arr)))} infinite intensities "
+                         "(NaN marks a value that was not measured)")
+    arr[:, geometry.unrecorded_mask] = np.nan  # simulated, not recorded: counts nowhere
+    check_measured(arr, geometry)
+    if np.nanmin(arr) < 0 and not background_subtracted(source):
         raise ValueError(
-            f"pattern has {int(np.sum(arr < 0))} negative intensities (min {arr.min():.3g}); "
-            "intensities must be >= 0"
+            f"pattern has {int(np.sum(arr < 0))} negative intensities (min {np.nanmin(arr):.3g}); "
+            "intensities must be >= 0 unless the data are background-subtracted "
+            "(read_csv(..., background_subtracted=True) or attrs['background_subtracted'] = 1)"
         )
-    if arr.sum() <= 0:
+    if np.nansum(arr) <= 0:
         raise ValueError("pattern intensities sum to zero")
-    check_normalisation(arr, pattern_dose(source, dose, geometry.n_tilts))
+    if scaled:
+        finite = arr[np.isfinite(arr)]
+        if finite.size and finite.max() > 1 and np.all(finite == np.round(finite)):
+            raise ValueError(f"pattern holds integer values up to {finite.max():.0f}: these look "
+                             f"like raw counts; {_NORMALISE_HINT}")
+    else:
+        check_normalisation(arr, pattern_dose(source, dose, geometry.n_tilts))
     return arr
+
+
+def background_subtracted(pattern) -> bool:
+    """True when a pattern declares that a background was subtracted (negative values allowed)."""
+    attrs = getattr(pattern, "attrs", {})
+    return bool(int(attrs.get("background_subtracted", 0) or 0))
+
+
+def check_measured(arr: np.ndarray, geometry: Geometry) -> None:
+    """Raise ValueError when a recorded beam or a tilt has no measured (finite) value at all."""
+    measured = np.isfinite(arr)
+    rec = geometry.recorded_beams
+    empty_beams = rec[~np.any(measured[:, rec], axis=0)]
+    if empty_beams.size:
+        raise ValueError(f"recorded beam(s) {geometry.hkl[empty_beams][:5].tolist()} have no measured "
+                         "value at any tilt: leave them out of the geometry's recorded beams "
+                         "(Geometry(..., recorded=...), or Geometry.from_csv)")
+    empty_tilts = np.flatnonzero(~np.any(measured[:, rec], axis=1))
+    if empty_tilts.size:
+        t = geometry.tilt_mrad[empty_tilts[0]]
+        raise ValueError(f"{empty_tilts.size} tilt(s) have no measured value, e.g. tilt "
+                         f"{int(empty_tilts[0])} at ({t[0]:g}, {t[1]:g}) mrad: leave them out of the "
+                         "geometry (tilts_mrad, or Geometry.from_csv)")
 
 
 def pattern_dose(pattern, dose=None, n_tilts: int | None = None):

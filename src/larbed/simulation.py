@@ -79,6 +79,7 @@ def simulate(
     seed: int | np.random.Generator | None = None,
     progress: bool = False,
     use_symmetry: bool = True,
+    measurement=None,
 ) -> xr.Dataset:
     """Simulate a LARBED pattern with the Bloch-wave method.
 
@@ -108,6 +109,10 @@ def simulate(
         of the square tilt grid (e.g. 4mm at a centred [001] zone axis; :func:`larbed.symmetry.tilt_symmetry`) only
         independent tilts are computed and the others filled by permuting beams. The result is
         the same to round-off; ``False`` computes every tilt as given.
+    measurement : larbed.Measurement, optional
+        A measurement model with values (:meth:`larbed.Measurement.with_values`): the pattern a
+        detector records, s·(I(θ') + B) with Poisson counts of dose·(I + B)
+        (:func:`larbed.measurement.simulate_measured`); realistic pseudo-experimental data.
 
     Returns
     -------
@@ -127,6 +132,11 @@ def simulate(
     """
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    if measurement is not None:
+        from .measurement import simulate_measured
+
+        return simulate_measured(geometry, ug, thickness_nm, measurement, absorption=absorption,
+                                 dose=dose, seed=seed, progress=progress, use_symmetry=use_symmetry)
     ug_da = schema.check_ug(geometry, ug)
     scalar = np.ndim(thickness_nm) == 0
     thick = schema.check_thickness(thickness_nm)

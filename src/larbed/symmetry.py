@@ -278,7 +278,7 @@ def pattern_operations(intensity: np.ndarray, geometry: Geometry, *, dose: float
         operations whose every element passes (:func:`largest_subgroup`), identity included.
     """
     inten = np.asarray(intensity, dtype=float)
-    spacing = geometry.tilt_range_mrad / max(geometry.tilt_radius, 1)
+    spacing = geometry.tilt_step_mrad or 1.0
     ops = lattice_operations(geometry)
     holds = []
     for name, op in ops.items():
@@ -472,18 +472,6 @@ def _match_rows(points: np.ndarray, mapped: np.ndarray, atol: float) -> np.ndarr
     return idx
 
 
-def _map_tilts(tilt_ij: np.ndarray, op: np.ndarray) -> np.ndarray | None:
-    """Index of the tilt R (i, j) for every tilt (i, j); None if one falls off the grid."""
-    r = int(np.max(np.abs(tilt_ij), initial=0))
-    grid = -np.ones((2 * r + 1, 2 * r + 1), dtype=np.int64)
-    grid[tilt_ij[:, 0] + r, tilt_ij[:, 1] + r] = np.arange(len(tilt_ij))
-    mapped = np.rint(tilt_ij @ op.T).astype(np.int64)
-    if np.any(np.abs(mapped) > r):
-        return None
-    perm = grid[mapped[:, 0] + r, mapped[:, 1] + r]
-    return None if np.any(perm < 0) else perm
-
-
 def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Operations R of the square tilt grid under which the pattern is invariant (to round-off).
 
@@ -506,19 +494,16 @@ def tilt_symmetry(geometry: Geometry, offdiag: np.ndarray) -> list[tuple[np.ndar
         return []
     scale = float(np.max(np.abs(offdiag), initial=0.0))
     atol_g = 1e-6 * max(float(np.max(geometry.g_abs)), 1.0)
-    center = np.asarray(geometry.tilt_center_mrad)
     perms: list[tuple[np.ndarray, np.ndarray] | None] = []
     for op in GRID_OPERATIONS:
         perms.append(None)
-        if not np.allclose(op @ center, center, atol=1e-9 * max(1.0, geometry.tilt_range_mrad)):
-            continue
         beam_perm = _match_rows(geometry.g_xy, geometry.g_xy @ op.T, atol_g)
         if beam_perm is None or beam_perm[0] != 0:
             continue
         moved = offdiag[np.ix_(beam_perm, beam_perm)]
         if np.max(np.abs(moved - offdiag), initial=0.0) > SYMMETRY_RTOL * scale:
             continue
-        tilt_perm = _map_tilts(geometry.tilt_ij, op)
+        tilt_perm = geometry.tilt_permutation(op)
         if tilt_perm is None:
             continue
         perms[-1] = (tilt_perm, beam_perm)

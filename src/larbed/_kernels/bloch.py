@@ -25,8 +25,11 @@ positions (a, b) of Friedel pair p (``pair_index[a, b] == p``; plain sum Y and s
     dI_n/dt = 2 Re(ψ_n* (C diag(iτ'λ e^{iτλ}) v)_n)  with τ' = 2π per Å,
     dI_n/dκ = 2 Re((i/2K) ψ_n* Σ_p (Re U_p S[n, p] + i Im U_p Ss[n, p])) − 2τ U₀/(2K) I_n.
 
+A diagonal direction E = diag(e) (e.g. ∂H/∂θ of a tilt) gives dψ_n = Σ_j C[n, j] z_j with
+z_j = Σ_a C⁻¹[j, a] e_a B[j, a], and dI_n = 2 Re(ψ_n* dψ_n).
+
 Jacobian output ``jac`` (n_tilts, n_beams, n_cols): columns [Re U_0..P-1, Im U_0..P-1, t (per Å),
-κ (when n_cols = 2P+2)].
+κ (when ``kappa`` is set), one per diagonal direction (the last ``ddirs.shape[0]``)].
 """
 
 import cmath
@@ -170,7 +173,7 @@ def divided_differences(lam, tau):
 
 @njit(cache=True)
 def tilt_jacobian(lam, c, cinv, tau, pair_index, pair_sign, n_pairs, fac, kfac, ure, uim,
-                  u0s, out_i, out_j):
+                  u0s, kappa, ddirs, out_i, out_j):
     """Intensities and derivatives at one tilt from its decomposition.
 
     lam (n,) complex eigenvalues [1/Å]; c, cinv (n, n) complex; tau = 2π t [Å]; fac = (1 + iκ)/(2K)
@@ -179,7 +182,6 @@ def tilt_jacobian(lam, c, cinv, tau, pair_index, pair_sign, n_pairs, fac, kfac, 
     out_i (n,), out_j (n, n_cols).
     """
     n = lam.shape[0]
-    n_cols = out_j.shape[1]
     ex = np.empty(n, dtype=np.complex128)
     v = np.empty(n, dtype=np.complex128)
     for j in range(n):
@@ -200,6 +202,16 @@ def tilt_jacobian(lam, c, cinv, tau, pair_index, pair_sign, n_pairs, fac, kfac, 
             gm[k, j] = f[k, j] * v[k]
     bt = c @ gm  # bt[b, j] = B[j, b]
     cinvt = np.ascontiguousarray(cinv.T)
+    n_dirs = ddirs.shape[0]
+    if n_dirs:
+        dcol = 2 * n_pairs + 1 + int(kappa)
+        diag_prod = cinvt * bt  # [a, j] = C⁻¹[j, a] B[j, a]
+        zd = ddirs @ diag_prod  # zd[d, j] = Σ_a e_d[a] C⁻¹[j, a] B[j, a]
+        dps = zd @ np.ascontiguousarray(c.T)  # dps[d, n] = Σ_j C[n, j] zd[d, j]
+        for i in range(n):
+            pc = psi[i].conjugate()
+            for d in range(n_dirs):
+                out_j[i, dcol + d] = 2.0 * (pc * dps[d, i]).real
     y = np.zeros((2 * n_pairs, n), dtype=np.complex128)
     for a in range(n):
         for b in range(n):
@@ -223,35 +235,162 @@ def tilt_jacobian(lam, c, cinv, tau, pair_index, pair_sign, n_pairs, fac, kfac, 
             out_j[i, p] = 2.0 * (fac * s_plain).real
             out_j[i, n_pairs + p] = 2.0 * (ifac * s_sign).real
             kap += ure[p] * s_plain + 1j * uim[p] * s_sign
-        if n_cols > 2 * n_pairs + 1:
+        if kappa:
             out_j[i, 2 * n_pairs + 1] = 2.0 * (kfac * kap).real - 2.0 * tau * u0s * out_i[i]
 
 
 @njit(parallel=True, cache=True)
 def jacobian_real(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac, ure, uim,
-                  u0s, out_i, out_j):
+                  u0s, kappa, ddirs, out_i, out_j):
     """Real symmetric structure matrices (C real orthogonal, C⁻¹ = Cᵀ)."""
     for m in prange(diag.shape[0]):
         lam, c, cinv = _decompose_real(offdiag, diag, m)
         tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
-                      kfac, ure, uim, u0s, out_i[m], out_j[m])
+                      kfac, ure, uim, u0s, kappa, ddirs, out_i[m], out_j[m])
 
 
 @njit(parallel=True, cache=True)
 def jacobian_hermitian(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac,
-                       ure, uim, u0s, out_i, out_j):
+                       ure, uim, u0s, kappa, ddirs, out_i, out_j):
     """Complex Hermitian structure matrices (C unitary, C⁻¹ = Cᴴ)."""
     for m in prange(diag.shape[0]):
         lam, c, cinv = _decompose_hermitian(offdiag, diag, m)
         tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
-                      kfac, ure, uim, u0s, out_i[m], out_j[m])
+                      kfac, ure, uim, u0s, kappa, ddirs, out_i[m], out_j[m])
 
 
 @njit(parallel=True, cache=True)
 def jacobian_general(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, fac, kfac,
-                     ure, uim, u0s, out_i, out_j):
+                     ure, uim, u0s, kappa, ddirs, out_i, out_j):
     """General (absorbing) structure matrices; ``diag`` complex, C⁻¹ by inversion."""
     for m in prange(diag.shape[0]):
         lam, c, cinv = _decompose_general(offdiag, diag, m)
         tilt_jacobian(lam, c, cinv, TWO_PI * thickness, pair_index, pair_sign, n_pairs, fac,
-                      kfac, ure, uim, u0s, out_i[m], out_j[m])
+                      kfac, ure, uim, u0s, kappa, ddirs, out_i[m], out_j[m])
+
+
+# ------------------------------------------------------------------------------ derivatives in q
+# The same Fréchet derivative, summed straight into the free parameters q of a linear map (each
+# position (a, b) of the structure matrix feeds at most ``pos_col.shape[2]`` columns, with weights
+# ``pos_w``: symmetry ties and the pair sign of Im U folded in). The U-part output columns are
+# 2 Re(col_fac[k] ψ_n* S[n, k]) with S[n, k] = Σ_j C[n, j] Σ_(a,b)∈k w C⁻¹[j, a] B[j, b];
+# col_fac is (1 + iκ)/(2K) for a Re U column and i(1 + iκ)/(2K) for an Im U column. Optional row
+# ``n_u`` (κ): weights U_ab, column 2 Re(i/(2K) ψ* S) − 2τU₀/(2K) I. On the real path C is real and
+# the sums run in real arithmetic.
+@njit(cache=True)
+def _accumulate(cinvt, bt, pos_col, pos_w, y):
+    """y[k, j] += w C⁻¹[j, a] B[j, b] over the positions (a, b) of column k."""
+    n = cinvt.shape[0]
+    for a in range(n):
+        for b in range(n):
+            for e in range(pos_col.shape[2]):
+                k = pos_col[a, b, e]
+                if k < 0:
+                    continue
+                w = pos_w[a, b, e]
+                for j in range(n):
+                    y[k, j] += w * cinvt[a, j] * bt[b, j]
+
+
+@njit(cache=True)
+def _accumulate_split(cr, bre, bim, pos_col, pos_w, yre, yim):
+    """Real-arithmetic :func:`_accumulate` for a real orthogonal C (C⁻¹ᵀ = C)."""
+    n = cr.shape[0]
+    for a in range(n):
+        for b in range(n):
+            for e in range(pos_col.shape[2]):
+                k = pos_col[a, b, e]
+                if k < 0:
+                    continue
+                w = pos_w[a, b, e]
+                for j in range(n):
+                    wc = w * cr[a, j]
+                    yre[k, j] += wc * bre[b, j]
+                    yim[k, j] += wc * bim[b, j]
+
+
+@njit(cache=True)
+def tilt_jacobian_q(lam, c, cinv, tau, pos_col, pos_w, col_fac, n_u, kappa, kfac, u0s, ddirs,
+                    real_c, out_i, out_j):
+    """Intensities and derivatives in q at one tilt: out_j columns [U-part q (n_u), t (per Å),
+    κ (when ``kappa``), diagonal directions]."""
+    n = lam.shape[0]
+    ex = np.empty(n, dtype=np.complex128)
+    v = np.empty(n, dtype=np.complex128)
+    for j in range(n):
+        ex[j] = cmath.exp(1j * tau * lam[j])
+        v[j] = cinv[j, 0]
+    xv = ex * v
+    psi = c @ xv
+    dpsi = c @ ((1j * TWO_PI) * lam * xv)
+    for i in range(n):
+        out_i[i] = psi[i].real * psi[i].real + psi[i].imag * psi[i].imag
+        out_j[i, n_u] = 2.0 * (psi[i].conjugate() * dpsi[i]).real
+    f = divided_differences(lam, tau)
+    gm = np.empty((n, n), dtype=np.complex128)
+    for k in range(n):
+        for j in range(n):
+            gm[k, j] = f[k, j] * v[k]
+    n_rows = n_u + int(kappa)
+    if real_c:
+        cr = np.ascontiguousarray(c.real)
+        bre = cr @ np.ascontiguousarray(gm.real)
+        bim = cr @ np.ascontiguousarray(gm.imag)
+        yre = np.zeros((n_rows, n))
+        yim = np.zeros((n_rows, n))
+        _accumulate_split(cr, bre, bim, pos_col, pos_w.real, yre, yim)
+        crt = np.ascontiguousarray(cr.T)
+        sp = (yre @ crt) + 1j * (yim @ crt)
+        bt = bre + 1j * bim
+        cinvt = c
+    else:
+        bt = c @ gm
+        cinvt = np.ascontiguousarray(cinv.T)
+        y = np.zeros((n_rows, n), dtype=np.complex128)
+        _accumulate(cinvt, bt, pos_col, pos_w, y)
+        sp = y @ np.ascontiguousarray(c.T)
+    for i in range(n):
+        pc = psi[i].conjugate()
+        for k in range(n_u):
+            out_j[i, k] = 2.0 * (col_fac[k] * pc * sp[k, i]).real
+        if kappa:
+            out_j[i, n_u + 1] = 2.0 * (kfac * pc * sp[n_u, i]).real - 2.0 * tau * u0s * out_i[i]
+    n_dirs = ddirs.shape[0]
+    if n_dirs:
+        dcol = n_u + 1 + int(kappa)
+        zd = ddirs @ (cinvt * bt)
+        dps = zd @ np.ascontiguousarray(c.T)
+        for i in range(n):
+            pc = psi[i].conjugate()
+            for d in range(n_dirs):
+                out_j[i, dcol + d] = 2.0 * (pc * dps[d, i]).real
+
+
+@njit(parallel=True, cache=True)
+def jacobian_q_real(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac, u0s,
+                    ddirs, out_i, out_j):
+    """:func:`tilt_jacobian_q` over tilts, real symmetric matrices (real arithmetic sums)."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_real(offdiag, diag, m)
+        tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
+                        kfac, u0s, ddirs, True, out_i[m], out_j[m])
+
+
+@njit(parallel=True, cache=True)
+def jacobian_q_hermitian(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac,
+                         u0s, ddirs, out_i, out_j):
+    """:func:`tilt_jacobian_q` over tilts, complex Hermitian matrices."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_hermitian(offdiag, diag, m)
+        tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
+                        kfac, u0s, ddirs, False, out_i[m], out_j[m])
+
+
+@njit(parallel=True, cache=True)
+def jacobian_q_general(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac,
+                       u0s, ddirs, out_i, out_j):
+    """:func:`tilt_jacobian_q` over tilts, general (absorbing) matrices."""
+    for m in prange(diag.shape[0]):
+        lam, c, cinv = _decompose_general(offdiag, diag, m)
+        tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
+                        kfac, u0s, ddirs, False, out_i[m], out_j[m])

@@ -20,7 +20,7 @@ from ..schema import SCHEMA_ATTR, SCHEMA_VERSION, pattern_coords
 from .attributes import LarbedFileError, check_path_exists, from_jsonable, to_jsonable
 from .netcdf import normalise_counts, record_source
 
-__all__ = ["CSV_COLUMNS", "TILT_MATCH_FRACTION", "TILT_SAME_MRAD", "read_csv", "write_csv"]
+__all__ = ["CSV_COLUMNS", "TILT_MATCH_FRACTION", "TILT_SAME_MRAD", "read_csv", "read_table", "write_csv"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,15 +135,45 @@ def _read_table(path: str):
         bad = int(np.flatnonzero(~np.isfinite(inten))[0])
         raise LarbedFileError(
             f"{path!r}: intensity is NaN or infinite in data row {bad + 1}; "
-            "intensities must be finite"
-        )
-    if np.any(inten < 0):
-        bad = int(np.flatnonzero(inten < 0)[0])
-        raise LarbedFileError(
-            f"{path!r}: negative intensity {inten[bad]} in data row {bad + 1}; "
-            "intensities must be >= 0"
+            "intensities must be finite (leave a value that was not measured out of the table)"
         )
     return hkl.astype(int), tilt, inten, header_attrs
+
+
+def read_table(path: str | os.PathLike):
+    """The raw rows of a CSV table: (hkl (R, 3) int, tilts (R, 2) [mrad], intensity (R,), header
+    attributes). Raises :class:`LarbedFileError` naming the first bad row."""
+    return _read_table(check_path_exists(path))
+
+
+def _check_negative(path: str, inten: np.ndarray, background_subtracted: bool) -> None:
+    if background_subtracted or not np.any(inten < 0):
+        return
+    bad = int(np.flatnonzero(inten < 0)[0])
+    raise LarbedFileError(
+        f"{path!r}: negative intensity {inten[bad]} in data row {bad + 1}; intensities must be "
+        ">= 0 unless the data are background-subtracted (background_subtracted=True; CLI "
+        "--background-subtracted), which then need Gaussian weights"
+    )
+
+
+def _match_tilts(path: str, tilt: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Index of the geometry tilt each row's tilt matches (within TILT_MATCH_FRACTION of a step)."""
+    from scipy.spatial import cKDTree
+
+    step = geometry.tilt_step_mrad or max(geometry.tilt_range_mrad, 1.0)
+    tol = TILT_MATCH_FRACTION * step
+    dist, idx = cKDTree(geometry.tilt_mrad).query(tilt)
+    far = dist > tol
+    if np.any(far):
+        row = int(np.flatnonzero(far)[0])
+        raise LarbedFileError(
+            f"{path!r}: tilt ({tilt[row, 0]:g}, {tilt[row, 1]:g}) mrad in data row {row + 1} "
+            f"matches no tilt of the geometry (nearest {dist[row]:.3g} mrad away; tilt step "
+            f"{step:g} mrad, tolerance {tol:g} mrad); build the geometry from the file "
+            "(larbed.Geometry.from_csv) or give tilts_mrad"
+        )
+    return idx
 
 
 def _first_appearance(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,41 +186,49 @@ def _first_appearance(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
-             counts: bool = False) -> xr.Dataset:
+             counts: bool = False, background_subtracted: bool = False) -> xr.Dataset:
     """Read measured intensities from a CSV table into a pattern Dataset.
 
     Parameters
     ----------
     path : str or path-like
         CSV file with a header row naming (at least) the columns ``h, k, l, tilt_x_mrad,
-        tilt_y_mrad, intensity``; one row per (tilt, beam); lines starting with ``#`` are comments.
-        Tilt angles are in the geometry's in-plane frame [mrad].
+        tilt_y_mrad, intensity``; one row per (tilt, beam), rows in any order; lines starting with
+        ``#`` are comments. Tilt angles are in the geometry's in-plane frame [mrad].
     geometry : Geometry, optional
-        When given, the table must hold exactly the geometry's beams and tilts (a tilt matches when
-        within 5 % of the tilt-grid spacing); the result is ordered like the geometry and carries
-        its coordinates and attributes, exactly like :func:`larbed.simulate`. Otherwise the geometry
-        recorded in a ``# larbed-attrs:`` header (files of :func:`write_csv`) is used, and failing
-        that beams and tilts are taken from the table in order of first appearance (coordinates
-        h, k, l, tilt_x, tilt_y only; no geometry attributes).
+        When given, every row's beam must be one of the geometry's beams and its tilt one of the
+        geometry's tilts (within 5 % of the tilt step; grid or measured tilts); the result is
+        ordered like the geometry and carries its coordinates and attributes, exactly like
+        :func:`larbed.simulate`. A (tilt, beam) the file lacks — and every beam the geometry
+        simulates but does not record — is NaN: *not measured*, masked everywhere (a recorded
+        beam or a tilt with no value at all is an error when the pattern is used). Without a
+        geometry, the one recorded in a ``# larbed-attrs:`` header (files of :func:`write_csv`) is
+        used, and failing that beams and tilts are taken from the table in order of first
+        appearance (coordinates h, k, l, tilt_x, tilt_y only; see
+        :meth:`larbed.Geometry.from_csv` to build the geometry from the table).
     counts : bool
         The ``intensity`` column holds detector counts: normalise each tilt by its total and keep
         the totals as the per-tilt dose (:func:`normalise_counts`). Without it the values must be
         fractions of the incident beam (per-tilt sums ≤ 1); raw counts are then rejected when
         larbed uses the pattern.
+    background_subtracted : bool
+        The values had a background subtracted and may be negative (recorded in
+        ``attrs['background_subtracted']``; refinement then uses Gaussian weights). Otherwise a
+        negative value is an error naming its row.
 
     The file's path is kept in ``ds.encoding['source']`` (results record it with its SHA-256).
 
     Returns
     -------
     xarray.Dataset
-        ``intensity`` over (``tilt``, ``beam``).
+        ``intensity`` over (``tilt``, ``beam``), NaN where not measured.
 
     Raises
     ------
     LarbedFileError
-        (a ``ValueError``) missing columns, non-numeric values, NaN or negative intensities,
-        duplicate (tilt, beam) rows, an incomplete table, or beams/tilts that do not match
-        ``geometry``.
+        (a ``ValueError``) missing columns, non-numeric or infinite values, negative intensities
+        not declared background-subtracted, duplicate (tilt, beam) rows, or beams/tilts that do
+        not match ``geometry`` — each naming the data row.
     """
     path = check_path_exists(path)
     if geometry is not None and not isinstance(geometry, Geometry):
@@ -198,6 +236,7 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
             f"geometry must be a larbed.Geometry or None, got {type(geometry).__name__}"
         )
     hkl, tilt, inten, header_attrs = _read_table(path)
+    _check_negative(path, inten, background_subtracted)
     if geometry is None and "crystal_atoms" in header_attrs:
         try:
             geometry = Geometry.from_attrs(header_attrs)
@@ -213,25 +252,14 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
         lookup = {tuple(h): i for i, h in enumerate(beams.tolist())}
         beam_idx = np.array([lookup.get(tuple(h), -1) for h in hkl.tolist()])
         if np.any(beam_idx < 0):
+            row = int(np.flatnonzero(beam_idx < 0)[0])
             extra = sorted({tuple(h) for h, i in zip(hkl.tolist(), beam_idx, strict=True) if i < 0})
             raise LarbedFileError(
-                f"{path!r}: beam(s) {extra[:5]} are not among the geometry's "
-                f"{geometry.n_beams} beams"
+                f"{path!r}: beam(s) {extra[:5]} (first in data row {row + 1}) are not among the "
+                f"geometry's {geometry.n_beams} simulated beams (raise n_beams, or check the zone "
+                "axis and the crystal)"
             )
-        spacing = geometry.tilt_range_mrad / geometry.tilt_radius if geometry.tilt_radius else 1.0
-        tol = TILT_MATCH_FRACTION * spacing
-        grid = (tilt - np.asarray(geometry.tilt_center_mrad)[None, :]) / spacing
-        ij = np.round(grid).astype(np.int64)
-        grid_index = {tuple(t): i for i, t in enumerate(geometry.tilt_ij.tolist())}
-        tilt_idx = np.array([grid_index.get(tuple(t), -1) for t in ij.tolist()])
-        far = (tilt_idx < 0) | (np.hypot(*(grid - ij).T) * spacing > tol)
-        if np.any(far):
-            row = int(np.flatnonzero(far)[0])
-            raise LarbedFileError(
-                f"{path!r}: tilt ({tilt[row, 0]:g}, {tilt[row, 1]:g}) mrad in data row {row + 1} "
-                "matches no tilt "
-                f"of the geometry (grid spacing {spacing:g} mrad, tolerance {tol:g} mrad)"
-            )
+        tilt_idx = _match_tilts(path, tilt, geometry)
     n_t, n_b = len(tilts), len(beams)
     flat = tilt_idx * n_b + beam_idx
     per_cell = np.bincount(flat, minlength=n_t * n_b)
@@ -243,16 +271,18 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
             f"at tilt ({tilts[cell // n_b][0]:g}, {tilts[cell // n_b][1]:g}) mrad; "
             "each (tilt, beam) must appear once"
         )
-    if np.any(per_cell == 0):
-        cell = int(np.flatnonzero(per_cell == 0)[0])
-        raise LarbedFileError(
-            f"{path!r}: incomplete table, {int(np.sum(per_cell == 0))} (tilt, beam) rows missing, "
-            f"e.g. beam {beams[cell % n_b].tolist()} at tilt "
-            f"({tilts[cell // n_b][0]:g}, {tilts[cell // n_b][1]:g}) mrad"
-        )
-    flat_values = np.empty(n_t * n_b)
+    flat_values = np.full(n_t * n_b, np.nan)
     flat_values[flat] = inten
     values = flat_values.reshape(n_t, n_b)
+    if geometry is not None and geometry.n_recorded != geometry.n_beams:
+        dropped = geometry.unrecorded_mask & np.any(np.isfinite(values), axis=0)
+        if np.any(dropped):
+            logger.info("%s: %d beam(s) of the file are not recorded in the geometry and are "
+                        "ignored: %s", path, int(dropped.sum()), geometry.hkl[dropped][:5].tolist())
+        values[:, geometry.unrecorded_mask] = np.nan
+    n_missing = int(np.sum(np.isnan(values)))
+    if n_missing:
+        logger.info("%s: %d of %d (tilt, beam) values not measured (NaN)", path, n_missing, values.size)
 
     if geometry is not None:
         coords = pattern_coords(geometry)
@@ -272,6 +302,8 @@ def read_csv(path: str | os.PathLike, geometry: Geometry | None = None, *,
     if geometry is not None:
         attrs.update(geometry.to_attrs())
     attrs.update({"source_file": os.path.basename(path), "source_format": "csv"})
+    if background_subtracted:
+        attrs["background_subtracted"] = 1
     ds.attrs.update(attrs)
     record_source(ds, path)
     logger.info("read %d tilts × %d beams from %s", n_t, n_b, path)

@@ -135,13 +135,13 @@ def _nice_length(x: float) -> float:
 
 
 def _scale_bar(ax, geometry: Geometry) -> None:
-    """A bar of a round number of mrad in the lower left (one tilt-disc pixel = range / r)."""
+    """A bar of a round number of mrad in the lower left (one tilt-disc pixel = one tilt step)."""
     r = geometry.tilt_radius
-    if r == 0 or geometry.tilt_range_mrad <= 0:
+    if r == 0 or geometry.tilt_step_mrad <= 0:
         return
     from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
-    px_per_mrad = r / geometry.tilt_range_mrad
+    px_per_mrad = 1.0 / geometry.tilt_step_mrad  # one pixel = one tilt step
     length = _nice_length(geometry.tilt_range_mrad)
     bar = AnchoredSizeBar(ax.transData, length * px_per_mrad, f"{length:g} mrad", "lower left",
                           pad=0.3, color="0.15", frameon=False, size_vertical=max(r / 12, 0.5),

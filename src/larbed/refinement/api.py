@@ -19,15 +19,25 @@ import xarray as xr
 from .._checkpoint import fingerprint, read_json, write_json
 from .._types import SCAN_METRICS, WEIGHTS, ScanMetric, Weights
 from ..geometry import Geometry
+from ..measurement import Measurement
 from ..metrics import dose_column
 from ..resources import estimate_jacobian
-from ..schema import check_diffracted, check_pattern, check_thickness, check_ug, pattern_dose
+from ..schema import (
+    check_diffracted,
+    check_measured,
+    check_pattern,
+    check_thickness,
+    check_ug,
+    pattern_dose,
+)
 from ..symmetry import SymmetryGroup, symmetry_groups
 from ..threads import uses_kernels
 from ..trust import CHI2_MAX, R_MAX_NOISE_FREE, R_NOISE_FACTOR, check_thresholds
 from .jacobian import ForwardModel, WeightedProblem, masked_r, simulated_chunks
+from .measured import MeasuredModel
 from .parameters import ParameterMap, build_map, check_start_thickness, gauge_basis, reflection_mask
-from .result import RefinementResult, build_result
+from .realdata import fit_variance_model, holdout_tilts
+from .result import RealData, RefinementResult, build_result
 from .solver import LMState, covariance, levenberg_marquardt, restore_undetermined
 
 __all__ = ["refine", "thickness_scan"]
@@ -129,11 +139,22 @@ class _Setup:
     prior: tuple | None
     fingerprint: str
     absorbing: bool
+    measurement: Measurement | None = None
+    full_data: np.ndarray | None = None  # the data with the held-out tilts (exp has them NaN)
+    holdout: np.ndarray | None = None
+    variance_model: tuple[float, float] | None = None
 
     def weights_for(self, x_w) -> np.ndarray:
-        """1/σ²: ones, or Poisson from the data (``x_w`` None) or from the fit at ``x_w``."""
-        if self.weights == "none":
+        """1/σ²: ones, Poisson from the data (``x_w`` None) or from the fit at ``x_w``, or the
+        variance model fitted to the residuals at ``x_w``."""
+        if self.weights == "none" or (self.weights == "variance" and x_w is None):
             return np.ones_like(self.exp)
+        if self.weights == "variance":
+            model = self.model.intensities(x_w)
+            a, b = fit_variance_model(self.exp, model)
+            self.variance_model = (a, b)
+            logger.info("refine: variance model σ² = %.3g + %.3g·I", a, b)
+            return 1.0 / (a + b * np.clip(model, 0.0, None))
         dc = dose_column(self.dose)
         if x_w is None:  # first pass: data-based variances with a floor of one count
             return dc / np.maximum(self.exp, 1.0 / dc)
@@ -152,11 +173,31 @@ def _prior(prior, p: int):
     return np.concatenate([centre.real, centre.imag]), np.concatenate([sigma, sigma])
 
 
+def _check_measurement(measurement) -> Measurement | None:
+    if measurement is None or isinstance(measurement, Measurement):
+        return measurement
+    raise TypeError(f"measurement must be a larbed.Measurement or None, got {type(measurement).__name__}")
+
+
 def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, dose, symmetry,
-           real, absorption, refine_absorption, refine_reflections, prior, max_iter) -> _Setup:
+           real, absorption, refine_absorption, refine_reflections, prior, max_iter,
+           measurement=None, holdout=0.0, seed=None) -> _Setup:
     """Validate the inputs (ValueError before any fitting) and build the parameter map."""
-    exp = check_pattern(pattern, geometry, dose)
+    meas = _check_measurement(measurement)
+    scaled = meas is not None and (meas.scale != "none" or meas.background != "none")
+    exp = check_pattern(pattern, geometry, dose, scaled=scaled)
+    check_measured(exp, geometry)
     check_diffracted(exp)
+    if meas is not None:
+        meas.check_determinable(geometry, exp)
+        if meas.absorption == "proportional":
+            absorption = meas.start_absorption() if absorption is None else absorption
+            refine_absorption = True
+    held = holdout_tilts(exp, holdout, seed)
+    full_data = exp
+    if held.size:
+        exp = exp.copy()
+        exp[held] = np.nan
     ug_da = check_ug(geometry, ug0)
     t0 = check_start_thickness(thickness_nm0)
     if weights not in WEIGHTS:
@@ -165,7 +206,8 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
     if weights == "auto":
         weights = "poisson" if d is not None else "none"
     if weights == "poisson" and d is None:
-        raise ValueError("weights='poisson' needs a dose (argument or pattern.attrs['dose'])")
+        raise ValueError("weights='poisson' needs a dose (argument or pattern.attrs['dose']); "
+                         "normalised data without a dose can use weights='variance'")
     if absorption is not None:
         absorption = float(absorption)
         if not np.isfinite(absorption) or absorption < 0:
@@ -183,9 +225,18 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
     groups = ([SymmetryGroup(((i, 1),), False) for i in range(p)] if symmetry is None
               else symmetry_groups(geometry, symmetry, intensity=exp, dose=d))
     free = reflection_mask(geometry, refine_reflections)
-    x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else []])
+    xm0 = meas.start_vector(geometry) if meas is not None else np.zeros(0)
+    x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else [], xm0])
+    extra_free = None
+    if meas is not None:
+        extra_free = np.ones(len(xm0), bool)
+        if meas.background == "per_beam":  # a beam never measured has no background to fit
+            nb0 = int(meas.scale == "global")
+            extra_free[nb0:nb0 + geometry.n_beams] = np.any(np.isfinite(exp), axis=0)
     pmap = build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
-                     absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free)
+                     absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free,
+                     extra_free=extra_free,
+                     extra_labels=None if meas is None else meas.labels(geometry))
     n_q, n_data = pmap.n_q, int(np.isfinite(exp).sum())
     if n_q == 0:
         raise ValueError("nothing to refine: no free U_g, thickness or absorption")
@@ -199,11 +250,15 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
     settings = {"weights": weights, "symmetry": [g.members for g in groups], "real": real,
                 "refine_thickness": refine_thickness, "refine_absorption": refine_absorption,
                 "free": None if free is None else free.tolist(), "prior": None if prior_x is None else
-                [prior_x[0].tolist(), np.where(np.isfinite(prior_x[1]), prior_x[1], -1).tolist()]}
+                [prior_x[0].tolist(), np.where(np.isfinite(prior_x[1]), prior_x[1], -1).tolist()],
+                "measurement": None if meas is None else meas.describe(), "holdout": held.tolist()}
     fp = fingerprint(exp, None if d is None else np.asarray(d, float), np.asarray(x0),
                      geometry.to_attrs(), settings)
     model = ForwardModel(geometry, float(ug_da.attrs.get("u0", 0.0)), absorbing, refine_absorption)
-    return _Setup(exp, ug_da, d, weights, pmap, model, x0, prior_x, fp, absorbing)
+    if meas is not None:
+        model = MeasuredModel(model, meas, full_data)
+    return _Setup(exp, ug_da, d, weights, pmap, model, x0, prior_x, fp, absorbing, meas,
+                  full_data, held)
 
 
 def _load_checkpoint(path, n_x: int, fp: str):
@@ -291,6 +346,10 @@ def refine(
     progress: bool = True,
     checkpoint: str | os.PathLike | None = None,
     log_warnings: bool = True,
+    measurement: Measurement | None = None,
+    holdout: float = 0.0,
+    seed: int | None = None,
+    correlated_errors: bool = True,
 ) -> RefinementResult:
     """Least-squares refinement of U_g and thickness against a pattern.
 
@@ -308,9 +367,11 @@ def refine(
         Starting thickness [nm], > 0.
     refine_thickness : bool
         Refine t (else keep it fixed).
-    weights : {'auto', 'poisson', 'none'}
+    weights : {'auto', 'poisson', 'variance', 'none'}
         ``'poisson'``: w = 1/σ² with σ² = I/dose (data-based in the first pass, then the fitted
-        intensities, iterated — the Poisson maximum-likelihood fit); ``'none'``: w = 1;
+        intensities, iterated — the Poisson maximum-likelihood fit); ``'variance'``: a first
+        unweighted pass, then σ² = a + b·I fitted to its residuals (normalised data without a
+        dose; see :func:`larbed.refinement.realdata.fit_variance_model`); ``'none'``: w = 1;
         ``'auto'``: Poisson when a dose is known.
     dose : float, optional
         Electrons per tilt (default ``pattern.attrs['dose']``).
@@ -349,6 +410,19 @@ def refine(
     log_warnings : bool
         Also log the result's warnings (default); ``False`` keeps them in ``.warnings`` only (for
         the many trial refinements inside :func:`larbed.determine`).
+    measurement : Measurement, optional
+        The measurement model (scale, background, absorption, tilt map; SPEC §11), refined
+        jointly with U_g and t; its start values from ``measurement.values``. The result's
+        ``.measurement`` holds the refined values and their standard errors.
+    holdout : float
+        Fraction of the measured tilts (seeded by ``seed``) left out of the fit; their R under
+        the refined model is ``.r_free`` (NaN for 0), the tilts ``.holdout_tilts``.
+    seed : int, optional
+        Seed of the hold-out choice.
+    correlated_errors : bool
+        Inflate the standard errors by (1 + ρ)/(1 − ρ) when the weighted residuals of
+        neighbouring tilts are significantly correlated (ρ; :mod:`larbed.refinement.realdata`);
+        ``.error_inflation`` and ``.residual_correlation`` record it.
 
     Returns
     -------
@@ -367,7 +441,7 @@ def refine(
     su = _setup(pattern, geometry, ug0, thickness_nm0, refine_thickness=refine_thickness,
                 weights=weights, dose=dose, symmetry=symmetry, real=real, absorption=absorption,
                 refine_absorption=refine_absorption, refine_reflections=refine_reflections,
-                prior=prior, max_iter=max_iter)
+                prior=prior, max_iter=max_iter, measurement=measurement, holdout=holdout, seed=seed)
     check_thresholds(chi2_max, r_noise_factor, r_max)
     pmap = su.pmap
     limits_used = [int(max_iter), float(ftol), int(poisson_passes)]  # a rerun with others continues
@@ -381,7 +455,8 @@ def refine(
         x_weights = None if saved.get("x_weights") is None else np.asarray(saved["x_weights"], float)
         logger.info("%s refinement from %s (%d iterations done)",
                     "reusing the finished" if finished else "resuming", checkpoint, len(history))
-    n_stages = 1 + (poisson_passes if su.weights == "poisson" else 0)
+    n_stages = 1 + (poisson_passes if su.weights == "poisson" else
+                    min(poisson_passes, 2) if su.weights == "variance" else 0)
 
     def save(st, stage, x_w, done=False):
         if checkpoint is not None:
@@ -406,7 +481,11 @@ def refine(
                                               log=logger.warning if log_warnings else logger.debug)
             restore_undetermined(prob, state, pmap.q(su.x0), max_iter=max_iter, ftol=ftol)
         save(state, stage, x_weights, done=True)
+        if su.weights == "variance" and x_weights is not None and su.variance_model is None:
+            su.weights_for(x_weights)  # a finished run from a checkpoint: recompute (a, b)
         return build_result(prob, state, geometry, su.ug, su.weights, su.absorbing, su.dose,
-                            (chi2_max, r_noise_factor, r_max), log_warnings)
+                            (chi2_max, r_noise_factor, r_max), log_warnings,
+                            RealData(su.measurement, su.full_data, su.holdout, su.variance_model,
+                                     correlated_errors))
     finally:
         bar.close()

@@ -43,37 +43,122 @@ class ForwardModel:
         kappa = float(x[2 * p + 1]) if self.absorbing else None
         return ug, float(x[2 * p]), kappa
 
-    def _matrices(self, ug, kappa, force_general: bool):
-        off, dg, path = bloch.prepare_matrices(self.geometry, ug, kappa if kappa else None, self.u0)
+    def _matrices(self, ug, kappa, force_general: bool, tilts_mrad=None):
+        off, dg, path = bloch.prepare_matrices(self.geometry, ug, kappa if kappa else None, self.u0,
+                                               tilts_mrad=tilts_mrad)
         if force_general and path != "general":
             off, dg, path = off.astype(complex), dg.astype(complex), "general"
         return off, dg, path
 
-    def intensities(self, x, thickness_nm=None, rows: slice | None = None) -> np.ndarray:
+    def intensities(self, x, thickness_nm=None, rows: slice | None = None,
+                    tilts_mrad: np.ndarray | None = None) -> np.ndarray:
         """Intensities (M, N) at the thickness of ``x``, or (n_t, M, N) at ``thickness_nm``, of
-        the tilts ``rows`` (default all)."""
+        the tilts ``rows`` (default all); ``tilts_mrad`` (n_tilts, 2) replaces the geometry's
+        tilts (a tilt map)."""
         ug, t, kappa = self.unpack(x)
         thick = np.atleast_1d(np.asarray(t if thickness_nm is None else thickness_nm, float)) * 10.0
-        off, dg, path = self._matrices(ug, kappa, False)
+        off, dg, path = self._matrices(ug, kappa, False, tilts_mrad)
         if rows is not None:
             dg = np.ascontiguousarray(dg[rows])
         out = bloch.intensities(off, dg, path, thick)
         return out[0] if thickness_nm is None else out
 
-    def jacobian(self, x, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Intensities (M, N) and dI/dx (M, N, n_x) of the tilts ``rows`` (default all);
-        thickness column per nm."""
+    #: Set by :meth:`reduce_to`: the U part of the Jacobian summed straight into free parameters.
+    reduction: dict | None = None
+
+    def reduce_to(self, pmap) -> bool:
+        """Sum the U-part derivatives straight into the free parameters of ``pmap`` inside the
+        kernels (symmetry ties folded in: far fewer columns, and real arithmetic on the real
+        path). Needs a linear map whose U columns are each all-Re or all-Im with disjoint
+        supports; returns False (and changes nothing) otherwise."""
+        t = getattr(pmap, "t", None)
+        p = self.p
+        if t is None or t.shape[0] < self.n_x:
+            return False
+        tu = t[:2 * p]
+        u_cols = np.flatnonzero(np.any(tu != 0, axis=0))
+        if u_cols.size == 0 or np.any(t[2 * p:, u_cols] != 0) or np.any((tu != 0).sum(axis=1) > 1):
+            return False
+        is_re = np.any(tu[:p, u_cols] != 0, axis=0)
+        is_im = np.any(tu[p:, u_cols] != 0, axis=0)
+        if np.any(is_re & is_im):
+            return False
+        geo = self.geometry
+        n = geo.n_beams
+        pos_col = -np.ones((n, n, 3), np.int64)
+        pos_w = np.zeros((n, n, 3))
+        local = -np.ones(t.shape[1], np.int64)
+        local[u_cols] = np.arange(u_cols.size)
+        pidx, psign = geo.pair_index, geo.pair_sign
+        a, b = np.nonzero(pidx >= 0)
+        pr = pidx[a, b]
+        for e, rows_x, sign in ((0, pr, 1.0), (1, p + pr, psign[a, b].astype(float))):
+            nz = tu[rows_x] != 0
+            has = np.any(nz, axis=1)
+            col = np.argmax(nz, axis=1)
+            keep = has & (local[col] >= 0)
+            pos_col[a[keep], b[keep], e] = local[col[keep]]
+            pos_w[a[keep], b[keep], e] = tu[rows_x[keep], col[keep]] * np.broadcast_to(sign, a.shape)[keep]
+        n_q = t.shape[1]
+        select = np.zeros((u_cols.size, n_q))
+        select[np.arange(u_cols.size), u_cols] = 1.0
+        self.reduction = {"pos_col": pos_col, "pos_w": pos_w, "is_im": is_im,
+                          "n_u": int(u_cols.size), "d": np.vstack([select, t[2 * p:]])}
+        return True
+
+    def reduced_d(self) -> np.ndarray:
+        """∂(Jacobian columns)/∂q of the reduced Jacobian: [U-part q; rows 2P… of T]."""
+        return self.reduction["d"]
+
+    def _jacobian_reduced(self, x, rows, tilts_mrad, tilt_columns):
+        red = self.reduction
         ug, t, kappa = self.unpack(x)
-        off, dg, path = self._matrices(ug, kappa, self.kappa_column)
+        off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
         if rows is not None:
             dg = np.ascontiguousarray(dg[rows])
         m, n = dg.shape
         fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
+        col_fac = np.where(red["is_im"], 1j * fac, fac)
+        pos_col, pos_w = red["pos_col"], red["pos_w"]
+        if self.kappa_column:
+            from ..structure_factors import ug_matrix
+
+            pos_col = pos_col.copy()
+            pos_col[:, :, 2] = np.where(self.geometry.pair_index >= 0, red["n_u"], -1)
+            pos_w = pos_w.astype(complex)
+            pos_w[:, :, 2] = ug_matrix(self.geometry, ug)
+        dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
+        out_i, out_j = bloch.jacobian_q(off, dg, path, 10.0 * t, pos_col, pos_w, col_fac,
+                                        self.kappa_column, 1j * self.inv2k, self.u0 * self.inv2k,
+                                        dirs)
+        nu = red["n_u"]
+        out_j[:, :, nu] *= 10.0  # per Å → per nm
+        if self.absorbing and not self.kappa_column:
+            out_j = np.concatenate([out_j[:, :, :nu + 1], np.zeros((m, n, 1)), out_j[:, :, nu + 1:]],
+                                   axis=2)
+        return out_i, out_j
+
+    def jacobian(self, x, rows: slice | None = None, tilts_mrad: np.ndarray | None = None,
+                 tilt_columns: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Intensities (M, N) and dI/dx (M, N, n_x) of the tilts ``rows`` (default all);
+        thickness column per nm. With ``tilt_columns`` two more columns, dI/dθ_x and dI/dθ_y
+        [per mrad] of the (true) tilt. After :meth:`reduce_to` the U part comes in the free
+        parameters instead (columns [U-part q, t, (κ), (θ)]; :meth:`reduced_d` maps them to q)."""
+        if self.reduction is not None:
+            return self._jacobian_reduced(x, rows, tilts_mrad, tilt_columns)
+        ug, t, kappa = self.unpack(x)
+        off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
+        if rows is not None:
+            dg = np.ascontiguousarray(dg[rows])
+        m, n = dg.shape
+        fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
+        dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
         out_i, out_j = bloch.jacobian(off, dg, path, 10.0 * t, self.geometry, ug, fac, self.u0,
-                                      self.kappa_column)
+                                      self.kappa_column, dirs)
         out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
         if self.absorbing and not self.kappa_column:
-            out_j = np.concatenate([out_j, np.zeros((m, n, 1))], axis=2)
+            k = 2 * self.p + 1
+            out_j = np.concatenate([out_j[:, :, :k], np.zeros((m, n, 1)), out_j[:, :, k:]], axis=2)
         return out_i, out_j
 
 
@@ -172,6 +257,7 @@ class WeightedProblem:
                  prior: tuple[np.ndarray, np.ndarray] | None = None):
         self.model, self.pmap = model, pmap
         self.data = data
+        self.reduced = bool(model.reduce_to(pmap))
         self.set_weights(weights)
         n_tilts, n_beams = data.shape
         per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.n_q + 4)
@@ -186,7 +272,10 @@ class WeightedProblem:
             self.prior_inv = 1.0 / np.asarray(sigma, float)[self.prior_idx]
 
     def set_weights(self, weights: np.ndarray) -> None:
-        self.sw = np.sqrt(np.asarray(weights, float)).ravel()
+        """1/σ² per data point; zero (not NaN) wherever the data are not measured."""
+        w = np.broadcast_to(np.asarray(weights, float), self.data.shape)
+        w = np.where(np.isfinite(self.data) & np.isfinite(w), w, 0.0)
+        self.sw = np.sqrt(w).ravel()
 
     def _prior_rows(self, q):
         return (self.pmap.x(q)[self.prior_idx] - self.prior_centre) * self.prior_inv
@@ -207,7 +296,7 @@ class WeightedProblem:
     def normal_equations(self, q):
         """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk."""
         x = self.pmap.x(q)
-        d = np.ascontiguousarray(self.pmap.dx(q))
+        d = np.ascontiguousarray(self.model.reduced_d() if self.reduced else self.pmap.dx(q))
         n_tilts, n_beams = self.data.shape
         n_q = self.pmap.n_q
         hess = np.zeros((n_q, n_q))
@@ -218,10 +307,13 @@ class WeightedProblem:
             part, jac = self.model.jacobian(x, slice(lo, hi))
             inten[lo:hi] = part
             sw = self.sw[lo * n_beams:hi * n_beams]
-            jq = jac.reshape(-1, jac.shape[2]) @ d
-            jq *= sw[:, None]
-            hess += jq.T @ jq
-            grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())
+            keep = sw > 0  # points not measured (or held out) add nothing
+            jq = jac.reshape(-1, jac.shape[2])[keep] @ d
+            jq *= sw[keep, None]
+            # JᵀJ by a symmetric rank-k update (half the work of jq.T @ jq), upper triangle
+            hess = _syrk(jq, hess)
+            grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())[keep]
+        hess = np.triu(hess) + np.triu(hess, 1).T
         r = self._weighted(inten)
         if self.prior_idx.size:
             rows = self._prior_rows(q)
@@ -242,6 +334,15 @@ class WeightedProblem:
         if np.array_equal(low, x):
             return q
         return q + self.pmap.q(low) - self.pmap.q(x)
+
+
+def _syrk(a: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """c + aᵀa in the upper triangle (BLAS dsyrk)."""
+    from scipy.linalg.blas import dsyrk
+
+    if a.shape[0] == 0:
+        return c
+    return dsyrk(1.0, a, beta=1.0, c=c, trans=1, lower=0, overwrite_c=1)
 
 
 def masked_r(data, inten) -> float:

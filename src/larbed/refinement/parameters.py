@@ -60,7 +60,10 @@ class ParameterMap:
 
 
 def build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup], real: bool, refine_thickness: bool,
-               absorbing: bool, refine_absorption: bool, free_reflections=None) -> ParameterMap:
+               absorbing: bool, refine_absorption: bool, free_reflections=None,
+               extra_free: np.ndarray | None = None, extra_labels: list[str] | None = None) -> ParameterMap:
+    """x = base + T q. ``extra_free`` (bool, one per x entry after t and κ: the measurement part)
+    marks the measurement parameters that are free; ``extra_labels`` names them."""
     p = geometry.n_reflections
     n_x = len(x0)
     cols: list[np.ndarray] = []
@@ -96,6 +99,14 @@ def build_map(geometry: Geometry, x0: np.ndarray, *, groups: list[SymmetryGroup]
             cols.append(col)
             labels.append(label)
             covered[idx] = True
+    n_core = 2 * p + 1 + int(absorbing)
+    if extra_free is not None:
+        for k in np.flatnonzero(extra_free):
+            col = np.zeros(n_x)
+            col[n_core + k] = 1.0
+            cols.append(col)
+            labels.append(extra_labels[k] if extra_labels is not None else f"x[{n_core + k}]")
+            covered[n_core + k] = True
     t = np.stack(cols, axis=1) if cols else np.zeros((n_x, 0))
     base = np.where(covered, 0.0, x0)
     return ParameterMap(base, t, labels)

@@ -18,7 +18,7 @@ from .parameters import MIN_THICKNESS_NM, covariance_of_x, free_x, gauge_basis
 from .solver import LMState, describe_null
 from .solver import covariance as covariance_of
 
-__all__ = ["RefinementResult", "build_result"]
+__all__ = ["RealData", "RefinementResult", "build_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,19 @@ class RefinementResult:
         What the fit found that makes a number doubtful (a ``str`` each, with a ``kind``:
         'bound', 'chi2', 'r_factor' or 'undetermined'; see :mod:`larbed.trust`). Empty when
         all is well.
+    measurement : xarray.Dataset or None
+        The refined measurement model (``scale``, ``background``, ``absorption``,
+        ``tilt_matrix``, ``tilt_offset_mrad`` as modelled, with ``<name>_error``); None without one.
+    r_free : float
+        R on the held-out tilts under the refined model (NaN without a hold-out).
+    holdout_tilts : ndarray of int
+        The tilts left out of the fit.
+    residual_correlation : float
+        Correlation of weighted residuals between neighbouring tilts (NaN when not computed).
+    error_inflation : float
+        Factor applied to every standard error for that correlation (1: none).
+    variance_model : (a, b) or None
+        σ² = a + b·I of ``weights='variance'``.
     """
 
     ug: xr.DataArray
@@ -80,6 +93,12 @@ class RefinementResult:
     n_iterations: int
     geometry: Geometry = field(repr=False)
     warnings: list = field(default_factory=list)
+    measurement: xr.Dataset | None = None
+    r_free: float = float("nan")
+    holdout_tilts: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
+    residual_correlation: float = float("nan")
+    error_inflation: float = 1.0
+    variance_model: tuple | None = None
 
     @property
     def trustworthy(self) -> bool:
@@ -165,9 +184,34 @@ class RefinementResult:
                    geometry=geometry, warnings=warnings)
 
 
+@dataclass
+class RealData:
+    """What :func:`refine` knows beyond the fit data: the measurement model, the full data (with
+    the held-out tilts), the hold-out, the variance model, and whether to inflate errors."""
+
+    measurement: object = None
+    full_data: np.ndarray | None = None
+    holdout: np.ndarray | None = None
+    variance_model: tuple | None = None
+    correlated_errors: bool = True
+
+
+def _inflation(prob: WeightedProblem, state: LMState, geometry: Geometry, real: RealData):
+    """(ρ, factor) from the weighted residuals of the fitted tilts."""
+    from .realdata import inflation_factor, residual_correlation
+
+    resid = (prob.sw * (state.inten - prob.data).ravel()).reshape(prob.data.shape)
+    resid = np.where(np.isfinite(prob.data) & (prob.sw.reshape(prob.data.shape) > 0), resid, np.nan)
+    fitted = np.flatnonzero(np.any(np.isfinite(resid), axis=1))
+    rho, n_pairs = residual_correlation(geometry, resid, fitted)
+    factor = inflation_factor(rho, n_pairs) if real.correlated_errors else 1.0
+    return rho, factor
+
+
 def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_start: xr.DataArray,
                  weights: str, absorbing: bool, dose, thresholds,
-                 log_warnings: bool = True) -> RefinementResult:
+                 log_warnings: bool = True, real: RealData | None = None) -> RefinementResult:
+    real = RealData() if real is None else real
     pmap = prob.pmap
     p = geometry.n_reflections
     x = pmap.x(state.q)
@@ -178,8 +222,13 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     n_free = state.hess.shape[1] - gauge.shape[1] - null.shape[1]
     dof = max(int(np.isfinite(prob.data).sum()) - n_free, 1)
     chi2 = float(resid @ resid) / dof
-    if weights == "none":
+    if weights in ("none", "variance"):
         cov_q = cov_q * chi2
+    rho, inflation = _inflation(prob, state, geometry, real)
+    if inflation != 1.0:
+        logger.info("refine: residuals of neighbouring tilts correlate (ρ = %.3g): standard errors "
+                    "× %.3g", rho, inflation)
+        cov_q = cov_q * inflation**2
     cov_x = covariance_of_x(pmap, state.q, cov_q)
     sig = np.sqrt(np.abs(np.diag(cov_x)))
 
@@ -192,8 +241,9 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     kappa = float(x[2 * p + 1]) if absorbing else None
     kappa_err = float(sig[2 * p + 1]) if absorbing else None
     names = geometry.reflection_labels()
+    meas = real.measurement
     labels = ([f"Re U({n})" for n in names] + [f"Im U({n})" for n in names] + ["t"]
-              + (["kappa"] if absorbing else []))
+              + (["kappa"] if absorbing else []) + ([] if meas is None else meas.labels(geometry)))
     covariance = xr.DataArray(cov_x, dims=("parameter", "parameter_b"),
                               coords={"parameter": labels, "parameter_b": labels},
                               name="covariance", attrs={"units": "mixed (1/Å², nm)"})
@@ -215,10 +265,22 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
         coords={"iteration": hist[:, 0].astype(int)},
     )
     fit = simulate(geometry, ug, t, absorption=kappa)
-    fit["observed"] = (("tilt", "beam"), prob.data, {"units": "1"})
-    fit["residual"] = (("tilt", "beam"), prob.data - fit.intensity.values, {"units": "1"})
+    observed = prob.data if real.full_data is None else real.full_data
+    measured_values = r_free = None
+    if meas is not None:  # the measured model: background, scale and tilt map applied
+        fit["intensity"] = (("tilt", "beam"), prob.model.intensities(x), dict(fit.intensity.attrs))
+        n_core = prob.model.n_core
+        dyn = prob.model.dynamic_intensities(x) + prob.model.background(x, slice(None))
+        measured_values = meas.values_for(
+            geometry, x[n_core:], sig[n_core:], kappa=kappa, kappa_error=kappa_err,
+            per_tilt_scale=prob.model.per_tilt_scale(dyn, slice(None))
+            if meas.scale == "per_tilt" else None)
+    fit["observed"] = (("tilt", "beam"), observed, {"units": "1"})
+    fit["residual"] = (("tilt", "beam"), observed - fit.intensity.values, {"units": "1"})
     r = masked_r(prob.data, fit.intensity.values)
-    fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights})
+    held = np.zeros(0, int) if real.holdout is None else np.asarray(real.holdout, int)
+    r_free = (masked_r(observed[held], fit.intensity.values[held]) if held.size else float("nan"))
+    fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights, "r_free": r_free})
     chi2_max, r_noise_factor, r_max = thresholds
     noise_r = None if dose is None else expected_noise_r(fit.intensity.values, dose)
     warnings = fit_quality_warnings(r, chi2 if weights == "poisson" else None, noise_r,
@@ -240,10 +302,14 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
         (logger.warning if log_warnings else logger.debug)("refine: %s", w)
     logger.info("refine: R = %.3g, reduced χ² = %.3g, t = %.3f ± %.3f nm after %d iterations (%s)",
                 r, chi2, t, t_err, state.iterations, state.message)
+    if held.size:
+        logger.info("refine: R_free = %.3g on %d held-out tilts", r_free, held.size)
     return RefinementResult(
         ug=ug, ug_error=ug_error, thickness_nm=t, thickness_error_nm=t_err, absorption=kappa,
         absorption_error=kappa_err, r_factor=r, chi2=chi2, standard_errors=std,
         covariance=covariance, history=history, fit=fit, weights=weights,
         converged=state.converged, message=state.message, n_iterations=state.iterations,
-        geometry=geometry, warnings=warnings,
+        geometry=geometry, warnings=warnings, measurement=measured_values, r_free=r_free,
+        holdout_tilts=held, residual_correlation=rho, error_inflation=inflation,
+        variance_model=real.variance_model,
     )

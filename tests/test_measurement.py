@@ -1,0 +1,188 @@
+"""The measurement model (SPEC §11): simulate with it, its exact derivatives, refining it, R_free,
+the variance model and the error inflation for correlated residuals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import larbed
+from larbed import Measurement
+from larbed.refinement.jacobian import ForwardModel
+from larbed.refinement.measured import MeasuredModel
+from larbed.refinement.realdata import (
+    fit_variance_model,
+    holdout_tilts,
+    inflation_factor,
+    residual_correlation,
+)
+
+
+@pytest.fixture(scope="module")
+def geo(srtio3):
+    return larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 49, 60)
+
+
+@pytest.fixture(scope="module")
+def ug(srtio3, geo):
+    return larbed.compute_ug(srtio3, geo)
+
+
+FORMS = [
+    Measurement(scale="per_tilt", background="smooth", tilt_map="affine"),
+    Measurement(scale="global", background="per_beam", tilt_map="shift", absorption="proportional"),
+    Measurement(scale="none", background="flat", absorption="proportional"),
+]
+
+
+@pytest.mark.parametrize("meas", FORMS, ids=lambda m: m.describe())
+def test_measured_jacobian_matches_finite_differences(srtio3, meas):
+    rng = np.random.default_rng(1)
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 9, tilts_mrad=rng.uniform(-40, 40, (7, 2)))
+    ug = larbed.compute_ug(srtio3, geo)
+    p = geo.n_reflections
+    absorbing = meas.absorption == "proportional"
+    core = ForwardModel(geo, float(ug.attrs["u0"]), absorbing, absorbing)
+    data = larbed.simulate(geo, ug, 20.0).intensity.values
+    data[2, 3] = np.nan
+    model = MeasuredModel(core, meas, data)
+    xm = meas.start_vector(geo) + rng.normal(0, 0.01, meas.n_parameters(geo))
+    x = np.concatenate([ug.values.real, 1e-3 * rng.normal(size=p), [20.0],
+                        [0.05] if absorbing else [], xm])
+    inten, jac = model.jacobian(x)
+    np.testing.assert_allclose(inten, model.intensities(x), rtol=0, atol=1e-13)
+    for k in [0, 3, p + 1, *range(2 * p, model.n_x)]:
+        h = 1e-6 * max(1.0, abs(x[k]))
+        a, b = x.copy(), x.copy()
+        a[k] += h
+        b[k] -= h
+        fd = (model.intensities(a) - model.intensities(b)) / (2 * h)
+        scale = max(np.max(np.abs(jac[:, :, k])), 1e-10)
+        assert np.max(np.abs(fd - jac[:, :, k])) < 1e-5 * scale, k
+
+
+def test_simulate_with_a_measurement(geo, ug, srtio3):
+    plain = larbed.simulate(geo, ug, 25.0, absorption=0.05).intensity.values
+    meas = Measurement.with_values(scale=0.8, background=0.002, absorption=0.05)
+    assert (meas.scale, meas.background, meas.absorption) == ("global", "flat", "proportional")
+    got = larbed.simulate(geo, ug, 25.0, measurement=meas).intensity.values
+    np.testing.assert_allclose(got, 0.8 * (plain + 0.002), rtol=1e-13)
+    # per-tilt normalisation over the recorded beams
+    norm = larbed.simulate(geo, ug, 25.0, measurement=Measurement(scale="per_tilt"))
+    np.testing.assert_allclose(norm.intensity.sum("beam"), 1.0, rtol=1e-13)
+    # a tilt map simulates at the true tilts, labelled with the nominal ones
+    a = np.array([[1.02, 0.01], [-0.01, 0.99]])
+    c = np.array([0.7, -0.3])
+    mapped = larbed.simulate(geo, ug, 25.0, measurement=Measurement.with_values(
+        tilt_matrix=a, tilt_offset_mrad=c))
+    true_geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, tilts_mrad=geo.tilt_mrad @ a.T + c)
+    np.testing.assert_allclose(mapped.intensity.values,
+                               larbed.simulate(true_geo, ug, 25.0).intensity.values, atol=1e-13)
+    np.testing.assert_array_equal(mapped.tilt_x.values, geo.tilt_mrad[:, 0])
+    # with a dose: Var(I) = I / dose_eff, dose_eff = dose / s
+    noisy = larbed.simulate(geo, ug, 25.0, measurement=meas, dose=1e4, seed=1)
+    assert noisy.attrs["dose"] == pytest.approx(1e4 / 0.8)
+    counts = noisy.intensity.values / 0.8 * 1e4
+    np.testing.assert_allclose(counts, np.round(counts), atol=1e-6)
+    with pytest.raises(ValueError, match="disagrees"):
+        larbed.simulate(geo, ug, 25.0, measurement=meas, absorption=0.1)
+
+
+def test_refine_recovers_scale_background_absorption_and_tilt_map(geo, ug):
+    """Dose 1e5: the truth within 3 standard errors for ≥ 95 % of the parameters, t within 0.5 nm."""
+    truth = Measurement.with_values(scale=0.8, background=0.003, absorption=0.08,
+                                    tilt_matrix=[[1.01, 0.004], [-0.004, 0.995]],
+                                    tilt_offset_mrad=[0.6, -0.4])
+    pattern = larbed.simulate(geo, ug, 30.0, measurement=truth, dose=1e5, seed=5)
+    fit = Measurement(scale="global", background="flat", absorption="proportional",
+                      tilt_map="affine")
+    res = larbed.refine(pattern, geo, ug * 1.03, 28.0, measurement=fit, real=True,
+                        symmetry="crystal", progress=False)
+    assert abs(res.thickness_nm - 30.0) < 0.5
+    m = res.measurement
+    pulls = [(m.scale - 0.8) / m.scale_error, (m.background - 0.003) / m.background_error,
+             (m.absorption - 0.08) / m.absorption_error]
+    pulls += list(((m.tilt_matrix - np.array([[1.01, 0.004], [-0.004, 0.995]]))
+                   / m.tilt_matrix_error).values.ravel())
+    pulls += list(((m.tilt_offset_mrad - np.array([0.6, -0.4])) / m.tilt_offset_mrad_error).values)
+    ug_pull = (res.ug.values.real - ug.values.real) / res.ug_error.values.real
+    pulls = np.abs(np.concatenate([np.asarray(pulls, float), ug_pull, [(res.thickness_nm - 30.0)
+                                                                      / res.thickness_error_nm]]))
+    assert np.mean(pulls < 3) >= 0.95
+    assert res.chi2 == pytest.approx(1.0, abs=0.15)
+    assert m.attrs["tilt_map_form"] == "affine"
+
+
+def test_holdout_gives_r_free(geo, ug):
+    meas = Measurement.with_values(background=0.002)
+    pattern = larbed.simulate(geo, ug, 30.0, measurement=meas, dose=1e5, seed=2)
+    fit = Measurement(background="flat")
+    res = larbed.refine(pattern, geo, ug * 1.02, 29.0, measurement=fit, real=True,
+                        symmetry="crystal", holdout=0.2, seed=7, progress=False)
+    again = holdout_tilts(pattern.intensity.values, 0.2, 7)
+    np.testing.assert_array_equal(res.holdout_tilts, again)
+    assert len(res.holdout_tilts) == round(0.2 * geo.n_tilts)
+    assert np.isfinite(res.r_free) and 0.7 < res.r_free / res.r_factor < 1.5
+    plain = larbed.refine(pattern, geo, ug * 1.02, 29.0, measurement=fit, real=True,
+                          symmetry="crystal", progress=False)
+    assert np.isnan(plain.r_free) and plain.holdout_tilts.size == 0
+
+
+def test_variance_model_recovers_the_poisson_variance(geo, ug):
+    pattern = larbed.simulate(geo, ug, 30.0, dose=2e4, seed=4)
+    a, b = fit_variance_model(pattern.intensity.values, pattern.intensity_noise_free.values)
+    assert b == pytest.approx(1 / 2e4, rel=0.15)
+    assert a < 0.05 * b * float(pattern.intensity.mean())
+    res = larbed.refine(pattern.intensity.values, geo, ug * 1.02, 29.0, weights="variance",
+                        real=True, symmetry="crystal", progress=False)
+    assert res.weights == "variance" and res.variance_model[1] == pytest.approx(1 / 2e4, rel=0.2)
+    assert abs(res.thickness_nm - 30.0) < 3 * res.thickness_error_nm + 1e-3
+
+
+def test_correlated_residuals_inflate_errors(srtio3):
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 9, 441, 60)
+    rng = np.random.default_rng(0)
+    white = rng.normal(size=(geo.n_tilts, geo.n_beams))
+    rho, n = residual_correlation(geo, white, np.arange(geo.n_tilts))
+    assert abs(rho) < 3 / np.sqrt(n) and inflation_factor(rho, n) == 1.0
+    smooth = np.sin(geo.tilt_mrad[:, :1] / 15.0) * np.ones((1, geo.n_beams)) + 0.3 * white
+    rho, n = residual_correlation(geo, smooth, np.arange(geo.n_tilts))
+    assert rho > 0.5
+    assert inflation_factor(rho, n) == pytest.approx((1 + rho) / (1 - rho))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scale": "sometimes"}, "scale='sometimes' is not one of"),
+        ({"background": "linear"}, "background='linear'"),
+        ({"tilt_map": "rotate"}, "tilt_map='rotate'"),
+        ({"values": {"scale": 1}}, "xarray.Dataset"),
+    ],
+)
+def test_bad_measurement(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        Measurement(**kwargs)
+
+
+def test_measurement_the_data_cannot_determine(srtio3, geo, ug):
+    one = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, tilts_mrad=[[10.0, 5.0]])
+    pattern = larbed.simulate(one, larbed.compute_ug(srtio3, one), 20.0)
+    with pytest.raises(ValueError, match="per_beam.*at least 2 measured tilts"):
+        larbed.refine(pattern, one, larbed.compute_ug(srtio3, one), 20.0,
+                      measurement=Measurement(background="per_beam"), progress=False)
+    line = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, tilts_mrad=[[0.0, 0.0], [5.0, 0.0], [9.0, 0.0]])
+    pat = larbed.simulate(line, larbed.compute_ug(srtio3, line), 20.0)
+    with pytest.raises(ValueError, match="span the plane"):
+        larbed.refine(pat, line, larbed.compute_ug(srtio3, line), 20.0,
+                      measurement=Measurement(tilt_map="affine"), progress=False)
+    data = larbed.simulate(geo, ug, 20.0)
+    with pytest.raises(TypeError, match="larbed.Measurement"):
+        larbed.refine(data, geo, ug, 20.0, measurement="flat", progress=False)
+    for bad in (-0.1, 0.9, np.nan):
+        with pytest.raises(ValueError, match="holdout"):
+            larbed.refine(data, geo, ug, 20.0, holdout=bad, progress=False)
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        Measurement.with_values(scale=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        Measurement.with_values(tilt_matrix=np.eye(3))
