@@ -3,6 +3,8 @@
 Usage::
 
     larbed determine SrTiO3-2 [--dose 1e5] [--seed 0] [--out DIR]
+    larbed refine --pattern data.csv --crystal SrTiO3 --voltage 120 --zone-axis 0 0 1 \
+        --measurement scale=per_tilt,background=per_beam,tilt_map=affine --holdout 0.1
     larbed determine --pattern measured.nc [--geometry-from SrTiO3-2] [--out DIR]
     larbed determine --pattern counts.csv --counts --geometry-from SrTiO3-2 [--out DIR]
     larbed refine SrTiO3-2 [--thickness 30] [--out DIR]
@@ -28,7 +30,8 @@ import numpy as np
 
 from ..determination.polish import EXACT_FIT_R
 
-__all__ = ["EXIT_UNTRUSTWORTHY", "format_ug_table", "register"]
+__all__ = ["EXIT_UNTRUSTWORTHY", "format_measurement", "format_ug_table", "parse_measurement",
+           "register"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,27 @@ def _common_inputs(p) -> None:
                         "tilt_x_mrad,tilt_y_mrad,intensity; see the README)")
     p.add_argument("--geometry-from", metavar="PRESET",
                    help="take the geometry from this preset (default: from the netCDF file's attributes)")
+    p.add_argument("--crystal", metavar="NAME|CIF",
+                   help="with a CSV pattern: the crystal (built-in SrTiO3 or ZnO, or a CIF file); the "
+                        "geometry is built from the file's tilts and beams (with --voltage, --zone-axis)")
+    p.add_argument("--voltage", type=float, metavar="KV", help="accelerating voltage [kV] (with --crystal)")
+    p.add_argument("--zone-axis", type=int, nargs=3, metavar=("U", "V", "W"),
+                   help="zone axis [uvw] (with --crystal)")
+    p.add_argument("--n-beams", type=int, metavar="N",
+                   help="beams to simulate (default: the fewest that hold the file's beams)")
+    p.add_argument("--debye-waller", action="store_true",
+                   help="built-in crystal with its Debye-Waller factors (SPEC B values)")
+    p.add_argument("--background-subtracted", action="store_true",
+                   help="the data had a background subtracted: negative values are allowed")
+    p.add_argument("--measurement", metavar="SPEC",
+                   help="measurement model refined with U_g, e.g. 'scale=per_tilt,background=per_beam,"
+                        "absorption=proportional,tilt_map=affine' (scale: none|global|per_tilt; "
+                        "background: none|flat|per_beam|smooth; absorption: none|proportional; "
+                        "tilt_map: none|shift|affine)")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="F",
+                   help="fraction of the tilts left out of the fit, for R_free (default 0)")
+    p.add_argument("--weights", choices=("auto", "poisson", "variance", "none"), default="auto",
+                   help="least-squares weights (default auto: Poisson when a dose is known)")
     p.add_argument("--counts", action="store_true",
                    help="the file holds detector counts: normalise each tilt by its total and use "
                         "the totals as the per-tilt dose (Poisson weights)")
@@ -139,6 +163,53 @@ def format_ug_table(result, ug_true=None) -> str:
     return "\n".join(lines)
 
 
+def parse_measurement(spec: str | None):
+    """A :class:`larbed.Measurement` from ``'scale=per_tilt,background=flat,...'`` (None for None)."""
+    from ..measurement import Measurement
+
+    if spec is None:
+        return None
+    kwargs = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or key.strip() not in ("scale", "background", "absorption", "tilt_map"):
+            raise ValueError(f"--measurement: {part!r} is not key=value with key scale, background, "
+                             "absorption or tilt_map")
+        kwargs[key.strip()] = value.strip()
+    return Measurement(**kwargs)
+
+
+def _crystal(spec: str, debye_waller: bool):
+    from ..crystal import Crystal
+
+    if os.path.exists(spec):
+        return Crystal.from_cif(spec)
+    try:
+        return Crystal.builtin(spec, debye_waller=debye_waller)
+    except (ValueError, KeyError) as exc:
+        raise ValueError(f"--crystal {spec!r} is neither a CIF file nor a built-in crystal "
+                         f"(SrTiO3, ZnO): {exc}") from exc
+
+
+def format_measurement(m) -> str:
+    """Text lines of a refined measurement model (values ± errors)."""
+    lines = ["measurement model: " + ", ".join(f"{k[:-5]}={v}" for k, v in m.attrs.items()
+                                               if k.endswith("_form"))]
+    for name in ("scale", "background", "absorption", "tilt_matrix", "tilt_offset_mrad"):
+        if name not in m:
+            continue
+        val = np.atleast_1d(m[name].values).ravel()
+        err = np.atleast_1d(m[f"{name}_error"].values).ravel() if f"{name}_error" in m else None
+        if val.size > 6:
+            lines.append(f"  {name}: {val.size} values, mean {np.nanmean(val):.4g} "
+                         f"(min {np.nanmin(val):.4g}, max {np.nanmax(val):.4g})")
+            continue
+        text = ", ".join(f"{v:.5g}" + ("" if err is None else f" ± {e:.2g}")
+                         for v, e in zip(val, err if err is not None else val, strict=True))
+        lines.append(f"  {name}: {text}")
+    return "\n".join(lines)
+
+
 def _load(args):
     """(pattern, geometry, true U_g or None, true t or None, name, dose) from the arguments."""
     from .. import presets
@@ -160,12 +231,25 @@ def _load(args):
         raise FileNotFoundError(f"pattern file {path!r} does not exist")
     geometry = presets.load(args.geometry_from).geometry if args.geometry_from else None
     name = os.path.splitext(os.path.basename(path))[0]
+    if args.crystal is not None:
+        if geometry is not None:
+            raise ValueError("give --geometry-from or --crystal, not both")
+        if args.voltage is None or args.zone_axis is None:
+            raise ValueError("--crystal needs --voltage KV and --zone-axis U V W")
+        if not path.lower().endswith(".csv"):
+            raise ValueError("--crystal builds the geometry from a CSV table; a netCDF file "
+                             "records its own geometry")
+        geometry = Geometry.from_csv(path, _crystal(args.crystal, args.debye_waller),
+                                     voltage_kv=args.voltage, zone_axis=tuple(args.zone_axis),
+                                     n_beams=args.n_beams)
     if path.lower().endswith(".csv"):
         from ..io import read_csv
 
         if geometry is None:
-            raise ValueError("a CSV pattern needs --geometry-from PRESET (the lattice and beams)")
-        pattern = read_csv(path, geometry, counts=args.counts)
+            raise ValueError("a CSV pattern needs --crystal NAME|CIF --voltage KV --zone-axis U V W "
+                             "(or --geometry-from PRESET)")
+        pattern = read_csv(path, geometry, counts=args.counts,
+                           background_subtracted=args.background_subtracted)
     else:
         from ..io import load_pattern
 
@@ -212,7 +296,11 @@ def _report(res, truth, t_true, elapsed: float, out: str, paths: list[str]) -> i
     if t_true is not None:
         t_line += f" (true {t_true:g} nm, Δ = {res.thickness_nm - t_true:+.3f} nm)"
     print(t_line)
-    print(f"R = {res.r_factor:.4g}, reduced χ² = {res.chi2:.4g}, {elapsed:.1f} s")
+    free = f", R_free = {res.r_free:.4g} ({res.holdout_tilts.size} tilts held out)" \
+        if np.isfinite(res.r_free) else ""
+    print(f"R = {res.r_factor:.4g}{free}, reduced χ² = {res.chi2:.4g}, {elapsed:.1f} s")
+    if res.measurement is not None:
+        print(format_measurement(res.measurement))
     for p in paths:
         print(f"wrote {p}")
     for w in res.warnings:
@@ -238,10 +326,12 @@ def run(args) -> int:
                         symmetry=symmetry, dose=dose, search_time_s=args.search_time,
                         n_starts=args.n_starts, out_dir=out, progress=not args.no_progress,
                         thickness_range_nm=args.thickness_range, chi2_max=args.chi2_max,
-                        r_noise_factor=args.r_noise_factor, r_max=args.r_max)
+                        r_noise_factor=args.r_noise_factor, r_max=args.r_max,
+                        measurement=parse_measurement(args.measurement), holdout=args.holdout,
+                        weights=args.weights)
         elapsed = time.perf_counter() - t0
         print(f"symmetry: {' '.join(res.symmetry) or 'none'}")
-        paths = res.save(out) + res.plot(out, ug_true=truth)
+        paths = res.save(out) + res.plot(out, ug_true=truth) + _measurement_figures(res, out)
     return _report(res, truth, t_true, elapsed, out, paths)
 
 
@@ -252,6 +342,7 @@ def run_refine(args) -> int:
 
     pattern, geometry, truth, t_true, name, dose, out = _prepare(args, "refine")
     symmetry = None if args.symmetry == "none" else args.symmetry
+    measurement = parse_measurement(args.measurement)
     ug0 = compute_ug(geometry.crystal, geometry)
     t0 = time.perf_counter()
     with folder_lock(out, "larbed refine"):
@@ -259,18 +350,26 @@ def run_refine(args) -> int:
         if thickness is None:
             lo, hi = args.thickness_range or (5.0, 100.0)
             scan = thickness_scan(pattern, geometry, ug0, np.arange(lo, hi + 1e-9, 0.25),
-                                  absorption=args.absorption, dose=dose)
+                                  absorption=args.absorption, dose=dose, measurement=measurement)
             thickness = scan.attrs["best_thickness_nm"]
             print(f"thickness scan {lo:g}-{hi:g} nm with the computed U_g: best {thickness:g} nm "
                   f"(R = {scan.attrs['best_value']:.4g})")
         res = refine(pattern, geometry, ug0, thickness, symmetry=symmetry, dose=dose,
                      absorption=args.absorption, refine_absorption=args.refine_absorption,
                      max_iter=args.max_iter, progress=not args.no_progress,
+                     measurement=measurement, holdout=args.holdout, seed=args.seed,
+                     weights=args.weights, real=_real_start(ug0),
                      chi2_max=args.chi2_max, r_noise_factor=args.r_noise_factor, r_max=args.r_max,
                      checkpoint=os.path.join(out, "refine_checkpoint.json"))
         elapsed = time.perf_counter() - t0
         paths = _save_refinement(res, out, pattern)
     return _report(res, truth, t_true, elapsed, out, paths)
+
+
+def _real_start(ug0) -> bool:
+    """Refine real U_g when the computed ones are real (a centrosymmetric projection)."""
+    vals = ug0.values
+    return bool(np.max(np.abs(vals.imag), initial=0.0) <= 1e-12 * max(np.max(np.abs(vals)), 1e-300))
 
 
 def _save_refinement(res, out: str, pattern) -> list[str]:
@@ -300,4 +399,22 @@ def _save_refinement(res, out: str, pattern) -> list[str]:
     fig = plot_refinement_history(res.history)
     paths.append(os.path.join(out, "refinement_history.png"))
     fig.savefig(paths[-1], dpi=110)
+    paths += _measurement_figures(res, out)
+    return paths
+
+
+def _measurement_figures(res, out: str) -> list[str]:
+    """Data/fit/residual per beam, and — when refined — background against |g| and the tilt map."""
+    from ..plotting import plot_background, plot_fit_images, plot_tilt_map
+
+    figs = [("fit_per_beam.png", plot_fit_images(res, beams=6))]
+    m = res.measurement
+    if m is not None and "background" in m:
+        figs.append(("background.png", plot_background(res)))
+    if m is not None and "tilt_matrix" in m:
+        figs.append(("tilt_map.png", plot_tilt_map(res)))
+    paths = []
+    for name, fig in figs:
+        paths.append(os.path.join(out, name))
+        fig.savefig(paths[-1], dpi=110)
     return paths

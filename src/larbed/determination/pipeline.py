@@ -103,6 +103,8 @@ class _Plan:
     max_iter: int
     thresholds: dict
     progress: bool
+    measurement: object = None
+    holdout: float = 0.0
 
 
 @uses_kernels
@@ -138,6 +140,8 @@ def determine(
     out_dir: str | os.PathLike | None = None,
     resume: bool = True,
     progress: bool = True,
+    measurement=None,
+    holdout: float = 0.0,
 ) -> DeterminationResult:
     """Determine U_g and the thickness from a pattern alone (see the module description).
 
@@ -210,6 +214,12 @@ def determine(
     resume : bool
         Reuse checkpoints (else delete larbed's checkpoint files in ``out_dir`` and start afresh).
     progress : bool
+    measurement : larbed.Measurement, optional
+        The measurement model (scale, background, absorption, tilt map; see :func:`larbed.refine`)
+        refined with U_g in every start's refinement and the final one.
+    holdout : float
+        Fraction of the tilts (seeded by ``seed``) left out of the final refinement; its R on
+        them is ``.r_free``.
 
     Returns
     -------
@@ -231,7 +241,14 @@ def determine(
     (True, True)
     """
     t_start = time.perf_counter()
-    inten = check_pattern(pattern, geometry, dose)
+    from ..measurement import Measurement
+
+    if measurement is not None and not isinstance(measurement, Measurement):
+        raise TypeError(f"measurement must be a larbed.Measurement or None, got "
+                        f"{type(measurement).__name__}")
+    scaled = measurement is not None and (measurement.scale != "none"
+                                          or measurement.background != "none")
+    inten = check_pattern(pattern, geometry, dose, scaled=scaled)
     check_diffracted(inten)
     d = pattern_dose(pattern, dose, geometry.n_tilts)
     ranges, user_range = _thickness_ranges(thickness_range_nm)
@@ -251,7 +268,8 @@ def determine(
                 "ug_bound": ug_bound, "perturbation": perturbation, "n_perturbed": n_perturbed,
                 "task2_iterations": task2_iterations, "task2_kwargs": task2_kwargs or {},
                 "polish_weak": polish_weak, "polish_time_s": polish_time_s, "weights": weights,
-                "max_iter": max_iter,
+                "max_iter": max_iter, "holdout": float(holdout),
+                "measurement": None if measurement is None else measurement.describe(),
                 "user_start": None if kind != "user" else
                 [np.round(start.values.real, 12).tolist(), np.round(start.values.imag, 12).tolist()],
                 "start_callable": start_settings(start) if kind == "callable" else None}
@@ -259,7 +277,7 @@ def determine(
     plan = _Plan(start, kind, model, seed, n_starts, client, weights, kinematic, search,
                  search_time_s, search_popsize, search_tilts, ug_bound, perturbation, n_perturbed,
                  task2_iterations, task2_kwargs, polish_weak, polish_time_s, max_iter, thresholds,
-                 progress)
+                 progress, measurement, float(holdout))
     fp = fingerprint(inten, None if d is None else np.asarray(d, float), geometry.to_attrs(), settings)
     provenance = records_provenance(pattern, inten, d, {**settings, **thresholds})
     lock = contextlib.nullcontext() if out_dir is None else folder_lock(out_dir, "larbed determine")
@@ -324,6 +342,22 @@ def _explicit_candidates(pattern, inten, geometry, groups, plan: _Plan, run: Sta
     return cands, info
 
 
+#: With a background model, the kinematic starts see each beam's intensity less this percentile
+#: over the tilts (a beam is weak somewhere: there it shows its background).
+BACKGROUND_PERCENTILE = 5.0
+
+
+def _without_background(inten: np.ndarray, measurement) -> np.ndarray:
+    """The intensities less a background estimate (per beam: its low percentile over tilts) when
+    the measurement model has a background; the data unchanged otherwise."""
+    if measurement is None or measurement.background == "none":
+        return inten
+    floor = np.nanpercentile(inten, BACKGROUND_PERCENTILE, axis=0)
+    if measurement.background != "per_beam":
+        floor = np.full_like(floor, np.nanmin(floor))
+    return np.clip(inten - floor[None, :], 0.0, None)
+
+
 def _kinematic(run: StartRun, inten, geometry, groups, plan: _Plan, prefix, suffix, lo, hi):
     """Refine kinematic starts one at a time (stop at the first that solves); their candidates."""
     kpath = run.path(f"kinematic{suffix}.npz")
@@ -331,8 +365,9 @@ def _kinematic(run: StartRun, inten, geometry, groups, plan: _Plan, prefix, suff
         with np.load(kpath) as f:
             kin = list(f["starts"])
     else:
-        kin = kinematic_starts(inten, geometry, groups, thickness_range_nm=(lo, hi),
-                               tilts=plan.search_tilts, progress=plan.progress)
+        kin = kinematic_starts(_without_background(inten, plan.measurement), geometry, groups,
+                               thickness_range_nm=(lo, hi), tilts=plan.search_tilts,
+                               progress=plan.progress)
         if kpath:
             np.savez(kpath, starts=np.asarray(kin, complex).reshape(len(kin), geometry.n_reflections))
     cands = [(f"{prefix}kinematic{i}", v) for i, v in enumerate(kin)]
@@ -396,9 +431,11 @@ def _one_range(pattern, inten, geometry, groups, plan: _Plan, run: StartRun, exp
     final = refine(pattern, geometry, input_ug(geometry, start_values(b)), b["thickness_nm"],
                    symmetry=list(groups), weights=plan.weights, dose=run.dose,
                    max_iter=plan.max_iter, progress=plan.progress,
-                   checkpoint=run.path(f"final_refine{suffix}.json"), **plan.thresholds)
+                   checkpoint=run.path(f"final_refine{suffix}.json"), measurement=plan.measurement,
+                   holdout=plan.holdout, seed=plan.seed, **plan.thresholds)
     stage(f"{lo:g}-{hi:g} nm: Poisson polish")
-    if plan.polish_weak and final.weights == "poisson":
+    if plan.polish_weak and final.weights == "poisson" and plan.measurement is None \
+            and not plan.holdout:
         final = polish_poisson(pattern, inten, geometry, final, groups, run.dose, plan.max_iter,
                                plan.polish_time_s, run.ckpt, plan.progress, suffix, plan.thresholds)
     return final, search_out
@@ -419,7 +456,7 @@ def _determine(pattern, inten, geometry, d, ranges, user_range, symmetry, plan: 
                 ", ".join(ops) or "no symmetry")
     success_r = SUCCESS_R_NOISE_FREE if d is None else SUCCESS_R_NOISE_FACTOR * expected_noise_r(inten, d)
     run = StartRun(inten, geometry, groups, d, success_r, ckpt, plan.client, plan.progress,
-                   np.random.default_rng(plan.seed))
+                   np.random.default_rng(plan.seed), measurement=plan.measurement)
     explicit, info = _explicit_candidates(pattern, inten, geometry, groups, plan, run, ckpt,
                                           ranges[0])
     rounds = []

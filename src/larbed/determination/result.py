@@ -92,6 +92,21 @@ class DeterminationResult:
     provenance: dict = field(default_factory=dict, repr=False)
 
     @property
+    def r_free(self) -> float:
+        """R on the held-out tilts (``holdout`` of :func:`larbed.determine`; NaN without)."""
+        return self.refinement.r_free
+
+    @property
+    def holdout_tilts(self) -> np.ndarray:
+        """The tilts left out of the final fit."""
+        return self.refinement.holdout_tilts
+
+    @property
+    def measurement(self):
+        """The refined measurement model (``xr.Dataset`` with errors), or None."""
+        return self.refinement.measurement
+
+    @property
     def trustworthy(self) -> bool:
         """False when a warning of kind 'bound', 'chi2' or 'r_factor' was raised."""
         return not untrustworthy(self.warnings)

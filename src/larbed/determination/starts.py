@@ -105,7 +105,7 @@ def call_start(fn, pattern_ds, geometry: Geometry, seed: int, path: str | None):
 
 
 def refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
-                   groups: Sequence[SymmetryGroup], max_iter: int):
+                   groups: Sequence[SymmetryGroup], max_iter: int, measurement=None):
     """Constrained least squares; for many groups low orders first (:data:`STAGES`).
 
     With many U_g, those that couple only distant beams are hardly seen by the data; refined from
@@ -119,13 +119,23 @@ def refine_staged(intensity, geometry: Geometry, start, thickness_nm: float,
     for frac in stages:
         mask = None if frac >= 1.0 else glen <= np.quantile(glen, frac) + 1e-9
         res = refine(intensity, geometry, start, thickness_nm, symmetry=list(groups), weights="none",
-                     max_iter=max_iter, progress=False, log_warnings=False, refine_reflections=mask)
+                     max_iter=max_iter, progress=False, log_warnings=False, refine_reflections=mask,
+                     measurement=_continued(measurement, res))
         start, thickness_nm = res.ug, res.thickness_nm
     return res
 
 
+def _continued(measurement, res):
+    """The measurement model, starting from the values an earlier refinement ``res`` found."""
+    if measurement is None or res is None or res.measurement is None:
+        return measurement
+    values = res.measurement[[v for v in res.measurement.data_vars if not v.endswith("_error")]]
+    return type(measurement)(measurement.scale, measurement.background, measurement.absorption,
+                             measurement.tilt_map, values=values)
+
+
 def refine_continuation(intensity, geometry: Geometry, start, thickness_nm: float,
-                         groups: Sequence[SymmetryGroup], max_iter: int):
+                         groups: Sequence[SymmetryGroup], max_iter: int, measurement=None):
     """Least squares along a path of data: I_λ = (1 − λ) I(start) + λ I_exp, λ → 1.
 
     At λ = 0 the start fits exactly; each step refines from the previous solution, so the fit
@@ -143,12 +153,12 @@ def refine_continuation(intensity, geometry: Geometry, start, thickness_nm: floa
                      max_iter=CONTINUATION_ITERATIONS, progress=False, log_warnings=False)
         ug, t = res.ug, res.thickness_nm
     return refine(intensity, geometry, ug, t, symmetry=list(groups), weights="none",
-                  max_iter=max_iter, progress=False, log_warnings=False)
+                  max_iter=max_iter, progress=False, log_warnings=False, measurement=measurement)
 
 
 def refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,
                   groups: Sequence[SymmetryGroup], thickness_range_nm, max_iter: int,
-                  continuation_r: float | None = None) -> dict:
+                  continuation_r: float | None = None, measurement=None) -> dict:
     """Thickness scan + constrained least squares from one start (picklable for Dask).
 
     With ``continuation_r``, a result above that R is followed by :func:`refine_continuation`
@@ -156,11 +166,13 @@ def refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,
     """
     lo, hi = thickness_range_nm
     start = input_ug(geometry, values)
-    scan = thickness_scan(intensity, geometry, start, np.arange(lo, hi + 1e-9, SCAN_STEP_NM))
-    res = refine_staged(intensity, geometry, start, scan.attrs["best_thickness_nm"], groups, max_iter)
+    scan = thickness_scan(intensity, geometry, start, np.arange(lo, hi + 1e-9, SCAN_STEP_NM),
+                          measurement=measurement)
+    res = refine_staged(intensity, geometry, start, scan.attrs["best_thickness_nm"], groups, max_iter,
+                        measurement)
     if continuation_r is not None and res.r_factor > continuation_r:
         cont = refine_continuation(intensity, geometry, start, scan.attrs["best_thickness_nm"],
-                                    groups, max_iter)
+                                    groups, max_iter, measurement)
         logger.info("determine: data continuation from the same start: R = %.3g (direct: %.3g)",
                     cont.r_factor, res.r_factor)
         if cont.r_factor < res.r_factor:
@@ -172,8 +184,9 @@ def refine_start(intensity: np.ndarray, geometry: Geometry, values: np.ndarray,
 
 
 def refine_from(intensity: np.ndarray, geometry: Geometry, values: np.ndarray, thickness_nm: float,
-                 groups: Sequence[SymmetryGroup], max_iter: int) -> dict:
-    res = refine_staged(intensity, geometry, input_ug(geometry, values), thickness_nm, groups, max_iter)
+                 groups: Sequence[SymmetryGroup], max_iter: int, measurement=None) -> dict:
+    res = refine_staged(intensity, geometry, input_ug(geometry, values), thickness_nm, groups, max_iter,
+                        measurement)
     return {"ug_real": res.ug.values.real.tolist(), "ug_imag": res.ug.values.imag.tolist(),
             "thickness_nm": res.thickness_nm, "r_factor": res.r_factor, "scan_r": float("nan"),
             "scan_thickness_nm": thickness_nm, "iterations": res.n_iterations}
@@ -273,12 +286,13 @@ class StartRun:
     """The state of one determine run: settings, checkpoints, the refined starts so far."""
 
     def __init__(self, inten, geometry, groups, dose, success_r, ckpt, client, progress, rng,
-                 max_iter_start: int = START_ITERATIONS):
+                 max_iter_start: int = START_ITERATIONS, measurement=None):
         self.inten, self.geometry, self.groups, self.dose = inten, geometry, groups, dose
         self.success_r, self.ckpt, self.client, self.progress = success_r, ckpt, client, progress
         self.rng = rng
         self.results: dict[str, dict] = {}
         self.max_iter_start = max_iter_start
+        self.measurement = measurement
 
     def path(self, name: str) -> str | None:
         return os.path.join(self.ckpt, name) if self.ckpt else None
@@ -305,7 +319,7 @@ class StartRun:
             return
         cont_r = self.success_r if continuation else None
         args = [(self.inten, self.geometry, v, self.groups, tuple(thickness_range),
-                 self.max_iter_start, cont_r) for _, v in todo]
+                 self.max_iter_start, cont_r, self.measurement) for _, v in todo]
         if self.client is not None:
             from dask.distributed import as_completed
 
@@ -327,7 +341,8 @@ class StartRun:
         if saved is not None:
             self.results[key] = saved
             return saved
-        out = refine_from(self.inten, self.geometry, values, thickness, self.groups, self.max_iter_start)
+        out = refine_from(self.inten, self.geometry, values, thickness, self.groups, self.max_iter_start,
+                          self.measurement)
         self._store(key, out)
         return out
 

@@ -56,7 +56,7 @@ ANNOUNCE_ITERATION_S = 10.0
 @uses_kernels
 def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
                    absorption: float | None = None, metric: ScanMetric = "r_factor",
-                   dose: float | None = None) -> xr.DataArray:
+                   dose: float | None = None, measurement: Measurement | None = None) -> xr.DataArray:
     """Agreement between ``pattern`` and simulations with fixed U_g over a range of thicknesses.
 
     One eigen-decomposition per tilt serves all thicknesses.
@@ -76,6 +76,9 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         R = Σ|I − I_sim|/Σ I, or χ² with Poisson variances I/dose (needs a dose) per data point.
     dose : float, optional
         Electrons per tilt (default: ``pattern.attrs['dose']``).
+    measurement : Measurement, optional
+        Apply its (start) values to every simulation: background, scale (a per-tilt scale
+        normalises each simulated tilt to the data), κ and tilt map.
 
     Returns
     -------
@@ -93,8 +96,11 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
     >>> scan.attrs["best_thickness_nm"]
     31.5
     """
-    exp = check_pattern(pattern, geometry, dose)
+    meas = _check_measurement(measurement)
+    exp = check_pattern(pattern, geometry, dose, scaled=meas is not None)
     ug_da = check_ug(geometry, ug)
+    if meas is not None and meas.absorption == "proportional" and absorption is None:
+        absorption = meas.start_absorption()
     if metric not in SCAN_METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {SCAN_METRICS}")
     thick = (np.arange(5.0, 100.0 + 1e-9, 0.25) if thicknesses_nm is None
@@ -107,13 +113,16 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         dc = dose_column(d)
         inv_var = dc / np.maximum(exp, 1.0 / dc)
     values = np.zeros(len(thick))
-    for rows, sim in simulated_chunks(geometry, ug_da, thick, absorption):
-        diff = sim - exp[None, rows]
+    ok = np.isfinite(exp)
+    for rows, sim in simulated_chunks(geometry, ug_da, thick, absorption, meas):
+        if meas is not None:
+            sim = _measured_scan(meas, geometry, sim, exp, rows)
+        diff = np.where(ok[None, rows], sim - exp[None, rows], 0.0)
         if inv_var is None:
             values += np.abs(diff).sum(axis=(1, 2))
         else:
-            values += (diff**2 * inv_var[None, rows]).sum(axis=(1, 2))
-    values /= exp.sum() if inv_var is None else exp.size
+            values += (diff**2 * np.where(ok, inv_var, 0.0)[None, rows]).sum(axis=(1, 2))
+    values /= np.nansum(exp) if inv_var is None else ok.sum()
     units = "1"
     best = int(np.argmin(values))
     return xr.DataArray(
@@ -123,6 +132,19 @@ def thickness_scan(pattern, geometry: Geometry, ug, thicknesses_nm=None, *,
         attrs={"units": units, "metric": metric, "best_thickness_nm": float(thick[best]),
                "best_value": float(values[best])},
     )
+
+
+def _measured_scan(meas: Measurement, geometry: Geometry, sim: np.ndarray, exp: np.ndarray, rows):
+    """Apply the measurement's start values (background, scale) to simulations (n_t, M, N)."""
+    xm = meas.start_vector(geometry)
+    m = sim + meas.background_array(geometry, xm)[rows][None]
+    if meas.scale == "global":
+        return meas.split(geometry, xm)[0] * m
+    if meas.scale == "per_tilt":
+        ok = np.isfinite(exp[rows])
+        den = np.where(ok[None], m, 0.0).sum(axis=2, keepdims=True)
+        return m * (np.where(ok, exp[rows], 0.0).sum(axis=1)[None, :, None] / den)
+    return m
 
 
 @dataclass

@@ -225,12 +225,17 @@ def intensity_jacobian(geometry: Geometry, ug, thickness_nm: float, *,
 SCAN_CHUNK_BYTES = 512 * 2**20
 
 
-def simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray, absorption):
+def simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray, absorption,
+                     measurement=None):
     """(tilt slice, intensities (thickness, tilts, beams)) over the pattern: all at once through
     :func:`larbed.simulate` (with its symmetry shortcut) when that fits :data:`SCAN_CHUNK_BYTES`,
-    else tilt chunk by chunk (memory bounded at any number of tilts and thicknesses)."""
+    else tilt chunk by chunk (memory bounded at any number of tilts and thicknesses). A tilt map
+    of ``measurement`` (its start values) moves the tilts."""
     per_tilt = 8 * len(thick) * geometry.n_beams
-    if per_tilt * geometry.n_tilts <= SCAN_CHUNK_BYTES:
+    tilts = None
+    if measurement is not None and measurement.tilt_map != "none":
+        tilts = measurement.true_tilts(geometry, measurement.start_vector(geometry))
+    if per_tilt * geometry.n_tilts <= SCAN_CHUNK_BYTES and tilts is None:
         yield slice(None), simulate(geometry, ug_da, thick, absorption=absorption).intensity.values
         return
     model = ForwardModel(geometry, float(ug_da.attrs.get("u0", 0.0)), absorption is not None, False)
@@ -239,7 +244,7 @@ def simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray,
     step = max(1, SCAN_CHUNK_BYTES // per_tilt)
     for lo in range(0, geometry.n_tilts, step):
         rows = slice(lo, min(lo + step, geometry.n_tilts))
-        yield rows, model.intensities(x, thick, rows=rows)
+        yield rows, model.intensities(x, thick, rows=rows, tilts_mrad=tilts)
 
 
 #: Memory for one tilt chunk of the Jacobian in :meth:`WeightedProblem.normal_equations` [bytes]: the

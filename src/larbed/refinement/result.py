@@ -131,7 +131,19 @@ class RefinementResult:
             "absorption": "none" if self.absorption is None else self.absorption,
             "absorption_error": "none" if self.absorption_error is None else self.absorption_error,
             "warnings": [[getattr(w, "kind", "r_factor"), str(w)] for w in self.warnings],
+            "r_free": self.r_free, "holdout_tilts": np.asarray(self.holdout_tilts, int).tolist(),
+            "residual_correlation": self.residual_correlation,
+            "error_inflation": self.error_inflation,
+            "variance_model": "none" if self.variance_model is None else list(self.variance_model),
         })
+        if self.measurement is not None:
+            m = self.measurement.rename({v: f"measurement_{v}" for v in self.measurement.data_vars})
+            drop = [c for c in ("h", "k", "l") if c in m.coords]
+            attrs = dict(ds.attrs)
+            ds = ds.merge(m.drop_vars(drop), compat="override", combine_attrs="drop")
+            ds.attrs = attrs
+            ds.attrs["measurement_forms"] = [self.measurement.attrs.get(f"{k}_form", "none") for k in
+                                             ("scale", "background", "absorption", "tilt_map")]
         return ds
 
     @classmethod
@@ -165,6 +177,7 @@ class RefinementResult:
                                  if c in fit.coords])
             fit["ug"] = ds["ug"]
             warnings = [FitWarning(k, m) for k, m in a.get("warnings", [])]
+            measurement = _measurement_from(ds)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"dataset does not hold a larbed refinement result: {exc}") from exc
         p = geometry.n_reflections
@@ -181,7 +194,28 @@ class RefinementResult:
                    standard_errors=std, covariance=cov, history=hist, fit=fit,
                    weights=str(a["weights"]), converged=bool(a["converged"]),
                    message=str(a["message"]), n_iterations=int(a["n_iterations"]),
-                   geometry=geometry, warnings=warnings)
+                   geometry=geometry, warnings=warnings, measurement=measurement,
+                   r_free=float(a.get("r_free", np.nan)),
+                   holdout_tilts=np.asarray(a.get("holdout_tilts", []), int).reshape(-1),
+                   residual_correlation=float(a.get("residual_correlation", np.nan)),
+                   error_inflation=float(a.get("error_inflation", 1.0)),
+                   variance_model=None if isinstance(a.get("variance_model", "none"), str)
+                   else tuple(float(v) for v in np.ravel(a["variance_model"])))
+
+
+def _measurement_from(ds: xr.Dataset):
+    """The measurement Dataset saved by :meth:`RefinementResult.to_dataset` (None without one)."""
+    names = [v for v in ds.data_vars if v.startswith("measurement_")]
+    if not names:
+        return None
+    m = ds[names].rename({v: v[len("measurement_"):] for v in names})
+    keep_dims = {d for v in m.data_vars for d in m[v].dims}
+    m = m.drop_vars([c for c in m.coords if not set(m[c].dims) <= keep_dims or c in
+                     ("tilt", "tilt_x", "tilt_y", "beam")], errors="ignore")
+    forms = list(np.ravel(ds.attrs.get("measurement_forms", ["none"] * 4)))
+    m.attrs = {f"{k}_form": str(f) for k, f in zip(("scale", "background", "absorption", "tilt_map"),
+                                                    forms, strict=True)}
+    return m
 
 
 @dataclass
@@ -283,6 +317,12 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     fit.attrs.update({"r_factor": r, "chi2_reduced": chi2, "weights": weights, "r_free": r_free})
     chi2_max, r_noise_factor, r_max = thresholds
     noise_r = None if dose is None else expected_noise_r(fit.intensity.values, dose)
+    if noise_r is None and weights == "variance" and real.variance_model is not None:
+        # the fitted variance model stands for the unknown dose: R expected from that noise
+        a, b = real.variance_model
+        ok = np.isfinite(prob.data)
+        sig = np.sqrt(a + b * np.clip(fit.intensity.values[ok], 0.0, None))
+        noise_r = float(np.sqrt(2.0 / np.pi) * sig.sum() / prob.data[ok].sum())
     warnings = fit_quality_warnings(r, chi2 if weights == "poisson" else None, noise_r,
                                     chi2_max=chi2_max, r_noise_factor=r_noise_factor, r_max=r_max)
     moved = free_x(pmap, state.q)
