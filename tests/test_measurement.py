@@ -283,3 +283,18 @@ def test_determine_with_a_measurement_model():
     m = res.measurement
     assert abs(m.scale - 0.8) < 3 * m.scale_error and abs(m.background - 0.002) < 3 * m.background_error
     assert np.isfinite(res.r_free) and res.r_free < 1.5 * res.r_factor
+
+
+def test_iam_prior_keeps_weak_ug_near_the_atoms(geo, ug, srtio3):
+    centre, sigma = larbed.iam_prior(srtio3, geo, relative=0.05, absolute=1e-4)
+    np.testing.assert_allclose(centre, ug.values)
+    np.testing.assert_allclose(sigma, np.maximum(0.05 * np.abs(ug.values), 1e-4))
+    pattern = larbed.simulate(geo, ug, 30.0, dose=1e4, seed=0)
+    free = larbed.refine(pattern, geo, ug, 30.0, real=True, symmetry="crystal", progress=False)
+    held = larbed.refine(pattern, geo, ug, 30.0, real=True, symmetry="crystal", progress=False,
+                         prior=(centre, sigma))
+    weak = np.argmin(np.abs(ug.values))  # U_100: the data hardly see it
+    assert abs(held.ug.values[weak] - ug.values[weak]) < abs(free.ug.values[weak] - ug.values[weak]) + 1e-12
+    assert held.ug_error.values.real[weak] < free.ug_error.values.real[weak]
+    with pytest.raises(ValueError, match="relative must be a positive"):
+        larbed.iam_prior(srtio3, geo, relative=0)

@@ -18,7 +18,7 @@ from .io import load_pattern, load_ug, read_csv, save_pattern, save_ug, write_cs
 from .measurement import Measurement
 from .metrics import r_factor
 from .origin import shift_origin
-from .refinement import RefinementResult, intensity_jacobian, refine, thickness_scan
+from .refinement import RefinementResult, iam_prior, intensity_jacobian, refine, thickness_scan
 from .scattering import scattering_factor
 from .simulation import simulate
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug
@@ -38,6 +38,7 @@ __all__ = [
     "determine",
     "electron_wavelength",
     "get_num_threads",
+    "iam_prior",
     "input_ug",
     "intensity_jacobian",
     "load_pattern",

@@ -16,13 +16,16 @@ covariance is the minimum-norm one (errors are those of U_g after aligning the o
 Modules: :mod:`~larbed.refinement.api` (entry points), :mod:`~larbed.refinement.parameters` (the
 parameter map, symmetry ties, gauge), :mod:`~larbed.refinement.jacobian` (forward model, normal
 equations), :mod:`~larbed.refinement.solver` (Levenberg–Marquardt, covariance),
-:mod:`~larbed.refinement.result` (:class:`RefinementResult`).
+:mod:`~larbed.refinement.result` (:class:`RefinementResult`), :mod:`~larbed.refinement.measured`
+(the measurement model's forward model), :mod:`~larbed.refinement.realdata` (hold-out, variance
+model, correlated residuals, the independent-atom prior).
 """
 
 from .._deprecation import moved_names
 from .._types import SCAN_METRICS, WEIGHTS, ScanMetric, Weights
 from .api import refine, thickness_scan
 from .jacobian import intensity_jacobian
+from .realdata import iam_prior
 from .result import RefinementResult
 
 __all__ = [
@@ -31,6 +34,7 @@ __all__ = [
     "ScanMetric",
     "WEIGHTS",
     "Weights",
+    "iam_prior",
     "intensity_jacobian",
     "refine",
     "thickness_scan",
