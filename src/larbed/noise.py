@@ -109,7 +109,7 @@ def noise_floor(pattern, geometry: Geometry, model=None, *,
     >>> xtal = larbed.Crystal.builtin("SrTiO3")
     >>> geo = larbed.Geometry(xtal, 120, (0, 0, 1), 13, 441, 40)
     >>> data = larbed.simulate(geo, larbed.compute_ug(xtal, geo), 10.0, dose=1e4, seed=0)
-    >>> est = noise_floor(data, geo)
+    >>> est = noise_floor(data, geo, data.intensity_noise_free.values)  # the true model
     >>> round(est.b * 1e4, 1)  # the Poisson variance I/dose: b ≈ 1/dose
     1.0
     """

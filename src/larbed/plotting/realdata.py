@@ -105,8 +105,9 @@ def plot_background(result, *, title: str | None = None):
     return fig
 
 
-def plot_tilt_map(result, *, magnify: float = 10.0, title: str | None = None):
-    """Nominal tilts θ and refined true tilts θ' = A θ + c, the displacement ``magnify``-fold."""
+def plot_tilt_map(result, *, magnify: float | None = None, title: str | None = None):
+    """Nominal tilts θ and refined true tilts θ' = A θ + c, the displacement ``magnify``-fold
+    (default: so that the largest displacement shows as about two tilt steps, 1× to 20×)."""
     res = _refinement(result)
     m = res.measurement
     if m is None or "tilt_matrix" not in m:
@@ -115,6 +116,10 @@ def plot_tilt_map(result, *, magnify: float = 10.0, title: str | None = None):
     geo = res.geometry
     th = geo.tilt_mrad
     true = th @ m.tilt_matrix.values.T + m.tilt_offset_mrad.values
+    if magnify is None:
+        biggest = float(np.max(np.linalg.norm(true - th, axis=1), initial=0.0))
+        step = geo.tilt_step_mrad or 1.0
+        magnify = float(np.clip(2.0 * step / max(biggest, 1e-12), 1.0, 20.0))
     fig = figure(figsize=(5.0, 5.0), layout="constrained")
     ax = fig.subplots()
     ax.plot(th[:, 0], th[:, 1], ".", ms=2, color="0.5", label="nominal θ")

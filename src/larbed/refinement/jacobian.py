@@ -110,14 +110,26 @@ class ForwardModel:
         """∂(Jacobian columns)/∂q of the reduced Jacobian: [U-part q; rows 2P… of T]."""
         return self.reduction["d"]
 
-    def _jacobian_reduced(self, x, rows, tilts_mrad, tilt_columns):
-        red = self.reduction
+    def _kernel_inputs(self, x, rows, tilts_mrad, tilt_columns):
+        """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions) for a Jacobian."""
         ug, t, kappa = self.unpack(x)
         off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
         if rows is not None:
             dg = np.ascontiguousarray(dg[rows])
-        m, n = dg.shape
         fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
+        dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
+        return ug, t, off, dg, path, fac, dirs
+
+    def _with_kappa_column(self, out_j: np.ndarray, k: int) -> np.ndarray:
+        """Insert a zero κ column at ``k`` when κ is modelled but not refined."""
+        if self.absorbing and not self.kappa_column:
+            m, n = out_j.shape[:2]
+            return np.concatenate([out_j[:, :, :k], np.zeros((m, n, 1)), out_j[:, :, k:]], axis=2)
+        return out_j
+
+    def _jacobian_reduced(self, x, rows, tilts_mrad, tilt_columns):
+        red = self.reduction
+        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         col_fac = np.where(red["is_im"], 1j * fac, fac)
         pos_col, pos_w = red["pos_col"], red["pos_w"]
         if self.kappa_column:
@@ -127,16 +139,12 @@ class ForwardModel:
             pos_col[:, :, 2] = np.where(self.geometry.pair_index >= 0, red["n_u"], -1)
             pos_w = pos_w.astype(complex)
             pos_w[:, :, 2] = ug_matrix(self.geometry, ug)
-        dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
         out_i, out_j = bloch.jacobian_q(off, dg, path, 10.0 * t, pos_col, pos_w, col_fac,
                                         self.kappa_column, 1j * self.inv2k, self.u0 * self.inv2k,
                                         dirs)
         nu = red["n_u"]
         out_j[:, :, nu] *= 10.0  # per Å → per nm
-        if self.absorbing and not self.kappa_column:
-            out_j = np.concatenate([out_j[:, :, :nu + 1], np.zeros((m, n, 1)), out_j[:, :, nu + 1:]],
-                                   axis=2)
-        return out_i, out_j
+        return out_i, self._with_kappa_column(out_j, nu + 1)
 
     def jacobian(self, x, rows: slice | None = None, tilts_mrad: np.ndarray | None = None,
                  tilt_columns: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -146,20 +154,11 @@ class ForwardModel:
         parameters instead (columns [U-part q, t, (κ), (θ)]; :meth:`reduced_d` maps them to q)."""
         if self.reduction is not None:
             return self._jacobian_reduced(x, rows, tilts_mrad, tilt_columns)
-        ug, t, kappa = self.unpack(x)
-        off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
-        if rows is not None:
-            dg = np.ascontiguousarray(dg[rows])
-        m, n = dg.shape
-        fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
-        dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
+        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         out_i, out_j = bloch.jacobian(off, dg, path, 10.0 * t, self.geometry, ug, fac, self.u0,
                                       self.kappa_column, dirs)
         out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
-        if self.absorbing and not self.kappa_column:
-            k = 2 * self.p + 1
-            out_j = np.concatenate([out_j[:, :, :k], np.zeros((m, n, 1)), out_j[:, :, k:]], axis=2)
-        return out_i, out_j
+        return out_i, self._with_kappa_column(out_j, 2 * self.p + 1)
 
 
 @uses_kernels

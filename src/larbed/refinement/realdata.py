@@ -22,8 +22,8 @@ import numpy as np
 
 from ..geometry import Geometry
 
-__all__ = ["CORRELATION_SIGNIFICANCE", "MAX_INFLATION", "fit_variance_model", "holdout_tilts",
-           "iam_prior", "inflation_factor", "residual_correlation"]
+__all__ = ["CORRELATION_SIGNIFICANCE", "MAX_INFLATION", "VARIANCE_FLOOR", "fit_variance_model",
+           "holdout_tilts", "iam_prior", "inflation_factor", "residual_correlation"]
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 CORRELATION_SIGNIFICANCE = 3.0
 #: The error inflation is capped here (ρ → 1 means the model misses a smooth signal: say so).
 MAX_INFLATION = 10.0
+#: The variance model's intercept is at least b × this fraction of the mean intensity.
+VARIANCE_FLOOR = 0.01
 #: Neighbouring tilts: closer than this many tilt steps.
 NEIGHBOUR_STEPS = 1.5
 
@@ -57,7 +59,7 @@ def fit_variance_model(data: np.ndarray, model: np.ndarray) -> tuple[float, floa
     """(a, b) of σ² = a + b·I fitted to the squared residuals (model − data)², binned by I.
 
     Binning by quantiles of I (20 bins) and non-negative least squares on the bin means keeps a
-    few outliers from steering the fit; a ≥ 10⁻⁶ of the mean squared residual.
+    few outliers from steering the fit; a ≥ :data:`VARIANCE_FLOOR` · b · mean(I).
     """
     from scipy.optimize import nnls
 
@@ -70,7 +72,11 @@ def fit_variance_model(data: np.ndarray, model: np.ndarray) -> tuple[float, floa
     mi = np.array([inten[which == k].mean() for k in range(len(edges) - 1) if np.any(which == k)])
     mr = np.array([r2[which == k].mean() for k in range(len(edges) - 1) if np.any(which == k)])
     (a, b), _ = nnls(np.stack([np.ones_like(mi), mi], axis=1), mr)
-    a = max(float(a), 1e-6 * float(r2.mean()), 1e-300)
+    # a floor on a: the variance of a weak value is at least that of a value at VARIANCE_FLOOR of
+    # the mean intensity (else near-zero model values get near-infinite weights and a fit to
+    # real data chases its weakest beams)
+    a = max(float(a), VARIANCE_FLOOR * float(b) * float(inten.mean()), 1e-6 * float(r2.mean()),
+            1e-300)
     return a, float(b)
 
 
