@@ -298,3 +298,44 @@ def test_iam_prior_keeps_weak_ug_near_the_atoms(geo, ug, srtio3):
     assert held.ug_error.values.real[weak] < free.ug_error.values.real[weak]
     with pytest.raises(ValueError, match="relative must be a positive"):
         larbed.iam_prior(srtio3, geo, relative=0)
+
+
+@pytest.mark.parametrize("case", ["real", "complex", "measured", "absorbing"])
+def test_reduced_kernels_give_the_same_normal_equations(srtio3, case):
+    """The U part summed into the free parameters inside the kernels (symmetry ties, real
+    arithmetic) gives JᵀWJ and JᵀWr equal to the full Jacobian's to round-off."""
+    from larbed.origin import shift_origin
+    from larbed.refinement import api
+    from larbed.refinement.jacobian import WeightedProblem
+
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 21, 49, 50)
+    ug = larbed.compute_ug(srtio3, geo)
+    meas = {"measured": Measurement(scale="per_tilt", background="smooth", tilt_map="affine"),
+            "absorbing": Measurement(scale="global", absorption="proportional", tilt_map="shift")
+            }.get(case)
+    start = shift_origin(geo, ug, (0.1, 0.2)) if case == "complex" else ug
+    su = api._setup(larbed.simulate(geo, ug, 20.0), geo, start, 20.0, refine_thickness=True,
+                    weights="none", dose=None, symmetry=None if case == "complex" else "crystal",
+                    real=case != "complex", absorption=None, refine_absorption=False,
+                    refine_reflections=None, prior=None, max_iter=5, measurement=meas)
+    q = su.pmap.q(su.x0) + np.random.default_rng(0).normal(0, 1e-4, su.pmap.n_q)
+    prob = WeightedProblem(su.model, su.pmap, su.exp, np.ones_like(su.exp))
+    assert prob.reduced
+    _, i1, h1, g1 = prob.normal_equations(q)
+    (su.model.core if meas is not None else su.model).reduction = None
+    prob.reduced = False
+    _, i2, h2, g2 = prob.normal_equations(q)
+    np.testing.assert_allclose(i1, i2, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-12 * np.max(np.abs(h2)))
+    np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-12 * np.max(np.abs(g2)))
+
+
+def test_thickness_scan_with_a_measurement(geo, ug):
+    meas = Measurement.with_values(scale=0.7, background=0.004)
+    pattern = larbed.simulate(geo, ug, 31.0, measurement=meas)
+    scan = larbed.thickness_scan(pattern, geo, ug, np.arange(25.0, 36.0, 0.5), measurement=meas)
+    assert scan.attrs["best_thickness_nm"] == 31.0 and scan.attrs["best_value"] < 1e-12
+    norm = larbed.thickness_scan(pattern, geo, ug, np.arange(25.0, 36.0, 0.5),
+                                 measurement=Measurement(scale="per_tilt", values=meas.values,
+                                                         background="flat"))
+    assert norm.attrs["best_thickness_nm"] == 31.0 and norm.attrs["best_value"] < 1e-12
