@@ -20,6 +20,7 @@ from .origin import shift_origin
 from .refinement import RefinementResult, intensity_jacobian, refine, thickness_scan
 from .scattering import scattering_factor
 from .simulation import simulate
+from .structure import StructureResult, refine_structure
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug
 from .threads import get_num_threads, set_num_threads
 from .trust import FitWarning
@@ -31,6 +32,7 @@ __all__ = [
     "FitWarning",
     "Geometry",
     "RefinementResult",
+    "StructureResult",
     "__version__",
     "compute_ug",
     "determine",
@@ -46,6 +48,7 @@ __all__ = [
     "random_ug",
     "read_csv",
     "refine",
+    "refine_structure",
     "relativistic_gamma",
     "save_pattern",
     "save_ug",
