@@ -42,12 +42,14 @@ from .result import (
     xray_structure_factors,
 )
 
-__all__ = ["CELL_RTOL", "ZERO_COLUMN_RTOL", "refine_structure"]
+__all__ = ["CELL_RTOL", "MAX_HOLDOUT", "ZERO_COLUMN_RTOL", "held_out_tilts", "refine_structure"]
 
 logger = logging.getLogger(__name__)
 
 #: The crystal and the geometry's crystal share the cell when lengths and angles agree to this.
 CELL_RTOL = 1e-6
+#: At most this fraction of the tilts may be held out of the fit (R_free).
+MAX_HOLDOUT = 0.5
 #: A parameter whose column of ∂U_g/∂p is below this fraction of the largest enters no U_g of the
 #: pattern (a coordinate along the zone axis): it is fixed before the fit, with a warning.
 ZERO_COLUMN_RTOL = 1e-12
@@ -55,22 +57,41 @@ ZERO_COLUMN_RTOL = 1e-12
 
 @dataclass
 class _Setup:
-    exp: np.ndarray
+    exp: np.ndarray  # the fitted data: held-out tilts NaN
     dose: object
     weights: str
     smap: StructureMap
     model: ForwardModel
     warnings: list
     fixed: dict
+    observed: np.ndarray  # every tilt
+    held: np.ndarray  # (n_tilts,) bool: tilts left out of the fit (R_free)
 
     def weights_for(self, x_w) -> np.ndarray:
-        """1/σ²: ones, or Poisson from the data (``x_w`` None) or from the fit at ``x_w``."""
+        """1/σ²: ones, or Poisson from the data (``x_w`` None) or from the fit at ``x_w``; 0 on
+        the held-out tilts."""
         if self.weights == "none":
-            return np.ones_like(self.exp)
-        dc = dose_column(self.dose)
-        if x_w is None:
-            return dc / np.maximum(self.exp, 1.0 / dc)
-        return dc / np.maximum(self.model.intensities(x_w), MODEL_VARIANCE_FLOOR / dc)
+            w = np.ones_like(self.exp)
+        else:
+            dc = dose_column(self.dose)
+            if x_w is None:
+                w = dc / np.maximum(self.observed, 1.0 / dc)
+            else:
+                w = dc / np.maximum(self.model.intensities(x_w), MODEL_VARIANCE_FLOOR / dc)
+        w[self.held] = 0.0
+        return w
+
+
+def held_out_tilts(n_tilts: int, fraction: float, seed: int) -> np.ndarray:
+    """(n_tilts,) bool: a seeded random ``fraction`` of the tilts (rounded, at least one when the
+    fraction is positive) left out of the fit for R_free."""
+    if isinstance(fraction, bool) or not np.isfinite(fraction) or not 0 <= fraction <= MAX_HOLDOUT:
+        raise ValueError(f"holdout must be a fraction of the tilts in [0, {MAX_HOLDOUT}], "
+                         f"got {fraction!r}")
+    held = np.zeros(n_tilts, bool)
+    n = max(1, round(fraction * n_tilts)) if fraction > 0 else 0
+    held[np.random.default_rng(seed).choice(n_tilts, size=n, replace=False)] = True
+    return held
 
 
 def _measurement_kwargs(measurement) -> dict:
@@ -144,12 +165,16 @@ def _selection(model: SiteModel, chosen: list[int], fix, tie) -> np.ndarray:
 
 
 def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie, refine_thickness,
-           weights, dose, absorption, refine_absorption, parameterization, max_iter) -> _Setup:
+           weights, dose, absorption, refine_absorption, parameterization, max_iter, holdout=0.0,
+           seed=0) -> _Setup:
     """Validate the inputs (ValueError before any fitting) and build the structure map."""
     warnings = _check_crystal(crystal, geometry)
-    exp = check_pattern(pattern, geometry, dose)
-    check_diffracted(exp)
+    observed = check_pattern(pattern, geometry, dose)
+    check_diffracted(observed)
     t0 = check_start_thickness(thickness_nm0)
+    held = held_out_tilts(geometry.n_tilts, holdout, seed)
+    exp = observed.copy()
+    exp[held] = np.nan  # counts nowhere in the fit
     if weights not in WEIGHTS:
         raise ValueError(f"unknown weights {weights!r}; choose one of {WEIGHTS}")
     if parameterization not in PARAMETERIZATIONS:
@@ -198,7 +223,7 @@ def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie
         raise ValueError(f"{smap.n_q} free parameters but only {n_data} measured intensities")
     u0 = float(compute_ug(crystal, geometry, parameterization).attrs["u0"])
     fmodel = ForwardModel(geometry, u0, absorption is not None, refine_absorption)
-    return _Setup(exp, d, weights, smap, fmodel, warnings, fixed)
+    return _Setup(exp, d, weights, smap, fmodel, warnings, fixed, observed, held)
 
 
 def _fit(su: _Setup, prob: WeightedProblem, *, n_stages: int, max_iter: int, ftol: float, bar) -> LMState:
@@ -235,8 +260,8 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
                      refine_absorption: bool = False, parameterization: Parameterization = "lobato",
                      max_iter: int = 100, ftol: float = 1e-10, poisson_passes: int = 3,
                      chi2_max: float = CHI2_MAX, r_noise_factor: float = R_NOISE_FACTOR,
-                     r_max: float = R_MAX_NOISE_FREE, progress: bool = True,
-                     log_warnings: bool = True) -> StructureResult:
+                     r_max: float = R_MAX_NOISE_FREE, holdout: float = 0.0, seed: int = 0,
+                     progress: bool = True, log_warnings: bool = True) -> StructureResult:
     """Refine the crystal — coordinates, Debye–Waller factors, occupancies — against a pattern.
 
     Least squares with exact derivatives: ∂I/∂p = Σ_g ∂I/∂U_g · ∂U_g/∂p, from the U_g Jacobian of
@@ -285,6 +310,11 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
         Scattering factors of the independent-atom model.
     max_iter, ftol, poisson_passes, chi2_max, r_noise_factor, r_max
         As in :func:`larbed.refine`.
+    holdout : float
+        Fraction of the tilts (seeded random, ``seed``) left out of the fit; R on them under the
+        refined model is ``r_free``. 0 (default): every tilt is fitted and ``r_free`` is NaN.
+    seed : int
+        Seed of the held-out tilts.
     progress : bool
     log_warnings : bool
 
@@ -313,7 +343,7 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
     su = _build(pattern, geometry, crystal, thickness_nm0, free=free, free_ug=free_ug, fix=fix,
                 tie=tie, refine_thickness=refine_thickness, weights=weights, dose=dose,
                 absorption=absorption, refine_absorption=refine_absorption,
-                parameterization=parameterization, max_iter=max_iter)
+                parameterization=parameterization, max_iter=max_iter, holdout=holdout, seed=seed)
     check_thresholds(chi2_max, r_noise_factor, r_max)
     smap = su.smap
     from tqdm.auto import tqdm
@@ -374,4 +404,6 @@ def _result(su: _Setup, state: LMState, ref, crystal, geometry, parameterization
         free_ug=free_ug_dataset(smap, ref, iam), xray=xray,
         xray_error=xray.copy(data=fx_err), refinement=ref, fixed=fixed, warnings=warnings,
         converged=state.converged, n_iterations=state.iterations, site_values=values,
+        r_free=(masked_r(su.observed[su.held], ref.fit.intensity.values[su.held])
+                if su.held.any() else float("nan")),
         cif_items=items, truth_map=smap)

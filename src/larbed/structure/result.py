@@ -62,7 +62,8 @@ class StructureResult:
     r_factor, chi2 : float
         R and reduced χ² (χ²/dof) of the fit.
     r_free : float
-        R on tilts held out of the fit; NaN when none were held out (this version holds none).
+        R on the tilts held out of the fit (``holdout``) under the refined model; NaN when none
+        were held out.
     ug, ug_error : xarray.DataArray
         Every U_g of the fit [1/Å²] with standard errors (real part σ(Re U), imaginary σ(Im U)).
     free_ug : xarray.Dataset
