@@ -25,8 +25,13 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--presets", nargs="+", default=["ZnO-1", "ZnO-2"])
     ap.add_argument("--doses", nargs="+", type=float, default=[0.0, 1e5])
+    ap.add_argument("--verbose", action="store_true", help="log the stages (INFO)")
     args = ap.parse_args(argv)
-    logging.getLogger("larbed").setLevel(logging.ERROR)
+    if args.verbose:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logging.getLogger("numba").setLevel(logging.WARNING)
+    else:
+        logging.getLogger("larbed").setLevel(logging.ERROR)
     for name in args.presets:
         preset = larbed.presets.load(name)
         for dose in args.doses:

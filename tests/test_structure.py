@@ -307,6 +307,21 @@ def sto_case():
     return truth, geo, simulate(geo, compute_ug(truth, geo), 20.0)
 
 
+def test_free_as_a_mapping_fix_and_tie(sto_case):
+    truth, geo, pattern = sto_case
+    res = refine_structure(pattern, geo, Crystal.builtin("SrTiO3", debye_waller=True), 20.0,
+                           free={"Sr1": "b_iso", "O1": ["b_iso"]}, fix=["t"], progress=False)
+    assert res.labels == ["B(Sr1)", "B(O1)"] and res.thickness_nm == 20.0
+    tied = refine_structure(pattern, geo, Crystal.builtin("SrTiO3", debye_waller=True), 20.0,
+                            tie=[("B(Sr1)", "B(Ti1)")], progress=False)
+    assert tied.labels == ["B(Sr1)", "B(O1)", "t"]  # one value for both sites
+    assert tied.r_factor <= EXACT_R  # the truth (B = 0 everywhere) is in the tied model
+    assert tied.crystal.atoms[0].b_iso == pytest.approx(tied.crystal.atoms[1].b_iso, abs=1e-12)
+    with pytest.raises(ValueError, match="mix parameter kinds"):
+        refine_structure(pattern, geo, truth, 20.0, free=["b_iso", "occupancy(O1)"],
+                         tie=[("B(Sr1)", "occ(O1)")], progress=False)
+
+
 def test_bad_input_symmetry_fixed_parameters(sto_case):
     truth, geo, pattern = sto_case
     with pytest.raises(ValueError, match="fixes every coordinate of Sr1"):

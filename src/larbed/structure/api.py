@@ -386,7 +386,7 @@ def _result(su: _Setup, state: LMState, ref, crystal, geometry, parameterization
                         nuclear=True)
     fx, fx_err = xray_structure_factors(smap, nuclear, state.q, cov_q, geometry)
     iam, _ = smap.model.evaluate(raw, derivatives=False)
-    warnings = list(su.warnings) + list(ref.warnings) + bound_warnings(smap, state.q)
+    warnings = list(su.warnings) + list(ref.warnings) + bound_warnings(smap, state.q, cov_q)
     for w in warnings[len(su.warnings) + len(ref.warnings):]:
         (logger.warning if log_warnings else logger.debug)("refine_structure: %s", w)
     xray = ref.ug.copy(data=fx)

@@ -6,7 +6,7 @@ t [nm], (κ)] with U_g from the atoms (:class:`~larbed.structure.model.SiteModel
 hybrid ones, which are free on top of the independent-atom model and tied by the space group
 (:func:`larbed.spacegroup.ug_ties`). ``dx(q)`` is the exact ∂x/∂q, so the refinement's Jacobian
 is the chain rule ∂I/∂q = Σ_g ∂I/∂U_g ∂U_g/∂q. :meth:`StructureMap.clip` keeps the parameters
-inside their bounds (t ≥ 0.1 nm, B ≥ 0, 0 ≤ occupancy ≤ 1, κ ≥ 0).
+inside their bounds (t ≥ 0.1 nm, B ≥ −2 Å², 0 ≤ occupancy ≤ 1, κ ≥ 0).
 
 The ``free``, ``free_ug``, ``fix`` and ``tie`` arguments of :func:`larbed.refine_structure` are
 parsed here (:func:`select_parameters`, :func:`free_ug_groups`).
@@ -27,9 +27,14 @@ from ..spacegroup import TieGroup, ug_ties
 from ..symmetry import reflection_index
 from .model import SiteModel, zone_visible
 
-__all__ = ["StructureMap", "aniso_sites", "free_ug_groups", "select_parameters"]
+__all__ = ["MIN_B_ANGSTROM2", "StructureMap", "aniso_sites", "free_ug_groups", "select_parameters"]
 
 logger = logging.getLogger(__name__)
+
+#: Lower bound of a refined B [Å²]. B < 0 is non-physical, but a B near 0 must be free to
+#: scatter below it with the noise (else its estimate is biased and its error bar wrong);
+#: :func:`larbed.structure.result.bound_warnings` flags a B below 0 by more than 3σ.
+MIN_B_ANGSTROM2 = -2.0
 
 _ITEM = re.compile(r"^\s*([A-Za-z_]+)\s*\(\s*([^()]+?)\s*\)\s*$")
 
@@ -279,12 +284,15 @@ class StructureMap:
         return q
 
     def clip(self, q) -> np.ndarray:
-        """q inside the bounds: t ≥ 0.1 nm, B ≥ 0 (and B + B_global ≥ 0), 0 ≤ occupancy ≤ 1, κ ≥ 0."""
+        """q inside the bounds: t ≥ 0.1 nm, B ≥ :data:`MIN_B_ANGSTROM2` (and B + B_global too),
+        0 ≤ occupancy ≤ 1, κ ≥ 0."""
         q = np.array(q, float)
         for i, kind in enumerate(self.kinds):
             if kind == "thickness":
                 q[i] = max(q[i], MIN_THICKNESS_NM)
-            elif kind in ("b_iso", "absorption"):
+            elif kind == "b_iso":
+                q[i] = max(q[i], MIN_B_ANGSTROM2)
+            elif kind == "absorption":
                 q[i] = max(q[i], 0.0)
             elif kind == "occupancy":
                 q[i] = min(max(q[i], 0.0), 1.0)
@@ -292,7 +300,7 @@ class StructureMap:
             raw = self.raw(q)
             b = [raw[c] for c, prm in enumerate(self.model.parameters) if prm.kind == "b_iso"]
             i = self.kinds.index("b_global")
-            q[i] = max(q[i], -min(b, default=0.0))
+            q[i] = max(q[i], MIN_B_ANGSTROM2 - min(b, default=0.0))
         return q
 
     def at_bound(self, q) -> list[str]:
@@ -301,7 +309,8 @@ class StructureMap:
         for i, kind in enumerate(self.kinds):
             v = q[i]
             if (kind == "thickness" and v <= MIN_THICKNESS_NM * (1 + 1e-9)) or \
-               (kind in ("b_iso", "absorption") and v <= 1e-12) or \
+               (kind == "b_iso" and v <= MIN_B_ANGSTROM2 + 1e-12) or \
+               (kind == "absorption" and v <= 1e-12) or \
                (kind == "occupancy" and (v <= 1e-12 or v >= 1 - 1e-12)):
                 out.append(self.labels[i])
         return out

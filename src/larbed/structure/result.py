@@ -26,11 +26,13 @@ from ..trust import FitWarning, untrustworthy
 from .cif import format_su, structure_cif
 from .model import SiteModel, propagate
 
-__all__ = ["BOHR_RADIUS_ANGSTROM", "StructureResult", "parameter_name", "refined_crystal",
+__all__ = ["BOHR_RADIUS_ANGSTROM", "NEGATIVE_B_SIGMAS", "StructureResult", "parameter_name", "refined_crystal",
            "xray_structure_factors"]
 
 logger = logging.getLogger(__name__)
 
+#: A refined B this many standard errors below 0 is flagged.
+NEGATIVE_B_SIGMAS = 3.0
 #: Bohr radius a₀ [Å] (CODATA 2018).
 BOHR_RADIUS_ANGSTROM = 0.529177210903
 
@@ -52,7 +54,9 @@ class StructureResult:
     ----------
     crystal : Crystal
         The refined crystal (same space group, atoms, labels; positions, B or U^ij and
-        occupancies refined; an overall B is folded into every atom).
+        occupancies refined; an overall B is folded into every atom). A B refined below 0 (free
+        to scatter there with the noise) is 0 here, as :class:`larbed.Crystal` requires, and as
+        refined in ``parameters`` and the CIF.
     parameters : xarray.Dataset
         One variable per refined parameter (named by :func:`parameter_name`, ``attrs['label']``
         the label such as ``'x(O1)'``, ``attrs['units']``) and ``<name>_error`` (standard error;
@@ -231,11 +235,19 @@ def free_ug_dataset(smap, ref: RefinementResult, iam: np.ndarray) -> xr.Dataset:
                               "label": ("reflection", [ref.geometry.reflection_labels()[i] for i in idx])})
 
 
-def bound_warnings(smap, q) -> list[FitWarning]:
+def bound_warnings(smap, q, cov_q=None) -> list[FitWarning]:
     """'bound' warnings of structure parameters that ended on a bound (the thickness is left to
-    :func:`larbed.refinement.result.build_result`)."""
+    :func:`larbed.refinement.result.build_result`), and of a B below 0 by more than
+    :data:`NEGATIVE_B_SIGMAS` standard errors (non-physical: the model misses something, e.g.
+    absorption or a wrong scattering factor)."""
     out = []
     for label in smap.at_bound(q):
         if label != "t":
             out.append(FitWarning("bound", f"{label} ended at its bound ({format_su(float(q[smap.labels.index(label)]), None)})"))
+    if cov_q is not None:
+        sig = np.sqrt(np.abs(np.diag(cov_q)))
+        for i, kind in enumerate(smap.kinds):
+            if kind in ("b_iso", "b_global") and q[i] < 0 and q[i] + NEGATIVE_B_SIGMAS * sig[i] < 0:
+                out.append(FitWarning("bound", f"{smap.labels[i]} = {format_su(float(q[i]), float(sig[i]))} Å² "
+                                               f"is negative by more than {NEGATIVE_B_SIGMAS:g}σ (non-physical)"))
     return out
