@@ -21,6 +21,7 @@ from .origin import shift_origin
 from .refinement import RefinementResult, iam_prior, intensity_jacobian, refine, thickness_scan
 from .scattering import scattering_factor
 from .simulation import simulate
+from .structure import StructureResult, refine_structure
 from .structure_factors import compute_ug, input_ug, normalize_ug, random_ug
 from .threads import get_num_threads, set_num_threads
 from .trust import FitWarning
@@ -33,6 +34,7 @@ __all__ = [
     "Geometry",
     "Measurement",
     "RefinementResult",
+    "StructureResult",
     "__version__",
     "compute_ug",
     "determine",
@@ -49,6 +51,7 @@ __all__ = [
     "random_ug",
     "read_csv",
     "refine",
+    "refine_structure",
     "relativistic_gamma",
     "save_pattern",
     "save_ug",

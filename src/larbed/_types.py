@@ -17,6 +17,7 @@ __all__ = [
     "SCAN_METRICS",
     "SCHEDULERS",
     "START_NAMES",
+    "STRUCTURE_KINDS",
     "WARNING_KINDS",
     "WEIGHTS",
     "Channel",
@@ -27,6 +28,7 @@ __all__ = [
     "ScanMetric",
     "Scheduler",
     "StartName",
+    "StructureKind",
     "WarningKind",
     "Weights",
 ]
@@ -43,7 +45,9 @@ ScanMetric = Literal["r_factor", "chi2"]
 #: Eigensolver of a structure matrix: real symmetric, complex Hermitian, general (absorbing).
 EigenPath = Literal["real", "hermitian", "general"]
 #: Kinds of :class:`larbed.FitWarning`.
-WarningKind = Literal["bound", "chi2", "r_factor", "undetermined"]
+WarningKind = Literal["bound", "chi2", "r_factor", "undetermined", "symmetry"]
+#: Structure parameters :func:`larbed.refine_structure` can refine (per site, or all sites).
+StructureKind = Literal["xyz", "b_iso", "u_aniso", "occupancy", "b_global"]
 #: Starts of :func:`larbed.determine` given by name.
 StartName = Literal["search", "task2", "model"]
 #: Training-data channels of :mod:`larbed.learn`.
@@ -60,6 +64,7 @@ SCAN_METRICS: tuple[str, ...] = get_args(ScanMetric)
 EIGEN_PATHS: tuple[str, ...] = get_args(EigenPath)
 WARNING_KINDS: tuple[str, ...] = get_args(WarningKind)
 START_NAMES: tuple[str, ...] = get_args(StartName)
+STRUCTURE_KINDS: tuple[str, ...] = get_args(StructureKind)
 CHANNELS: tuple[str, ...] = get_args(Channel)
 SCHEDULERS: tuple[str, ...] = get_args(Scheduler)
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)

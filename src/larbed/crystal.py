@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .scattering import normalize_symbol
+from .spacegroup import Site, SpaceGroup, complete, find_sites
 
-__all__ = ["Atom", "Crystal"]
+__all__ = ["Atom", "Crystal", "lattice_from_cell"]
 
 logger = logging.getLogger(__name__)
 
@@ -40,18 +41,27 @@ class Atom:
     occupancy : float
         Site occupancy in [0, 1].
     b_iso : float
-        Isotropic Debye-Waller factor B [Å²].
+        Isotropic Debye-Waller factor B [Å²] (for an anisotropic atom B_eq = 8π² U_eq).
+    u_aniso : tuple of 6 float or None
+        Anisotropic displacement U^ij [Å²] in CIF order (U11, U22, U33, U12, U13, U23): the
+        Debye-Waller factor is then exp(−2π² Σ U^ij h_i h_j a*_i a*_j) and ``b_iso`` is not used.
+    label : str
+        Site label (e.g. from a CIF); '' for none (the crystal then names its sites 'Sr1', 'O1', …).
     """
 
     symbol: str
     position: tuple[float, float, float]
     occupancy: float = 1.0
     b_iso: float = 0.0
+    u_aniso: tuple[float, float, float, float, float, float] | None = None
+    label: str = ""
 
 
 def _as_atom(item) -> Atom:
+    u6, label = None, ""
     if isinstance(item, Atom):
         symbol, pos, occ, b = item.symbol, item.position, item.occupancy, item.b_iso
+        u6, label = item.u_aniso, str(item.label)
     else:
         if not isinstance(item, Sequence) or isinstance(item, str) or not 2 <= len(item) <= 4:
             raise TypeError(
@@ -70,7 +80,13 @@ def _as_atom(item) -> Atom:
     b = float(b)
     if not math.isfinite(b) or b < 0:
         raise ValueError(f"Debye-Waller B must be finite and >= 0 [Å²], got {b} for {symbol}")
-    return Atom(symbol, tuple(float(x) for x in pos_arr), occ, b)
+    if u6 is not None:
+        u_arr = np.asarray(u6, dtype=float)
+        if u_arr.shape != (6,) or not np.all(np.isfinite(u_arr)):
+            raise ValueError(f"u_aniso must be 6 finite numbers (U11, U22, U33, U12, U13, U23) [Å²], "
+                             f"got {u6!r} for {symbol}")
+        u6 = tuple(float(v) for v in u_arr)
+    return Atom(symbol, tuple(float(x) for x in pos_arr), occ, b, u6, label)
 
 
 def _merge_duplicates(atoms: list, uc) -> tuple[list, int]:
@@ -117,6 +133,19 @@ def _u_equivalent(aniso, uc) -> float:
     return float(np.sum(u * np.outer(rec_len, rec_len) * metric) / 3.0)
 
 
+def lattice_from_cell(cell) -> np.ndarray:
+    """Rows a, b, c [Å] (Cartesian: a along x, b in the xy plane) of a cell (a, b, c, α, β, γ)."""
+    a, b, c, al, be, ga = cell
+    al, be, ga = np.radians([al, be, ga])
+    cx = c * math.cos(be)
+    cy = c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga)
+    cz2 = c * c - cx * cx - cy * cy
+    cz = math.sqrt(cz2) if cz2 > 0 else float("nan")
+    return np.array(
+        [[a, 0.0, 0.0], [b * math.cos(ga), b * math.sin(ga), 0.0], [cx, cy, cz]], dtype=float
+    )
+
+
 class Crystal:
     """A crystal: unit cell and atoms.
 
@@ -129,15 +158,25 @@ class Crystal:
         or :class:`Atom`. Give every atom of the cell (symmetry-expanded).
     name : str, optional
         A label recorded in output files.
+    space_group : str, int or gemmi.SpaceGroup, optional
+        The space group (Hermann–Mauguin name such as ``'P m -3 m'``, number 1–230). The atoms
+        are then completed by its operations (give the asymmetric unit or the whole cell: an
+        image that is listed is merged), and :attr:`sites` is the asymmetric unit. Without one
+        the crystal is P1: every atom is its own site (a refinement has no constraints).
 
     Examples
     --------
     >>> xtal = Crystal((4.0, 4.0, 4.0, 90, 90, 90), [("Si", (0, 0, 0))])
     >>> round(xtal.volume, 3)
     64.0
+    >>> rutile = Crystal((4.594, 4.594, 2.959, 90, 90, 90),
+    ...                  [("Ti", (0, 0, 0)), ("O", (0.305, 0.305, 0))], space_group="P 42/m n m")
+    >>> len(rutile.atoms), [s.label for s in rutile.sites], [s.multiplicity for s in rutile.sites]
+    (6, ['Ti1', 'O1'], [2, 4])
     """
 
-    def __init__(self, cell: Sequence[float], atoms: Iterable, name: str = "crystal"):
+    def __init__(self, cell: Sequence[float], atoms: Iterable, name: str = "crystal",
+                 space_group=None):
         cell_arr = np.asarray(cell, dtype=float)
         if cell_arr.shape != (6,) or not np.all(np.isfinite(cell_arr)):
             raise ValueError(
@@ -157,7 +196,36 @@ class Crystal:
         if 1 - ca * ca - cb * cb - cg * cg + 2 * ca * cb * cg <= 1e-10:
             raise ValueError(f"cell angles {cell_arr[3:]} give no valid (positive-volume) cell")
         self.lattice_vectors = self._lattice()
+        self.space_group: SpaceGroup | None = None
+        if space_group is not None:
+            self.space_group = SpaceGroup.from_spec(space_group)
+            self.space_group.check_cell(self.cell, self.lattice_vectors)
+            full, merged = complete(self.atoms, self.space_group, self.lattice_vectors,
+                                    SITE_TOLERANCE_ANGSTROM)
+            added = len(full) + merged - len(self.atoms)
+            if added or merged:
+                logger.debug("%s: %d atoms added by %s, %d listed images merged", self.name, added,
+                             self.space_group.name, merged)
+            self.atoms = tuple(full)
         self._check_sites()
+        self._sites: list[Site] | None = None
+
+    @property
+    def sites(self) -> list[Site]:
+        """The asymmetric unit: one :class:`larbed.spacegroup.Site` per orbit (label, element,
+        member atoms, site symmetry, allowed coordinate and U^ij changes); without a space group
+        every atom is a site."""
+        if self._sites is None:
+            self._sites = find_sites(self.atoms, self.space_group, self.lattice_vectors,
+                                     SITE_TOLERANCE_ANGSTROM)
+        return self._sites
+
+    @property
+    def asymmetric_unit(self) -> tuple[Atom, ...]:
+        """The representative atom of each site, labelled."""
+        from dataclasses import replace
+
+        return tuple(replace(self.atoms[s.atoms[0]], label=s.label) for s in self.sites)
 
     def _check_sites(self) -> None:
         """Atoms sharing a site (within :data:`SITE_TOLERANCE_ANGSTROM`) must have occupancies
@@ -188,15 +256,7 @@ class Crystal:
         return sites
 
     def _lattice(self) -> np.ndarray:
-        a, b, c, al, be, ga = self.cell
-        al, be, ga = np.radians([al, be, ga])
-        cx = c * math.cos(be)
-        cy = c * (math.cos(al) - math.cos(be) * math.cos(ga)) / math.sin(ga)
-        cz2 = c * c - cx * cx - cy * cy
-        cz = math.sqrt(cz2) if cz2 > 0 else float("nan")
-        return np.array(
-            [[a, 0.0, 0.0], [b * math.cos(ga), b * math.sin(ga), 0.0], [cx, cy, cz]], dtype=float
-        )
+        return lattice_from_cell(self.cell)
 
     @property
     def volume(self) -> float:
@@ -229,8 +289,10 @@ class Crystal:
                 # repr: shortest text that reads back bit-for-bit (1/3 stays 1/3)
                 f"{a.symbol} {a.position[0]!r} {a.position[1]!r} {a.position[2]!r} "
                 f"{a.occupancy!r} {a.b_iso!r}"
+                + ("" if a.u_aniso is None else " " + " ".join(repr(u) for u in a.u_aniso))
                 for a in self.atoms
             ),
+            "crystal_space_group": "" if self.space_group is None else self.space_group.name,
         }
 
     @classmethod
@@ -239,16 +301,19 @@ class Crystal:
         atoms = []
         for entry in str(attrs["crystal_atoms"]).split(";"):
             parts = entry.split()
-            atoms.append(
-                (parts[0], tuple(map(float, parts[1:4])), float(parts[4]), float(parts[5]))
-            )
+            u6 = tuple(map(float, parts[6:12])) if len(parts) >= 12 else None
+            atoms.append(Atom(parts[0], tuple(map(float, parts[1:4])), float(parts[4]),
+                              float(parts[5]), u6))
+        group = str(attrs.get("crystal_space_group", "")) or None
         return cls(
-            np.asarray(attrs["crystal_cell"], dtype=float), atoms, name=str(attrs["crystal_name"])
+            np.asarray(attrs["crystal_cell"], dtype=float), atoms, name=str(attrs["crystal_name"]),
+            space_group=group,
         )
 
     @classmethod
     def builtin(cls, name: str, debye_waller: bool = False) -> Crystal:
-        """A built-in crystal: ``'SrTiO3'`` (cubic perovskite) or ``'ZnO'`` (wurtzite).
+        """A built-in crystal: ``'SrTiO3'`` (cubic perovskite, Pm-3m) or ``'ZnO'`` (wurtzite,
+        P6₃mc), with their space groups.
 
         Parameters
         ----------
@@ -272,7 +337,8 @@ class Crystal:
                 ("O", (0.5, 0, 0.5), 1.0, b["O"]),
                 ("O", (0, 0.5, 0.5), 1.0, b["O"]),
             ]
-            return cls((3.905, 3.905, 3.905, 90, 90, 90), atoms, name="SrTiO3")
+            return cls((3.905, 3.905, 3.905, 90, 90, 90), atoms, name="SrTiO3",
+                       space_group="P m -3 m")
         if key == "zno":
             u = 0.3819
             bz, bo = (0.6, 0.6) if debye_waller else (0.0, 0.0)
@@ -282,15 +348,20 @@ class Crystal:
                 ("O", (1 / 3, 2 / 3, u), 1.0, bo),
                 ("O", (2 / 3, 1 / 3, 0.5 + u), 1.0, bo),
             ]
-            return cls((3.2498, 3.2498, 5.2066, 90, 90, 120), atoms, name="ZnO")
+            return cls((3.2498, 3.2498, 5.2066, 90, 90, 120), atoms, name="ZnO",
+                       space_group="P 63 m c")
         raise ValueError(f"unknown built-in crystal {name!r}; choose 'SrTiO3' or 'ZnO'")
 
     @classmethod
     def from_cif(cls, path: str | os.PathLike) -> Crystal:
-        """Read a crystal from a CIF file (symmetry-expanded through gemmi).
+        """Read a crystal from a CIF file, with its space group.
 
-        Occupancies and isotropic displacement (B_iso, or U_iso converted with B = 8π²U) are read
-        when present.
+        With a space group (the Hermann–Mauguin name, the number or the symmetry operations of
+        the file, through gemmi) the listed sites are the asymmetric unit, completed by the
+        operations (anisotropic U^ij rotated with them); sites listed although they are images of
+        others are merged (logged). Without one the file's atoms are taken as the whole cell (P1)
+        and U^ij, if given alone, become B_eq. Occupancies, labels and displacements (B_iso, U_iso
+        converted with B = 8π²U, or U^ij) are read when present.
 
         Parameters
         ----------
@@ -313,11 +384,46 @@ class Crystal:
         missing = [t for t in lengths if block.find_value(t) is None]
         if missing:  # gemmi would silently fall back to a 1 Å cube
             raise ValueError(f"CIF file {path!r} has no unit cell: missing {', '.join(missing)}")
-        sites = small.get_all_unit_cell_sites()
-        if len(sites) == 0:
+        cell = (uc.a, uc.b, uc.c, uc.alpha, uc.beta, uc.gamma)
+        name = block.name or os.path.splitext(os.path.basename(path))[0]
+        group = small.spacegroup
+        if group is None and len(small.symops) > 1:
+            group = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(t) for t in small.symops]))
+        if len(small.sites) == 0:
             raise ValueError(f"CIF file {path!r} has no atom sites")
+        if group is None:
+            if len(small.symops) > 1:
+                logger.warning("%s: symmetry operations of no known space group; the expanded "
+                               "atoms are used in P1", path)
+            return cls._from_expanded_cif(small, cell, name, path)
         atoms = []
-        for site in sites:
+        for site in small.sites:
+            symbol = normalize_symbol(site.type_symbol or site.element.name)
+            u6 = None
+            u_iso = float(site.u_iso)
+            if site.aniso.nonzero():
+                a = site.aniso
+                u6 = (a.u11, a.u22, a.u33, a.u12, a.u13, a.u23)
+                u_iso = u_iso or _u_equivalent(site.aniso, uc)
+            frac = tuple(float(x) % 1.0 for x in (site.fract.x, site.fract.y, site.fract.z))
+            atoms.append(Atom(symbol, frac, float(site.occ), 8 * math.pi**2 * u_iso, u6,
+                              str(site.label)))
+        sg = SpaceGroup.from_spec(group)
+        sg.check_cell(cell, lattice_from_cell(cell))
+        full, merged = complete([_as_atom(a) for a in atoms], sg, lattice_from_cell(cell),
+                                SITE_TOLERANCE_ANGSTROM)
+        if merged:
+            logger.warning("%s lists symmetry-equivalent sites: %d duplicate atoms (same element "
+                           "on the same site) merged", path, merged)
+        logger.info("read %d sites (%d atoms, %s) from %s", len(atoms) - merged, len(full),
+                    sg.name, path)
+        return cls(cell, full, name=name, space_group=sg)
+
+    @classmethod
+    def _from_expanded_cif(cls, small, cell, name: str, path: str) -> Crystal:
+        uc = small.cell
+        atoms = []
+        for site in small.get_all_unit_cell_sites():
             symbol = site.type_symbol or site.element.name
             u_iso = float(site.u_iso)
             if not u_iso and site.aniso.nonzero():  # only U^ij given: use U_eq
@@ -329,6 +435,5 @@ class Crystal:
         if merged:
             logger.warning("%s lists symmetry-equivalent sites: %d duplicate atoms (same element "
                            "on the same site) merged", path, merged)
-        name = block.name or os.path.splitext(os.path.basename(path))[0]
         logger.info("read %d atoms from %s", len(atoms), path)
-        return cls((uc.a, uc.b, uc.c, uc.alpha, uc.beta, uc.gamma), atoms, name=name)
+        return cls(cell, atoms, name=name)

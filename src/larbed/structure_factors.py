@@ -44,19 +44,29 @@ def structure_factor(
     voltage_kv: float,
     parameterization: Parameterization = "lobato",
 ) -> np.ndarray:
-    """U_g = γ/(πΩ) Σ_j occ_j f_j(|g|) exp(-B_j |g|²/4) exp(-2πi g·r_j) [1/Å²] for rows of ``hkl``."""
+    """U_g = γ/(πΩ) Σ_j occ_j f_j(|g|) exp(-B_j |g|²/4) exp(-2πi g·r_j) [1/Å²] for rows of ``hkl``.
+
+    An atom with ``u_aniso`` has exp(−2π² Σ U^ij h_i h_j a*_i a*_j) in place of exp(−B|g|²/4).
+    """
     from .constants import relativistic_gamma
+    from .spacegroup import U_PAIRS, u_to_beta
 
     hkl = np.atleast_2d(np.asarray(hkl, dtype=float))
     g = np.linalg.norm(hkl @ crystal.reciprocal_vectors, axis=1)
     total = np.zeros(len(hkl), dtype=complex)
     cache: dict[str, np.ndarray] = {}
+    beta = u_to_beta(np.linalg.norm(crystal.reciprocal_vectors, axis=1))
+    hh = np.stack([hkl[:, i] * hkl[:, j] * (1 if i == j else 2) for i, j in U_PAIRS], axis=1)
     for atom in crystal.atoms:
         if atom.symbol not in cache:
             cache[atom.symbol] = scattering_factor(atom.symbol, g, parameterization)
         f = cache[atom.symbol]
         phase = np.exp(-2j * np.pi * (hkl @ np.asarray(atom.position)))
-        total += atom.occupancy * f * np.exp(-atom.b_iso * g**2 / 4.0) * phase
+        if atom.u_aniso is None:
+            dw = np.exp(-atom.b_iso * g**2 / 4.0)
+        else:
+            dw = np.exp(-hh @ (beta * np.asarray(atom.u_aniso)))
+        total += atom.occupancy * f * dw * phase
     return relativistic_gamma(voltage_kv) / (np.pi * crystal.volume) * total
 
 

@@ -19,10 +19,13 @@ One policy for the whole package:
       noise-free, and a fit that does not reproduce it has not found its solution);
   ``'undetermined'``
       parameter combinations the data do not determine were kept at their start and reported
-      with infinite standard errors; the rest of the fit is sound.
+      with infinite standard errors; the rest of the fit is sound;
+  ``'symmetry'``
+      a structure refinement ran without the constraints of a space group (the crystal has
+      none, so it was refined in P1).
 
 The first three kinds make an answer untrustworthy (:func:`untrustworthy`; the command line then
-exits with status 3), the last does not.
+exits with status 3), the last two do not.
 """
 
 from __future__ import annotations

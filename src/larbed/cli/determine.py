@@ -7,6 +7,7 @@ Usage::
         --measurement scale=per_tilt,background=per_beam,tilt_map=affine --holdout 0.1
     larbed determine --pattern measured.nc [--geometry-from SrTiO3-2] [--out DIR]
     larbed determine --pattern counts.csv --counts --geometry-from SrTiO3-2 [--out DIR]
+    larbed determine ZnO-1 --composition Zn2O2 [--space-group P63mc]
     larbed refine SrTiO3-2 [--thickness 30] [--out DIR]
 
 With a preset the pattern is the preset's pseudo-experimental one (noise-free, or Poisson noise with
@@ -109,6 +110,11 @@ def register(subparsers) -> None:
     p.add_argument("--search-time", type=float, default=90.0, metavar="S",
                    help="time budget of the global search [s] (default 90)")
     p.add_argument("--n-starts", type=int, default=4, help="search members refined as starts (default 4)")
+    p.add_argument("--composition", metavar="FORMULA",
+                   help="atoms per cell, e.g. Zn2O2: find the structure first (its sites in the "
+                        "space group) and start the free U_g from it; writes structure.cif")
+    p.add_argument("--space-group", metavar="NAME",
+                   help="space group of the --composition search (default: the crystal's)")
     p.add_argument("--out", metavar="DIR", help="output and checkpoint folder (default determine-NAME)")
     p.set_defaults(func=run)
 
@@ -320,9 +326,21 @@ def run(args) -> int:
     symmetry = None if args.symmetry == "none" else args.symmetry
     if args.n_starts < 0:
         raise ValueError(f"--n-starts must be >= 0, got {args.n_starts}")
+    composition = None
+    if args.composition:
+        from ..structure.composition import parse_composition
+
+        composition = parse_composition(args.composition)
+    elif args.space_group:
+        raise ValueError("--space-group is the space group of the --composition search; give "
+                         "--composition too")
+    space_group = args.space_group
+    if space_group is not None and space_group.isdigit():
+        space_group = int(space_group)
     t0 = time.perf_counter()
     with folder_lock(out, "larbed determine"):
         res = determine(pattern, geometry, start=args.start, model=args.model, seed=args.seed,
+                        composition=composition, space_group=space_group,
                         symmetry=symmetry, dose=dose, search_time_s=args.search_time,
                         n_starts=args.n_starts, out_dir=out, progress=not args.no_progress,
                         thickness_range_nm=args.thickness_range, chi2_max=args.chi2_max,
@@ -332,7 +350,21 @@ def run(args) -> int:
         elapsed = time.perf_counter() - t0
         print(f"symmetry: {' '.join(res.symmetry) or 'none'}")
         paths = res.save(out) + res.plot(out, ug_true=truth) + _measurement_figures(res, out)
+        if res.structure is not None:
+            _print_structure(res.structure)
+            paths.append(res.structure.to_cif(os.path.join(out, "structure.cif")))
     return _report(res, truth, t_true, elapsed, out, paths)
+
+
+def _print_structure(structure) -> None:
+    """The refined structure of a composition start: sites and their parameters."""
+    print(f"structure ({structure.crystal.space_group.name}, R = {structure.r_factor:.4g}):")
+    for site in structure.crystal.sites:
+        atom = structure.crystal.atoms[site.atoms[0]]
+        pos = " ".join(f"{v:.4f}" for v in atom.position)
+        print(f"  {site.label:>6} {site.symbol:>2} ×{site.multiplicity}  ({pos})  B = {atom.b_iso:.3f} Å²")
+    for label, why in structure.fixed.items():
+        print(f"  {label}: not determined ({why})")
 
 
 def run_refine(args) -> int:

@@ -142,6 +142,8 @@ def determine(
     progress: bool = True,
     measurement=None,
     holdout: float = 0.0,
+    composition=None,
+    space_group=None,
 ) -> DeterminationResult:
     """Determine U_g and the thickness from a pattern alone (see the module description).
 
@@ -220,6 +222,16 @@ def determine(
     holdout : float
         Fraction of the tilts (seeded by ``seed``) left out of the final refinement; its R on
         them is ``.r_free``.
+    composition : mapping, optional
+        Atoms per cell, e.g. ``{'Zn': 2, 'O': 2}``: first find the structure
+        (:func:`larbed.structure.composition.composition_start`: the arrangements of the atoms on
+        the space group's sites, a global search in their few parameters, then
+        :func:`larbed.refine_structure`), and start the free U_g from its U_g (in place of
+        ``start``, the kinematic starts, the perturbed variants and the weak-reflection polish:
+        the structure fixes the signs of weak U_g). The result's ``crystal`` and ``structure``
+        hold it.
+    space_group : str, int or SpaceGroup, optional
+        The space group of the composition search (default: the geometry's crystal's).
 
     Returns
     -------
@@ -258,6 +270,15 @@ def determine(
     check_thresholds(chi2_max, r_noise_factor, r_max)
     if not np.isfinite(ug_bound) or ug_bound <= 0:
         raise ValueError(f"ug_bound must be a positive number [1/Å²], got {ug_bound!r}")
+    structure = None
+    if composition is not None:
+        if not (isinstance(start, str) and start == "search"):
+            raise ValueError("composition= finds the start itself; do not give start= as well")
+        from ..structure.composition import composition_start
+
+        structure = composition_start(pattern, geometry, composition, space_group=space_group,
+                                      thickness_range_nm=ranges[0], dose=dose, progress=progress)
+        start, kinematic, n_perturbed, polish_weak = structure.ug, False, 0, False
     start, kind = _check_start(start, model, geometry)
     if not (kinematic or search or kind):
         raise ValueError("no start to refine: give start=..., or kinematic=True or search=True")
@@ -287,9 +308,13 @@ def determine(
             ckpt, old = prepare_checkpoints(out_dir, fp, settings, resume)
             done = finished_result(ckpt, old, thresholds, geometry)
             if done is not None:
+                if structure is not None:
+                    done.crystal, done.structure = structure.crystal, structure
                 return done
         res = _determine(pattern, inten, geometry, d, ranges, user_range, symmetry, plan, ckpt,
                          t_start, provenance)
+        if structure is not None:
+            res.crystal, res.structure = structure.crystal, structure
         if ckpt is not None:
             from ..io import save_pattern
 

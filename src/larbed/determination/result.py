@@ -71,6 +71,10 @@ class DeterminationResult:
     provenance : dict
         How the result was made: larbed version, time, input file and SHA-256 (when the pattern was
         read from a file), SHA-256 of the intensities, dose and weights used, settings.
+    crystal : Crystal or None
+        With ``composition=``: the refined structure the U_g started from (else None).
+    structure : StructureResult or None
+        With ``composition=``: that structure refinement (parameters with errors, CIF output).
     """
 
     ug: xr.DataArray
@@ -90,6 +94,8 @@ class DeterminationResult:
     warnings: list = field(default_factory=list)
     thickness_range_nm: tuple = (5.0, 100.0)
     provenance: dict = field(default_factory=dict, repr=False)
+    crystal: object = field(default=None, repr=False)
+    structure: object = field(default=None, repr=False)
 
     @property
     def r_free(self) -> float:

@@ -328,7 +328,11 @@ class WeightedProblem:
         return r, inten, hess, grad
 
     def clip(self, q):
-        """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0)."""
+        """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0); a parameter map with
+        its own ``clip(q)`` (bounds of nonlinear parameters) applies that instead."""
+        own = getattr(self.pmap, "clip", None)
+        if own is not None:
+            return own(q)
         x = self.pmap.x(q)
         p = self.model.p
         low = x.copy()
