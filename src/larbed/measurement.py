@@ -1,4 +1,4 @@
-"""The measurement model: what a detector does to the dynamical intensities (SPEC §11).
+r"""The measurement model: what a detector does to the dynamical intensities (SPEC §11).
 
 I_meas(t, b) = s_t · (I_dyn(t, b; U_g, thickness, κ, θ') + B(t, b)), with the nominal tilts θ of the
 data mapped to the true tilts θ' = A θ + c [mrad]. A :class:`Measurement` names the form of each
@@ -6,18 +6,13 @@ part; its :attr:`~Measurement.values` (an ``xr.Dataset``) hold the numbers — t
 refinement, the truth of a simulation (:meth:`Measurement.with_values`), or (with ``<name>_error``
 variables) what a refinement found.
 
-=============  ==========================================================================
-part           forms
-=============  ==========================================================================
-``scale``      ``"none"`` (s = 1), ``"global"`` (one fitted s), ``"per_tilt"`` (s_t such
-               that Σ_b I_meas = Σ_b I_data over the recorded beams of tilt t: analytic)
-``background`` ``"none"``, ``"flat"`` (one B), ``"per_beam"`` (one B_b per beam),
-               ``"smooth"`` (B = b₀ + b₁|g| + b₂|g|² + b₃ρ², |g| [1/Å], ρ the tilt's
-               distance from the disc centre over the disc radius: a diffuse inelastic
-               background)
-``absorption`` ``"none"``, ``"proportional"`` (κ: U_g → (1 + iκ) U_g, iκU₀ on the diagonal)
-``tilt_map``   ``"none"``, ``"shift"`` (θ' = θ + c), ``"affine"`` (θ' = A θ + c)
-=============  ==========================================================================
+* ``scale``: ``"none"`` (s = 1), ``"global"`` (one fitted s), ``"per_tilt"`` (s_t such that
+  Σ_b I_meas = Σ_b I_data over the recorded beams of tilt t: analytic, not a parameter);
+* ``background``: ``"none"``, ``"flat"`` (one B), ``"per_beam"`` (one B_b per beam),
+  ``"smooth"`` (B = b₀ + b₁ \|g\| + b₂ \|g\|² + b₃ ρ², \|g\| in 1/Å, ρ the distance of the tilt from
+  the disc centre over the disc radius: a diffuse inelastic background);
+* ``absorption``: ``"none"``, ``"proportional"`` (κ: U_g → (1 + iκ) U_g, iκU₀ on the diagonal);
+* ``tilt_map``: ``"none"``, ``"shift"`` (θ' = θ + c), ``"affine"`` (θ' = A θ + c).
 """
 
 from __future__ import annotations
