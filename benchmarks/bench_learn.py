@@ -66,8 +66,10 @@ class HeadTraining:
         geo = presets.load(PRESET).geometry
         ds = generate_dataset(geo, 100, seed=0, progress=False)
         self.y = ds.targets.values.astype(np.float32)
-        self.cached = Regressor("cnn", geo, weights=None, seed=0)
-        self.full = Regressor("cnn", geo, weights=None, seed=0, cache_features=False)
+        # the thesis configuration: the comparison is about the frozen backbone, not the head
+        kw = dict(weights=None, seed=0, config="thesis")
+        self.cached = Regressor("cnn", geo, **kw)
+        self.full = Regressor("cnn", geo, cache_features=False, **kw)
         self.images = self.full.inputs(ds.intensity.values)
         self.features = self.cached.features(self.images)
         # warm-up: trace and compile both training functions before timing
