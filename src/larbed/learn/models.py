@@ -8,7 +8,7 @@ Two configurations (``config``, see ``docs/learning.rst``):
   output is the sum of a linear read-out (``linear_readout``, not trained by Adam but solved in
   closed form by ridge least squares, :class:`~larbed.learn.baselines.RidgeMap`) and of the tanh
   stack, whose last layer is linear and starts at zero. The ANN's default hidden sizes are
-  (512, 256, N_O) instead of (2/3·N_I, 1/3·N_I, N_O).
+  (128, 64, N_O) instead of (2/3·N_I, 1/3·N_I, N_O).
 
 * ANN: input N_I (the N × M intensities, beam-major) → Dense(2/3·N_I, tanh) →
   Dense(1/3·N_I, tanh) → Dense(N_O, tanh) → Dense(N_O, tanh); hidden sizes overridable.
@@ -62,7 +62,7 @@ MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
 Config = Literal["default", "thesis"]
 CONFIGS: tuple[str, ...] = get_args(Config)
 #: Hidden sizes (h1, h2) of the ANN with ``config='default'`` (h3 = N_O as in the thesis).
-DEFAULT_ANN_HIDDEN = (512, 256)
+DEFAULT_ANN_HIDDEN = (128, 64)
 
 
 def check_config(config) -> str:
@@ -191,7 +191,7 @@ def ann_hidden_sizes(
     n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None, config: str = "thesis"
 ) -> tuple[int, ...]:
     """The ANN's three hidden sizes: thesis (round(2/3·N_I), round(1/3·N_I), N_O); with
-    ``config='default'`` (512, 256, N_O)."""
+    ``config='default'`` (128, 64, N_O)."""
     if hidden is None:
         if check_config(config) == "default":
             return DEFAULT_ANN_HIDDEN + (int(n_outputs),)

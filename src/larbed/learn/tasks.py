@@ -102,7 +102,7 @@ def run_task1(
     config : {'default', 'thesis'}
         ``'thesis'``: the thesis's networks and training exactly (SPEC §5). ``'default'``:
         standardised inputs and targets, a closed-form (ridge) linear read-out plus the tanh stack
-        with a linear output layer, ANN hidden sizes (512, 256, T) — see ``docs/learning.rst``
+        with a linear output layer, ANN hidden sizes (128, 64, T) — see ``docs/learning.rst``
         for each difference and the measurements behind it.
     weights : {'imagenet', None} or path
         ResNet-50 weights (CNN); see :func:`larbed.learn.models.resolve_weights`.
