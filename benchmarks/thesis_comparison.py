@@ -178,10 +178,49 @@ def _fmt(v, spec):
     return format(v, spec)
 
 
+_BASELINE_KEYS = {
+    1: (
+        "r_mean_baseline_first_scale",
+        "r_linear_baseline_first_scale",
+        "threshold_mean_baseline",
+        "threshold_linear_baseline",
+    ),
+    2: ("r_mean_baseline", "r_linear_baseline"),
+}
+
+
+def _fill_baselines(rows: list[dict]) -> list[dict]:
+    """Rows measured before the baselines existed get them from a row of the same preset and task
+    (the baselines depend only on the data sets, i.e. on preset, task and seed — not on the model
+    or the config), marked ``baselines_from``."""
+    out = []
+    for r in rows:
+        keys = _BASELINE_KEYS[r["task"]]
+        if all(k in r for k in keys):
+            out.append(r)
+            continue
+        donor = next(
+            (
+                d
+                for d in rows
+                if d["preset"] == r["preset"]
+                and d["task"] == r["task"]
+                and all(k in d for k in keys)
+            ),
+            None,
+        )
+        if donor is None:
+            out.append(r)
+            continue
+        out.append({**r, **{k: donor[k] for k in keys}, "baselines_from": donor.get("config")})
+    return out
+
+
 def table(rows: list[dict], fmt: str = "md") -> str:
-    """One line per preset and model: ours / thesis for every column."""
+    """One line per preset, model and config: ours [baselines] / thesis for every column."""
     from larbed import presets
 
+    rows = _fill_baselines(rows)
     by = {}
     for r in rows:
         by.setdefault((r["preset"], r["model"], r.get("config", "thesis")), {})[r["task"]] = r
@@ -257,6 +296,13 @@ def main(argv=None) -> int:
         "--table-only", action="store_true", help="only print the table of <out>/rows.json"
     )
     p.add_argument("--format", choices=["md", "rst"], default="md")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="with --table-only: also show the rows of these files (e.g. earlier runs)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -264,6 +310,8 @@ def main(argv=None) -> int:
         run(args)
     rows_path = Path(args.out) / "rows.json"
     rows = _load_rows(rows_path)
+    for extra in args.merge:
+        rows = _load_rows(Path(extra)) + rows
     if not rows:
         print("no results yet", file=sys.stderr)
         return 1

@@ -136,3 +136,25 @@ def test_bad_input_to_a_regressor(tmp_path, small_geometry, srtio3):
     assert ug.shape == (small_geometry.n_reflections,) and 5 <= t <= 100
     with pytest.raises(ValueError, match="shape"):
         reg.predict(np.zeros((2, 7)))
+
+
+def test_default_network_starts_as_the_ridge_map_and_thesis_is_spec(small_geometry):
+    pytest.importorskip("tensorflow")
+    from larbed.learn import Regressor
+    from larbed.learn.models import LINEAR_READOUT, ann_weight_count, build_ann
+
+    ds = generate_dataset(small_geometry, 30, seed=4, progress=False)
+    reg = Regressor("ann", small_geometry, hidden=(16, 8, 41))
+    x, y = reg.inputs(ds.intensity.values), ds.targets.values
+    reg.fit(x[:24], y[:24], 0, np.random.default_rng(0))  # 0 epochs: standardise + read-out only
+    ridge = RidgeMap.fit(x[:24].astype(float), y[:24])
+    # float32 network against the float64 ridge: agreement to a small fraction of the spread
+    spread = np.where(y[:24].std(axis=0) > 0, y[:24].std(axis=0), 1.0)  # some targets constant
+    err = np.abs(reg.predict(x[24:]) - ridge.predict(x[24:].astype(float))) / spread
+    assert err.max() < 1e-2
+    assert not reg.model.get_layer(LINEAR_READOUT).trainable
+    # the thesis configuration is SPEC §5: tanh on every layer, no read-out, thesis sizes
+    thesis = build_ann(13 * 13, 41, config="thesis")
+    assert [lay.activation.__name__ for lay in thesis.layers[1:]] == ["tanh"] * 4
+    assert thesis.count_params() == ann_weight_count(13 * 13, 41)
+    assert all(lay.name != LINEAR_READOUT for lay in thesis.layers)
