@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import numpy as np
@@ -36,16 +37,20 @@ def _load() -> float:
         return float("nan")
 
 
-def task2(model: str) -> dict:
-    """One default Task 2 run on SrTiO3-1; its wall time and results."""
+def task2(model: str, config: str = "default") -> dict:
+    """One Task 2 run on SrTiO3-1 (thesis settings otherwise); its wall time and results."""
     from larbed.learn import run_task2
 
     load0 = _load()
     t0 = time.perf_counter()
-    res = run_task2(PRESET, model=model, weights=None, seed=0, progress=False)
+    res = run_task2(PRESET, model=model, config=config, weights=None, seed=0, progress=False)
     wall = time.perf_counter() - t0
     return {
-        "case": f"task2 {PRESET} {model}",
+        "case": f"task2 {PRESET} {model} config={config}",
+        "config": config,
+        "model": model,
+        "r_mean_baseline": res.history.attrs["r_mean_baseline"],
+        "r_linear_baseline": res.history.attrs["r_linear_baseline"],
         "seconds": wall,
         "elapsed_s": res.elapsed_s,
         "r_min": res.r_min,
@@ -66,8 +71,10 @@ class HeadTraining:
         geo = presets.load(PRESET).geometry
         ds = generate_dataset(geo, 100, seed=0, progress=False)
         self.y = ds.targets.values.astype(np.float32)
-        self.cached = Regressor("cnn", geo, weights=None, seed=0)
-        self.full = Regressor("cnn", geo, weights=None, seed=0, cache_features=False)
+        # the thesis configuration: the comparison is about the frozen backbone, not the head
+        kw = dict(weights=None, seed=0, config="thesis")
+        self.cached = Regressor("cnn", geo, **kw)
+        self.full = Regressor("cnn", geo, cache_features=False, **kw)
         self.images = self.full.inputs(ds.intensity.values)
         self.features = self.cached.features(self.images)
         # warm-up: trace and compile both training functions before timing
@@ -92,9 +99,10 @@ def head(tf):
     return HeadTraining()
 
 
+@pytest.mark.parametrize("config", ["default", "thesis"])
 @pytest.mark.parametrize("model", ["cnn", "ann"])
-def test_task2_srtio3_1(benchmark, tf, model):
-    out = benchmark.pedantic(task2, args=(model,), rounds=1, iterations=1)
+def test_task2_srtio3_1(benchmark, tf, model, config):
+    out = benchmark.pedantic(task2, args=(model, config), rounds=1, iterations=1)
     benchmark.extra_info.update(out)
     assert np.isfinite(out["r_min"]) and out["r_min"] <= out["r_first"]
 
@@ -117,6 +125,14 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--models", nargs="+", default=["cnn", "ann"], choices=["cnn", "ann"])
     parser.add_argument("--json", help="write the rows as JSON here")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=["default", "thesis"],
+        choices=["default", "thesis"],
+        help="Task 2 configurations; with both, the time ratio default/thesis of the same run "
+        "is printed (the thesis config is the reference measured alongside)",
+    )
     args = parser.parse_args(argv)
     rows = []
     head = HeadTraining()
@@ -137,7 +153,8 @@ def main(argv=None) -> int:
         )
     if not args.skip_task2:
         for model in args.models:
-            rows.append(task2(model))
+            for config in args.configs:
+                rows.append(task2(model, config))
     print(f"{cpu_model()}, {os.cpu_count()} CPUs, load average {_load():.2f}")
     for row in rows:
         extra = ""
@@ -150,9 +167,28 @@ def main(argv=None) -> int:
         print(f"{row['case']:<62} {row['seconds']:8.2f} s{extra}")
     ratio = rows[1]["seconds"] / rows[0]["seconds"]
     print(f"cached features are {ratio:.0f}× faster per loop iteration")
+    ratios = {}
+    for model in args.models:
+        by = {r["config"]: r for r in rows if r.get("model") == model}
+        if {"default", "thesis"} <= set(by):
+            ratios[model] = by["default"]["seconds"] / by["thesis"]["seconds"]
+            print(
+                f"Task 2 {model.upper()}: default config takes {ratios[model]:.3f}× the time of "
+                f"the thesis config measured in this run"
+            )
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump({"cpu": cpu_model(), "cpus": os.cpu_count(), "rows": rows}, fh, indent=1)
+            json.dump(
+                {
+                    "cpu": cpu_model(),
+                    "cpus": os.cpu_count(),
+                    "command": "python benchmarks/bench_learn.py " + " ".join(argv or sys.argv[1:]),
+                    "rows": rows,
+                    "task2_time_ratio_default_over_thesis": ratios,
+                },
+                fh,
+                indent=1,
+            )
     return 0
 
 

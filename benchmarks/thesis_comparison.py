@@ -83,35 +83,49 @@ def run(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     rows_path = out / "rows.json"
     rows = _load_rows(rows_path)
-    done = {(r["preset"], r["model"], r["task"]) for r in rows}
+    done = {(r["preset"], r["model"], r["task"], r.get("config", "thesis")) for r in rows}
     names = presets.names() if args.presets == ["all"] else args.presets
     weights = parse_weights(args.weights)
     for name in names:
         preset = presets.load(name)
         for model in args.models:
-            hidden, note, n_weights = (None, "thesis head (16T, 4T, T)", None)
-            if model == "ann":
+            hidden, note, n_weights = (None, "head (16T, 4T, T)", None)
+            if model == "ann" and args.config == "default":
+                note = "(128, 64, T) + ridge read-out"
+            elif model == "ann":
                 hidden, note, n_weights = _ann_hidden(
                     preset, args.ann_max_weights, tuple(args.ann_reduced)
                 )
-            run_dir = out / preset.name / model
+            run_dir = out / preset.name / model / args.config
             for task in args.tasks:
-                key = (preset.name, model, task)
+                key = (preset.name, model, task, args.config)
                 if key in done:
                     print(f"skip {key} (already in {rows_path})", flush=True)
                     continue
                 common = dict(
-                    weights=weights, hidden=hidden, seed=args.seed, progress=not args.no_progress
+                    weights=weights,
+                    hidden=hidden,
+                    seed=args.seed,
+                    progress=not args.no_progress,
+                    config=args.config,
                 )
                 load0 = os.getloadavg()[0]
                 t0 = time.perf_counter()
                 if task == 1:
                     res = run_task1(preset, model, out_dir=run_dir, **common)
+                    h = res.history
                     row = {
                         "threshold": res.threshold,
                         "time_s": res.elapsed_s,
-                        "scales": int(res.history.sizes["scale"]),
-                        "r_first_scale": float(res.history.r_factor.values[0]),
+                        "scales": int(h.sizes["scale"]),
+                        "r_first_scale": float(h.r_factor.values[0]),
+                        "r_mean_baseline_first_scale": float(h.r_mean_baseline.values[0]),
+                        "r_linear_baseline_first_scale": float(h.r_linear_baseline.values[0]),
+                        "threshold_mean_baseline": h.attrs["threshold_mean_baseline"],
+                        "threshold_linear_baseline": h.attrs["threshold_linear_baseline"],
+                        "r_factor": [float(v) for v in h.r_factor.values],
+                        "r_mean_baseline": [float(v) for v in h.r_mean_baseline.values],
+                        "r_linear_baseline": [float(v) for v in h.r_linear_baseline.values],
                     }
                 else:
                     res = run_task2(
@@ -123,6 +137,8 @@ def run(args) -> None:
                         "thickness_nm": res.thickness_nm,
                         "time_s": res.elapsed_s,
                         "iterations": int(res.history.sizes["iteration"]),
+                        "r_mean_baseline": res.history.attrs["r_mean_baseline"],
+                        "r_linear_baseline": res.history.attrs["r_linear_baseline"],
                     }
                 res.save(run_dir)
                 if not args.no_plots:
@@ -131,6 +147,8 @@ def run(args) -> None:
                     preset=preset.name,
                     model=model,
                     task=task,
+                    config=args.config,
+                    command=" ".join(sys.argv),
                     network=note,
                     weights=str(args.weights),
                     ann_weights=n_weights,
@@ -147,7 +165,8 @@ def run(args) -> None:
                     + ", ".join(
                         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in row.items()
-                        if k not in ("preset", "model", "task")
+                        if k not in ("preset", "model", "task", "command")
+                        and not isinstance(v, list)
                     ),
                     flush=True,
                 )
@@ -159,28 +178,68 @@ def _fmt(v, spec):
     return format(v, spec)
 
 
+_BASELINE_KEYS = {
+    1: (
+        "r_mean_baseline_first_scale",
+        "r_linear_baseline_first_scale",
+        "threshold_mean_baseline",
+        "threshold_linear_baseline",
+    ),
+    2: ("r_mean_baseline", "r_linear_baseline"),
+}
+
+
+def _fill_baselines(rows: list[dict]) -> list[dict]:
+    """Rows measured before the baselines existed get them from a row of the same preset and task
+    (the baselines depend only on the data sets, i.e. on preset, task and seed — not on the model
+    or the config), marked ``baselines_from``."""
+    out = []
+    for r in rows:
+        keys = _BASELINE_KEYS[r["task"]]
+        if all(k in r for k in keys):
+            out.append(r)
+            continue
+        donor = next(
+            (
+                d
+                for d in rows
+                if d["preset"] == r["preset"]
+                and d["task"] == r["task"]
+                and all(k in d for k in keys)
+            ),
+            None,
+        )
+        if donor is None:
+            out.append(r)
+            continue
+        out.append({**r, **{k: donor[k] for k in keys}, "baselines_from": donor.get("config")})
+    return out
+
+
 def table(rows: list[dict], fmt: str = "md") -> str:
-    """One line per preset and model: ours / thesis for every column."""
+    """One line per preset, model and config: ours [baselines] / thesis for every column."""
     from larbed import presets
 
+    rows = _fill_baselines(rows)
     by = {}
     for r in rows:
-        by.setdefault((r["preset"], r["model"]), {})[r["task"]] = r
+        by.setdefault((r["preset"], r["model"], r.get("config", "thesis")), {})[r["task"]] = r
     header = [
         "preset",
-        "beams × tilts",
         "model",
+        "config",
         "network",
-        "T1 threshold",
+        "T1 R(s=0.01) [mean, ridge]",
+        "T1 threshold [mean, ridge] / thesis",
         "T1 time s",
-        "T2 R_min",
+        "T2 R_min [mean, ridge] / thesis",
         "T2 t nm",
         "T2 time s",
     ]
     lines = []
     order = {n: i for i, n in enumerate(presets.names())}
-    for (name, model), tasks in sorted(
-        by.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1])
+    for (name, model, config), tasks in sorted(
+        by.items(), key=lambda kv: (order.get(kv[0][0], 99), kv[0][1], kv[0][2])
     ):
         th = presets.load(name).thesis[model.upper()]
         t1, t2 = tasks.get(1, {}), tasks.get(2, {})
@@ -188,12 +247,17 @@ def table(rows: list[dict], fmt: str = "md") -> str:
         lines.append(
             [
                 name,
-                f"{any_row['beams']} × {any_row['tilts']}",
                 model.upper(),
+                config,
                 any_row["network"] + ("" if model == "ann" else f", weights {any_row['weights']}"),
-                f"{_fmt(t1.get('threshold'), 'g')} / {th['task1_threshold']:g}",
+                f"{_fmt(t1.get('r_first_scale'), '.2g')} "
+                f"[{_fmt(t1.get('r_mean_baseline_first_scale'), '.2g')}, "
+                f"{_fmt(t1.get('r_linear_baseline_first_scale'), '.2g')}]",
+                f"{_fmt(t1.get('threshold'), 'g')} [{_fmt(t1.get('threshold_mean_baseline'), 'g')}, "
+                f"{_fmt(t1.get('threshold_linear_baseline'), 'g')}] / {th['task1_threshold']:g}",
                 f"{_fmt(t1.get('time_s'), '.0f')} / {th['task1_time_s']:.0f}",
-                f"{_fmt(t2.get('r_min'), '.3f')} / {th['task2_r_min']:.3f}",
+                f"{_fmt(t2.get('r_min'), '.3f')} [{_fmt(t2.get('r_mean_baseline'), '.3f')}, "
+                f"{_fmt(t2.get('r_linear_baseline'), '.3f')}] / {th['task2_r_min']:.3f}",
                 f"{_fmt(t2.get('thickness_nm'), '.1f')} / {th['task2_thickness_nm']:.1f}",
                 f"{_fmt(t2.get('time_s'), '.0f')} / {th['task2_time_s']:.0f}",
             ]
@@ -221,6 +285,7 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", nargs="+", type=int, default=[1, 2], choices=[1, 2])
     p.add_argument("--weights", default="imagenet", help="CNN weights: imagenet | none | PATH")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", choices=["default", "thesis"], default="default")
     p.add_argument("--iterations", type=int, default=100, help="Task 2 iterations")
     p.add_argument(
         "--ann-max-weights", type=float, default=1.2e8, help="above this, run the reduced ANN"
@@ -231,6 +296,13 @@ def main(argv=None) -> int:
         "--table-only", action="store_true", help="only print the table of <out>/rows.json"
     )
     p.add_argument("--format", choices=["md", "rst"], default="md")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        default=[],
+        metavar="JSON",
+        help="with --table-only: also show the rows of these files (e.g. earlier runs)",
+    )
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
@@ -238,6 +310,8 @@ def main(argv=None) -> int:
         run(args)
     rows_path = Path(args.out) / "rows.json"
     rows = _load_rows(rows_path)
+    for extra in args.merge:
+        rows = _load_rows(Path(extra)) + rows
     if not rows:
         print("no results yet", file=sys.stderr)
         return 1

@@ -90,7 +90,9 @@ def test_bad_model_options(small_geometry, srtio3):
         Regressor("ann", "SrTiO3-1")
     big = larbed.Geometry(srtio3, 120, (0, 0, 1), 69, 441, 70)
     with pytest.raises(ValueError, match="hidden"):
-        Regressor("ann", big)  # the thesis ANN at 69 beams × 441 tilts: 8.3e8 weights
+        Regressor("ann", big, config="thesis")  # the thesis ANN at 69 × 441: 8.3e8 weights
+    with pytest.raises(ValueError, match="unknown config"):
+        Regressor("ann", small_geometry, config="paper")
     reg = Regressor("ann", small_geometry, hidden=(8, 4, 41))
     with pytest.raises(ValueError, match="shape"):
         reg.inputs(np.zeros((2, 13, 5)))
@@ -116,10 +118,9 @@ def test_cached_features_are_the_same_model(small_geometry):
 
     ds = generate_dataset(small_geometry, 24, seed=2, progress=False)
     x_int, y = ds.intensity.values, ds.targets.values
-    cached = Regressor("cnn", small_geometry, weights=None, seed=1, hidden=(64, 32, 41))
-    full = Regressor(
-        "cnn", small_geometry, weights=None, seed=1, hidden=(64, 32, 41), cache_features=False
-    )
+    kw = dict(weights=None, seed=1, hidden=(64, 32, 41), config="thesis")
+    cached = Regressor("cnn", small_geometry, **kw)
+    full = Regressor("cnn", small_geometry, cache_features=False, **kw)
     assert cached.uses_features and not full.uses_features
     assert cached.image_shape == (50, 50, 3)  # 5 × 5 patches of 5 px, upsampled × 2 to >= 32 px
     feats, imgs = cached.inputs(x_int), full.inputs(x_int)

@@ -174,12 +174,16 @@ def test_cli_task2_writes_results_and_plots(tmp_path, capsys, monkeypatch):
             "4",
             "--epochs",
             "2",
+            "--config",
+            "thesis",
             "--no-progress",
         ]
     )
     assert code == 0
     text = capsys.readouterr().out
     assert "R_min" in text and "thesis R_min" in text and "0.423" in text  # thesis ANN R_min
+    assert "thesis config" in text and "R mean bl." in text
+    assert load_results_dataset(out / "task2_SrTiO3-1_ann.nc").attrs["config"] == "thesis"
     names = set(os.listdir(out))
     for suffix in (
         ".nc",

@@ -43,6 +43,13 @@ def _common(p) -> None:
     p.add_argument("preset", help="preset name (see 'larbed presets'), case-insensitive")
     p.add_argument("--model", choices=("cnn", "ann"), default="cnn", help="network (default cnn)")
     p.add_argument(
+        "--config",
+        choices=("default", "thesis"),
+        default="default",
+        help="'thesis': SPEC §5 exactly; 'default': standardised inputs/targets, closed-form "
+        "linear read-out + tanh stack with linear output (docs/learning.rst)",
+    )
+    p.add_argument(
         "--out", required=True, metavar="DIR", help="output folder (netCDF results, PNG plots)"
     )
     p.add_argument(
@@ -110,6 +117,7 @@ def register(subparsers) -> None:
 
 def _kwargs(args) -> dict:
     return {
+        "config": args.config,
         "weights": parse_weights(args.weights),
         "download": bool(args.download),
         "seed": args.seed,
@@ -170,18 +178,22 @@ def _run_task1(args) -> int:
         written += res.plot(args.out)
     h = res.history
     rows = [
-        {"scale": float(s), "r": float(r), "t": float(t), "umax": float(u), "time": float(e)}
-        for s, r, t, u, e in zip(
+        {"scale": float(s), "r": float(r), "t": float(t), "umax": float(u), "time": float(e),
+         "rm": float(rm), "rl": float(rl)}
+        for s, r, t, u, e, rm, rl in zip(
             h.scale.values,
             h.r_factor.values,
             h.thickness_nm.values,
             h.max_abs_ug.values,
             h.elapsed_s.values,
+            h.r_mean_baseline.values,
+            h.r_linear_baseline.values,
             strict=True,
         )
     ]
     print(
-        f"Task 1 {res.name} ({args.model.upper()}, weights={h.attrs['weights']}, seed {args.seed})"
+        f"Task 1 {res.name} ({args.model.upper()}, {args.config} config, "
+        f"weights={h.attrs['weights']}, seed {args.seed})"
     )
     print(
         format_table(
@@ -189,6 +201,8 @@ def _run_task1(args) -> int:
             [
                 ("scale", "scale", "g"),
                 ("r", "R", ".4f"),
+                ("rm", "R mean bl.", ".4f"),
+                ("rl", "R ridge bl.", ".4f"),
                 ("t", "t [nm]", ".1f"),
                 ("umax", "max|U| [1/Å²]", ".3f"),
                 ("time", "time [s]", ".1f"),
@@ -226,12 +240,14 @@ def _run_task2(args) -> int:
     th = _thesis(res.name, args.model)
     row = {
         **res.summary(),
+        "r_mean": res.history.attrs.get("r_mean_baseline"),
+        "r_lin": res.history.attrs.get("r_linear_baseline"),
         "thesis_r": th.get("task2_r_min"),
         "thesis_t": th.get("task2_thickness_nm"),
         "thesis_s": th.get("task2_time_s"),
     }
     print(
-        f"Task 2 {res.name} ({args.model.upper()}, weights={res.history.attrs['weights']}, seed {args.seed}, "
+        f"Task 2 {res.name} ({args.model.upper()}, {args.config} config, weights={res.history.attrs['weights']}, seed {args.seed}, "
         f"{res.history.sizes['iteration']} iterations)"
     )
     print(
@@ -240,6 +256,8 @@ def _run_task2(args) -> int:
             [
                 ("r_first", "R first", ".3f"),
                 ("r_min", "R_min", ".3f"),
+                ("r_mean", "R mean bl.", ".3f"),
+                ("r_lin", "R ridge bl.", ".3f"),
                 ("best_iteration", "best it.", "d"),
                 ("thickness_nm", "t [nm]", ".1f"),
                 ("elapsed_s", "time [s]", ".1f"),

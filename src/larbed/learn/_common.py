@@ -118,6 +118,17 @@ def machine_info() -> dict:
     }
 
 
+def baselines_for(plan: TaskPlan, x_train_intensity: np.ndarray, y_train: np.ndarray) -> dict:
+    """R of the mean and the linear baseline trained on (intensities (n, tilt, beam), targets) for
+    the experimental pattern of ``plan`` (see :mod:`larbed.learn.baselines`)."""
+    from .baselines import baseline_r_factors
+
+    arr = np.asarray(x_train_intensity, dtype=float)
+    x = np.swapaxes(arr, 1, 2).reshape(len(arr), -1)  # beam-major, like the ANN's input
+    x_exp = plan.i_exp.T.reshape(-1)
+    return baseline_r_factors(x, y_train, x_exp, plan.geometry, plan.i_exp, plan.t_range)
+
+
 def predict_and_score(
     reg: Regressor, x_exp: np.ndarray, geometry: Geometry, i_exp: np.ndarray, t_range
 ):
@@ -131,13 +142,14 @@ def predict_and_score(
 @dataclass(frozen=True)
 class NetworkSettings:
     """Which network a task trains: ``model`` and the ``weights``, ``hidden``,
-    ``trainable_backbone`` and ``standardize_features`` arguments of :func:`run_task1`."""
+    ``trainable_backbone``, ``standardize_features`` and ``config`` arguments of :func:`run_task1`."""
 
     model: str
     weights: object
     hidden: Sequence[int] | None
     trainable_backbone: bool
     standardize_features: bool
+    config: str = "default"
 
     @property
     def weights_label(self) -> str:
@@ -187,6 +199,7 @@ class TaskPlan:
             weights=net.weights,
             trainable_backbone=net.trainable_backbone,
             standardize_features=net.standardize_features,
+            config=net.config,
             learning_rate=self.learning_rate,
             batch_size=self.batch_size,
             seed=self.seed,
@@ -197,6 +210,6 @@ class TaskPlan:
         """Standardise on the first ``n_train`` samples of (x, y), train ``epochs`` epochs with the
         generator of ``seed_sequence``, test on the rest; return (train, test) loss per epoch."""
         n = self.n_train
-        reg.standardize(x[:n])
+        reg.prepare(x[:n], y[:n])
         rng = np.random.default_rng(seed_sequence)
         return reg.fit(x[:n], y[:n], self.epochs, rng, x_test=x[n:], y_test=y[n:])

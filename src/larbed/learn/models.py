@@ -1,5 +1,15 @@
 """The two networks of the thesis (3.2–3.3), built with Keras 3 on TensorFlow.
 
+Two configurations (``config``, see ``docs/learning.rst``):
+
+* ``'thesis'`` — SPEC §5 exactly: raw inputs and targets, tanh on every layer including the output;
+* ``'default'`` — the deviations that make the networks learn from 100 samples: the inputs and the
+  targets are standardised with training-set statistics (by :class:`~larbed.learn.Regressor`), the
+  output is the sum of a linear read-out (``linear_readout``, not trained by Adam but solved in
+  closed form by ridge least squares, :class:`~larbed.learn.baselines.RidgeMap`) and of the tanh
+  stack, whose last layer is linear and starts at zero. The ANN's default hidden sizes are
+  (128, 64, N_O) instead of (2/3·N_I, 1/3·N_I, N_O).
+
 * ANN: input N_I (the N × M intensities, beam-major) → Dense(2/3·N_I, tanh) →
   Dense(1/3·N_I, tanh) → Dense(N_O, tanh) → Dense(N_O, tanh); hidden sizes overridable.
 * CNN: Keras ResNet-50 without its top (global average pooling, 2048 features), backbone frozen,
@@ -24,6 +34,9 @@ import numpy as np
 from ..geometry import Geometry
 
 __all__ = [
+    "Config",
+    "CONFIGS",
+    "check_config",
     "ModelKind",
     "MODEL_KINDS",
     "WeightsUnavailableError",
@@ -46,6 +59,17 @@ logger = logging.getLogger(__name__)
 
 ModelKind = Literal["ann", "cnn"]
 MODEL_KINDS: tuple[str, ...] = get_args(ModelKind)
+Config = Literal["default", "thesis"]
+CONFIGS: tuple[str, ...] = get_args(Config)
+#: Hidden sizes (h1, h2) of the ANN with ``config='default'`` (h3 = N_O as in the thesis).
+DEFAULT_ANN_HIDDEN = (128, 64)
+
+
+def check_config(config) -> str:
+    """``config`` checked against :data:`CONFIGS`."""
+    if config not in CONFIGS:
+        raise ValueError(f"unknown config {config!r}; choose one of {CONFIGS}")
+    return str(config)
 
 #: ResNet-50 needs images of at least 32 × 32 pixels.
 RESNET_MIN_PX = 32
@@ -164,10 +188,13 @@ def _check_sizes(hidden, what: str, n: int) -> tuple[int, ...]:
 
 
 def ann_hidden_sizes(
-    n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None
+    n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None, config: str = "thesis"
 ) -> tuple[int, ...]:
-    """The ANN's three hidden sizes: default (round(2/3·N_I), round(1/3·N_I), N_O)."""
+    """The ANN's three hidden sizes: thesis (round(2/3·N_I), round(1/3·N_I), N_O); with
+    ``config='default'`` (128, 64, N_O)."""
     if hidden is None:
+        if check_config(config) == "default":
+            return DEFAULT_ANN_HIDDEN + (int(n_outputs),)
         return (max(1, round(2 * n_inputs / 3)), max(1, round(n_inputs / 3)), int(n_outputs))
     return _check_sizes(hidden, "the ANN", 3)
 
@@ -179,25 +206,61 @@ def cnn_head_sizes(n_outputs: int, hidden: Sequence[int] | None = None) -> tuple
     return _check_sizes(hidden, "the CNN head", 3)
 
 
-def ann_weight_count(n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None) -> int:
-    """Number of trainable parameters (weights and biases) of the ANN."""
-    sizes = (n_inputs,) + ann_hidden_sizes(n_inputs, n_outputs, hidden) + (n_outputs,)
-    return int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)))
+def ann_weight_count(
+    n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None, config: str = "thesis"
+) -> int:
+    """Number of weights and biases of the ANN (with ``config='default'`` the closed-form linear
+    read-out, N_I·N_O + N_O, included)."""
+    sizes = (n_inputs,) + ann_hidden_sizes(n_inputs, n_outputs, hidden, config) + (n_outputs,)
+    n = int(sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:], strict=True)))
+    if config == "default":
+        n += int(n_inputs) * int(n_outputs) + int(n_outputs)
+    return n
 
 
 # ----------------------------------------------------------------------------- builders
-def _dense_stack(keras, x, sizes: Sequence[int], n_outputs: int, prefix: str):
+#: Name of the closed-form linear read-out layer of ``config='default'`` networks.
+LINEAR_READOUT = "linear_readout"
+
+
+def _dense_stack(keras, x, sizes: Sequence[int], n_outputs: int, prefix: str, config: str):
+    """The tanh stack; ``'default'``: a linear last layer starting at zero, plus the frozen
+    linear read-out of the stack's input."""
+    inp = x
+    n = len(tuple(sizes))
     for i, units in enumerate(tuple(sizes) + (n_outputs,)):
-        x = keras.layers.Dense(int(units), activation="tanh", name=f"{prefix}_dense_{i}")(x)
+        last = i == n
+        if config == "default" and last:
+            x = keras.layers.Dense(
+                int(units), activation=None, kernel_initializer="zeros", name=f"{prefix}_dense_{i}"
+            )(x)
+        else:
+            x = keras.layers.Dense(int(units), activation="tanh", name=f"{prefix}_dense_{i}")(x)
+    if config == "default":
+        readout = keras.layers.Dense(
+            int(n_outputs), kernel_initializer="zeros", name=LINEAR_READOUT
+        )
+        readout.trainable = False
+        x = keras.layers.Add(name=f"{prefix}_sum")([readout(inp), x])
     return x
 
 
-def build_ann(n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None):
-    """The thesis ANN as an (uncompiled) ``keras.Model`` taking (batch, n_inputs) float32."""
+def build_ann(
+    n_inputs: int, n_outputs: int, hidden: Sequence[int] | None = None, *, config: str = "default"
+):
+    """The ANN as an (uncompiled) ``keras.Model`` taking (batch, n_inputs) float32.
+
+    ``config='thesis'``: SPEC §5 (tanh everywhere, raw inputs and targets). ``'default'``: it takes
+    standardised intensities and returns standardised targets (the :class:`Regressor` does the
+    scaling): linear read-out (frozen, set by ridge) + tanh stack with a linear, zero-initialised
+    last layer.
+    """
     keras, _ = import_keras()
-    sizes = ann_hidden_sizes(n_inputs, n_outputs, hidden)
+    config = check_config(config)
+    sizes = ann_hidden_sizes(n_inputs, n_outputs, hidden, config)
     inp = keras.Input((int(n_inputs),), name="intensities")
-    return keras.Model(inp, _dense_stack(keras, inp, sizes, n_outputs, "ann"), name="larbed_ann")
+    out = _dense_stack(keras, inp, sizes, n_outputs, "ann", config)
+    return keras.Model(inp, out, name="larbed_ann")
 
 
 def build_head(
@@ -206,14 +269,17 @@ def build_head(
     hidden: Sequence[int] | None = None,
     *,
     standardize: bool = False,
+    config: str = "default",
 ):
     """The CNN's regression head as a ``keras.Model`` on (batch, n_features) backbone features.
 
     With ``standardize`` the first layer is a frozen ``BatchNormalization`` named
     ``feature_standardize`` (inference mode, γ = 1, β = 0) whose mean and variance are set from the
     training features (:meth:`larbed.learn.training.Regressor.standardize`): a fixed affine map.
+    ``config`` as :func:`build_ann` (with ``'default'`` the features come standardised already).
     """
     keras, _ = import_keras()
+    config = check_config(config)
     sizes = cnn_head_sizes(n_outputs, hidden)
     inp = keras.Input((int(n_features),), name="features")
     x = inp
@@ -222,7 +288,7 @@ def build_head(
         norm.trainable = False
         x = norm(x)
     return keras.Model(
-        inp, _dense_stack(keras, x, sizes, n_outputs, "head"), name="larbed_cnn_head"
+        inp, _dense_stack(keras, x, sizes, n_outputs, "head", config), name="larbed_cnn_head"
     )
 
 

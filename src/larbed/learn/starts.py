@@ -83,6 +83,8 @@ class ModelStart:
     def __call__(self, pattern, geometry, *, seed: int = 0):
         from .dataset import split_targets
 
+        if hasattr(self.regressor, "check_geometry"):
+            self.regressor.check_geometry(geometry)
         inten = np.asarray(pattern["intensity"].values if hasattr(pattern, "data_vars") else pattern)
         out = self.regressor.predict(self.regressor.inputs(inten[None]))[0]
         ug, t = split_targets(out, self.thickness_range_nm)

@@ -32,6 +32,7 @@ from ._common import (
     LOOP_EPOCHS,
     NetworkSettings,
     TaskPlan,
+    baselines_for,
     check_common_settings,
     machine_info,
     predict_and_score,
@@ -39,6 +40,7 @@ from ._common import (
 )
 from .chunks import CHUNK_DIR_SUFFIX
 from .dataset import THICKNESS_JITTER_NM, deviate_ug, generate_dataset, resolve_reference
+from .models import check_config
 from .results import Task2Result
 from .targets import make_targets
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
@@ -78,6 +80,7 @@ class _State:
     init_test: np.ndarray
     start: int
     elapsed_before: float
+    baselines: dict
 
     def __post_init__(self) -> None:
         self.x = np.array(self.x, dtype=np.float32)
@@ -90,6 +93,7 @@ def _checkpoint_config(plan: _Task2Plan) -> dict:
     config = dict(
         name=plan.inputs.name,
         model=net.model,
+        config=net.config,
         weights=net.weights_label,
         hidden=net.hidden,
         trainable_backbone=net.trainable_backbone,
@@ -148,6 +152,7 @@ def run_task2(
     preset_or_inputs,
     model: str = "cnn",
     *,
+    config: str = "default",
     weights="imagenet",
     hidden: Sequence[int] | None = None,
     trainable_backbone: bool = False,
@@ -188,6 +193,8 @@ def run_task2(
     preset_or_inputs : str, Preset, TaskInputs or tuple
         See :func:`resolve_inputs`.
     model : {'cnn', 'ann'}
+    config : {'default', 'thesis'}
+        As :func:`run_task1`.
     weights, hidden, trainable_backbone, standardize_features, seed, n_train, n_test, batch_size, learning_rate
         As :func:`run_task1`.
     iterations : int
@@ -238,10 +245,13 @@ def run_task2(
     t_start = time.perf_counter()
     ep = check_common_settings(model, n_train, n_test, epochs, thickness_range_nm)
     _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay)
+    check_config(config)
     inputs = resolve_inputs(preset_or_inputs, dose=dose)
     plan = _Task2Plan(
         inputs=inputs,
-        net=NetworkSettings(model, weights, hidden, trainable_backbone, standardize_features),
+        net=NetworkSettings(
+            model, weights, hidden, trainable_backbone, standardize_features, config
+        ),
         seed=seed,
         scale0=scale0,
         decay=decay,
@@ -329,7 +339,8 @@ def _resume(ckpt_dir: str, config: dict, reg: Regressor, label: str) -> _State |
     init_train, init_test = saved.pop("init_train"), saved.pop("init_test")
     rec = {k: list(v) for k, v in saved.items()}
     logger.info("task2: resuming %s at iteration %d from %s", label, start, target)
-    return _State(x, y, rec, init_train, init_test, start, elapsed_before)
+    baselines = dict(meta.get("baselines", {}))
+    return _State(x, y, rec, init_train, init_test, start, elapsed_before, baselines)
 
 
 def _clear_checkpoint(folder: str) -> None:
@@ -368,10 +379,11 @@ def _fresh_start(
     )
     x = reg.inputs(ds["intensity"].values)
     y = ds["targets"].values.astype(np.float32)
+    baselines = baselines_for(plan, ds["intensity"].values[: plan.n_train], ds["targets"].values[: plan.n_train])
     seeds = np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_TRAIN,))
     init_train, init_test = plan.fit_from_start(reg, x, y, seeds)
     rec: dict[str, list] = {k: [] for k in _RECORD_KEYS}
-    return _State(x, y, rec, init_train, init_test, start=0, elapsed_before=0.0)
+    return _State(x, y, rec, init_train, init_test, 0, 0.0, baselines)
 
 
 def _iterate(plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int) -> dict:
@@ -416,6 +428,7 @@ def _save_progress(
     meta = {
         "config": config,
         "completed": completed,
+        "baselines": state.baselines,
         "elapsed_s": state.elapsed_before + time.perf_counter() - t_start,
     }
     _write_checkpoint(ckpt_dir, completed, reg, state.x, state.y, hist, meta)
@@ -469,6 +482,8 @@ def _history(
             if inputs.thickness_true_nm is None
             else float(inputs.thickness_true_nm),
             "r_min": float(r_all[best]),
+            # baselines trained on the initial (random) training set, see larbed.learn.baselines
+            **{k: float(v) for k, v in state.baselines.items()},
             "best_iteration": best,
             "best_thickness_nm": float(hist.thickness_nm.values[best]),
             "elapsed_s": elapsed,

@@ -21,7 +21,10 @@ import numpy as np
 
 from .._checkpoint import load_npz, save_npz
 from ..geometry import Geometry
+from ._tf import configure_tensorflow, default_jit, inference_fn
+from .baselines import RidgeMap, standardizer
 from .models import (
+    LINEAR_READOUT,
     MODEL_KINDS,
     RESNET_FEATURES,
     ann_hidden_sizes,
@@ -30,6 +33,7 @@ from .models import (
     build_ann,
     build_backbone,
     build_head,
+    check_config,
     cnn_head_sizes,
     cnn_images,
     import_keras,
@@ -52,45 +56,9 @@ XLA_MIN_PARAMS = 5_000_000
 ANN_MAX_WEIGHTS = 250_000_000
 #: Floor of the feature variances in :meth:`Regressor.standardize` (fraction of their mean).
 FEATURE_VAR_FLOOR = 1e-2
-_configured = False
-
-
-def configure_tensorflow(threads: int | None = None, *, deterministic: bool = False) -> None:
-    """Optional TensorFlow settings: CPU thread count and op determinism.
-
-    Training here is reproducible without ``deterministic`` (CPU dense kernels are deterministic
-    for a fixed thread count, and the batch order comes from a NumPy generator; the tests check
-    it). ``deterministic=True`` calls ``tf.config.experimental.enable_op_determinism()`` (for GPUs),
-    which also makes Keras switch XLA compilation off (about 1.5× slower ANN training on CPU).
-    ``threads`` must be set before TensorFlow runs its first op; later calls only log a warning.
-    """
-    global _configured
-    _, tf = import_keras()
-    if deterministic and not _configured:
-        tf.config.experimental.enable_op_determinism()
-        _configured = True
-        logger.info("TensorFlow op determinism enabled (XLA off)")
-    if threads is not None:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(int(threads))
-            tf.config.threading.set_inter_op_parallelism_threads(int(threads))
-        except RuntimeError as exc:  # already initialised
-            logger.warning("could not set TensorFlow threads to %s: %s", threads, exc)
-
-
-def _inference_fn(model):
-    """A traced ``model(x, training=False)`` accepting any batch size (one trace)."""
-    _, tf = import_keras()
-    spec = [tf.TensorSpec((None,) + tuple(model.inputs[0].shape[1:]), tf.float32)]
-    return tf.function(lambda x: model(x, training=False), input_signature=spec)
-
-
-def _default_jit(tf) -> bool:
-    try:
-        from tensorflow.python.framework.config import is_op_determinism_enabled
-    except ImportError:  # pragma: no cover - other TensorFlow layouts
-        return not _configured
-    return not is_op_determinism_enabled()
+def _shape_summary(shapes) -> str:
+    return "[" + ", ".join("×".join(str(d) for d in s) or "()" for s in shapes[:4]) + (
+        ", …]" if len(shapes) > 4 else "]")
 
 
 def _cnn_image_shape(geometry: Geometry) -> tuple[int, int, int]:
@@ -134,6 +102,12 @@ class Regressor:
         XLA-compile the training step. Default: for models with at least ``XLA_MIN_PARAMS``
         trainable parameters (about 1.5× faster thesis-size ANN on CPU), unless op determinism is
         enabled (Keras then refuses XLA).
+    config : {'default', 'thesis'}
+        ``'thesis'``: SPEC §5 exactly (raw intensities or features in, raw targets out, tanh on
+        every layer). ``'default'``: inputs and targets standardised with the statistics of the
+        first training set (:meth:`prepare`), a linear read-out solved by ridge least squares at
+        every :meth:`fit` plus the tanh stack with a linear last layer trained by Adam on what the
+        read-out leaves; losses are then in standardised target units. See ``docs/learning.rst``.
     """
 
     def __init__(
@@ -151,6 +125,7 @@ class Regressor:
         download: bool = False,
         jit_compile: bool | None = None,
         standardize_features: bool = False,
+        config: str = "default",
     ):
         if kind not in MODEL_KINDS:
             raise ValueError(f"unknown model {kind!r}; choose one of {MODEL_KINDS}")
@@ -164,8 +139,10 @@ class Regressor:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if not (np.isfinite(learning_rate) and learning_rate > 0):
             raise ValueError(f"learning_rate must be positive, got {learning_rate}")
+        config = check_config(config)
         keras, tf = import_keras()
         keras.utils.set_random_seed(int(seed))
+        self.config = config
         self.kind = kind
         self.geometry = geometry
         self.batch_size = int(batch_size)
@@ -174,8 +151,8 @@ class Regressor:
         self.backbone = None
         if kind == "ann":
             n_in = geometry.n_beams * geometry.n_tilts
-            self.hidden_sizes = ann_hidden_sizes(n_in, self.n_outputs, hidden)
-            n_w = ann_weight_count(n_in, self.n_outputs, hidden)
+            self.hidden_sizes = ann_hidden_sizes(n_in, self.n_outputs, hidden, config)
+            n_w = ann_weight_count(n_in, self.n_outputs, hidden, config)
             if n_w > ANN_MAX_WEIGHTS:
                 raise ValueError(
                     f"the ANN for {geometry.n_beams} beams × {geometry.n_tilts} tilts with hidden sizes "
@@ -183,14 +160,18 @@ class Regressor:
                     f"{16 * n_w / 1e9:.0f} GB with Adam state): pass smaller hidden=(h1, h2, h3), "
                     f"e.g. (2048, 1024, {self.n_outputs})"
                 )
-            self.model = build_ann(n_in, self.n_outputs, self.hidden_sizes)
+            self.model = build_ann(n_in, self.n_outputs, self.hidden_sizes, config=config)
             self.uses_features = False
         else:
             self.image_shape = _cnn_image_shape(geometry)
             self.backbone = build_backbone(self.image_shape, weights, download=download)
             self.hidden_sizes = cnn_head_sizes(self.n_outputs, hidden)
             self.head = build_head(
-                RESNET_FEATURES, self.n_outputs, self.hidden_sizes, standardize=standardize_features
+                RESNET_FEATURES,
+                self.n_outputs,
+                self.hidden_sizes,
+                standardize=standardize_features and config == "thesis",
+                config=config,
             )
             self.uses_features = not self.trainable_backbone and bool(cache_features)
             if self.trainable_backbone:
@@ -210,12 +191,78 @@ class Regressor:
         self._step_fn = None
         self._predict_fn = None
         self._features_fn = None
+        n_x = int(self.model.inputs[0].shape[-1]) if self.uses_features or kind == "ann" else 0
+        #: (x_mean, x_std, y_mean, y_scale) of ``config='default'``; identity until :meth:`prepare`
+        self.scaler = [
+            np.zeros(n_x),
+            np.ones(n_x),
+            np.zeros(self.n_outputs),
+            np.ones(self.n_outputs),
+        ]
+        self.prepared = config == "thesis"
+        #: the ridge parameter of the last read-out fit (``config='default'``)
+        self.ridge_lambda = float("nan")
         self.model.optimizer.build(self.model.trainable_variables)
         self._initial_state = self.get_state()
 
     def _choose_jit(self, tf) -> bool:
         big = sum(int(np.prod(v.shape)) for v in self.model.trainable_variables) >= XLA_MIN_PARAMS
-        return big and _default_jit(tf)
+        return big and default_jit(tf)
+
+    def prepare(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Set what the first training set fixes: for ``config='default'`` the input and target
+        standardisation (mean, floored standard deviation; constant targets keep scale 1); for
+        ``'thesis'`` the optional CNN feature standardisation (:meth:`standardize`)."""
+        x = self._checked(x, "inputs")
+        y = self._checked(y, "targets")
+        if self.config == "thesis":
+            self.standardize(x)
+            return
+        if self.kind == "cnn" and not self.uses_features:
+            raise ValueError("config='default' needs cached features (a frozen backbone)")
+        x_mean, x_std = standardizer(x)
+        y_mean = y.astype(float).mean(axis=0)
+        y_std = y.astype(float).std(axis=0)
+        y_scale = np.where(y_std > 1e-12 * max(float(y_std.max()), 1e-300), y_std, 1.0)
+        self.scaler = [x_mean, x_std, y_mean, y_scale]
+        self.prepared = True
+
+    def _checked(self, arr, what: str) -> np.ndarray:
+        arr = np.asarray(arr)
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.sum(~np.isfinite(arr)))
+            raise ValueError(
+                f"training {what} contain {bad} NaN or infinite values; check the simulated "
+                "patterns and targets (a failed simulation, a bad U_g or thickness)"
+            )
+        return arr
+
+    def _x(self, x) -> np.ndarray:
+        """Inputs as the Keras model takes them (standardised with ``config='default'``)."""
+        x = np.asarray(x, dtype=np.float32)
+        if self.config == "thesis":
+            return x
+        if x.ndim != 2 or x.shape[1] != len(self.scaler[0]):
+            raise ValueError(
+                f"inputs must have shape (n, {len(self.scaler[0])}), got {x.shape}; were they made "
+                "by this Regressor's inputs() (same model and geometry)?"
+            )
+        return ((x - self.scaler[0]) / self.scaler[1]).astype(np.float32)
+
+    def _y(self, y) -> np.ndarray:
+        y = np.asarray(y, dtype=np.float32)
+        if self.config == "thesis":
+            return y
+        return ((y - self.scaler[2]) / self.scaler[3]).astype(np.float32)
+
+    def _fit_readout(self, z: np.ndarray, yz: np.ndarray) -> None:
+        """Solve the linear read-out on standardised (z, yz) by ridge (λ by leave-one-out)."""
+        ones = np.ones(z.shape[1])
+        ridge = RidgeMap.fit(z, yz, x_mean=np.zeros(z.shape[1]), x_std=ones,
+                             y_scale=np.ones(yz.shape[1]))
+        self.ridge_lambda = ridge.lam
+        layer = self.model.get_layer(LINEAR_READOUT)
+        layer.set_weights([ridge.weights.astype(np.float32), ridge.bias.astype(np.float32)])
 
     def standardize(self, x: np.ndarray) -> None:
         """Set the CNN head's feature standardisation from training inputs ``x`` (no-op for the ANN).
@@ -278,7 +325,7 @@ class Regressor:
             raise ValueError("the ANN has no backbone")
         images = np.asarray(images, dtype=np.float32)
         if self._features_fn is None:
-            self._features_fn = _inference_fn(self.backbone)
+            self._features_fn = inference_fn(self.backbone)
         out = [
             np.asarray(self._features_fn(images[lo : lo + _FEATURE_BATCH]), dtype=np.float32)
             for lo in range(0, len(images), _FEATURE_BATCH)
@@ -307,12 +354,18 @@ class Regressor:
         """
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
             raise ValueError(f"epochs must be a non-negative integer, got {epochs!r}")
-        x = np.asarray(x, dtype=np.float32)
-        y = np.asarray(y, dtype=np.float32)
+        x = self._checked(x, "inputs")
+        y = self._checked(y, "targets")
         if len(x) != len(y) or len(x) == 0:
             raise ValueError(
                 f"need matching, non-empty inputs and targets, got {len(x)} and {len(y)}"
             )
+        if not self.prepared:
+            self.prepare(x, y)
+        x = self._x(x)
+        y = self._y(y)
+        if self.config == "default":
+            self._fit_readout(x, y)
         train = np.full(epochs, np.nan)
         test = np.full(epochs, np.nan)
         n = len(x)
@@ -372,15 +425,22 @@ class Regressor:
         return tf.function(steps, jit_compile=self.jit_compile, input_signature=spec)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> float:
-        """MSE loss on (x, y) (inference mode)."""
+        """MSE loss on (x, y) (inference mode), in the units the network is trained in (raw
+        targets for ``config='thesis'``, standardised ones for ``'default'``)."""
         pred = self.predict(x)
-        return float(np.mean((pred - np.asarray(y, np.float32).astype(float)) ** 2))
+        err = pred - np.asarray(y, np.float32).astype(float)
+        if self.config == "default":
+            err = err / self.scaler[3]
+        return float(np.mean(err**2))
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """Network output (n, 2M + 1) as float64 (inference mode)."""
+        """Network output (n, 2M + 1) as float64 in target units (inference mode)."""
         if self._predict_fn is None:
-            self._predict_fn = _inference_fn(self.model)
-        return np.asarray(self._predict_fn(np.asarray(x, np.float32)), dtype=float)
+            self._predict_fn = inference_fn(self.model)
+        out = np.asarray(self._predict_fn(self._x(x)), dtype=float)
+        if self.config == "default":
+            out = out * self.scaler[3] + self.scaler[2]
+        return out
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, list[np.ndarray]]:
@@ -388,20 +448,39 @@ class Regressor:
         return {
             "weights": [np.array(w.numpy()) for w in self.model.weights],
             "optimizer": [np.array(v.numpy()) for v in self.model.optimizer.variables],
+            "scaler": [np.array(a, dtype=float) for a in self.scaler],
         }
 
     def set_state(self, state: dict[str, list[np.ndarray]]) -> None:
         """Restore :meth:`get_state` output exactly."""
-        weights = self.model.weights
-        if len(weights) != len(state["weights"]):
-            raise ValueError("weights do not match this model")
-        for var, value in zip(weights, state["weights"], strict=True):
+        for what, variables in (
+            ("weights", self.model.weights),
+            ("optimizer", self.model.optimizer.variables),
+        ):
+            values = state[what]
+            shapes = [tuple(v.shape) for v in variables]
+            given = [tuple(np.shape(v)) for v in values]
+            if shapes != given:
+                raise ValueError(
+                    f"the saved {what} do not match this {self.kind.upper()} "
+                    f"({self.config} config, hidden {self.hidden_sizes}, {self.geometry.n_beams} "
+                    f"beams × {self.geometry.n_tilts} tilts): {len(given)} arrays "
+                    f"{_shape_summary(given)} against {len(shapes)} {_shape_summary(shapes)}; "
+                    "load a state saved by a Regressor of the same settings"
+                )
+        for var, value in zip(self.model.weights, state["weights"], strict=True):
             var.assign(value)
-        variables = self.model.optimizer.variables
-        if len(variables) != len(state["optimizer"]):
-            raise ValueError("optimizer state does not match this model")
-        for var, value in zip(variables, state["optimizer"], strict=True):
+        for var, value in zip(self.model.optimizer.variables, state["optimizer"], strict=True):
             var.assign(value)
+        scaler = state.get("scaler")
+        if scaler is not None:
+            if [np.shape(a) for a in scaler] != [np.shape(a) for a in self.scaler]:
+                raise ValueError("the saved standardisation does not match this model")
+            self.scaler = [np.array(a, dtype=float) for a in scaler]
+            self.prepared = self.config == "thesis" or bool(
+                np.any(self.scaler[1] != 1.0) or np.any(self.scaler[3] != 1.0)
+                or np.any(self.scaler[0] != 0.0) or np.any(self.scaler[2] != 0.0)
+            )
 
     def reset(self) -> None:
         """Back to the initial weights and a fresh optimizer (as just after construction)."""
@@ -412,6 +491,7 @@ class Regressor:
         state = self.get_state()
         arrays = {f"w{i:04d}": w for i, w in enumerate(state["weights"])}
         arrays.update({f"o{i:04d}": v for i, v in enumerate(state["optimizer"])})
+        arrays.update({f"s{i:04d}": v for i, v in enumerate(state["scaler"])})
         save_npz(path, **arrays)
 
     def load_state(self, path: str | os.PathLike) -> None:
@@ -419,7 +499,8 @@ class Regressor:
         z = load_npz(path)
         w = [z[k] for k in sorted(k for k in z if k.startswith("w"))]
         o = [z[k] for k in sorted(k for k in z if k.startswith("o"))]
-        self.set_state({"weights": w, "optimizer": o})
+        sc = [z[k] for k in sorted(k for k in z if k.startswith("s"))]
+        self.set_state({"weights": w, "optimizer": o, "scaler": sc or None})
 
     def full_model(self):
         """The complete Keras model (for the CNN: backbone + head, images in)."""
@@ -427,6 +508,20 @@ class Regressor:
             return self.model
         keras, _ = import_keras()
         return keras.Model(self.backbone.input, self.head(self.backbone.output), name="larbed_cnn")
+
+    def check_geometry(self, geometry: Geometry) -> None:
+        """Raise ``ValueError`` unless ``geometry`` is the one this network was built for (the same
+        beams, tilts, voltage, zone axis and crystal: same input positions mean the same physics)."""
+        if not isinstance(geometry, Geometry):
+            raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+        mine, theirs = self.geometry.to_attrs(), geometry.to_attrs()
+        diff = sorted(k for k in set(mine) | set(theirs) if str(mine.get(k)) != str(theirs.get(k)))
+        if diff:
+            raise ValueError(
+                f"this {self.kind.upper()} was trained for another geometry "
+                f"({self.geometry.n_beams} beams × {self.geometry.n_tilts} tilts); the pattern's "
+                f"differs in {', '.join(diff)}: train a network for this geometry"
+            )
 
     def count_trainable(self) -> int:
         """Number of trainable parameters."""
