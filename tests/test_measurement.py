@@ -88,29 +88,31 @@ def test_simulate_with_a_measurement(geo, ug, srtio3):
         larbed.simulate(geo, ug, 25.0, measurement=meas, absorption=0.1)
 
 
-def test_refine_recovers_scale_background_absorption_and_tilt_map(geo, ug):
-    """Dose 1e5: the truth within 3 standard errors for ≥ 95 % of the parameters, t within 0.5 nm."""
+@pytest.mark.parametrize("seeds", [(5, 6, 7)])
+def test_refine_recovers_scale_background_absorption_and_tilt_map(geo, ug, seeds):
+    """Dose 1e5: the truth within 3 standard errors for ≥ 95 % of the parameters (pooled over
+    seeds: with 15 parameters a single seed allows no miss at all), t within 0.5 nm."""
+    a_true, c_true = np.array([[1.01, 0.004], [-0.004, 0.995]]), np.array([0.6, -0.4])
     truth = Measurement.with_values(scale=0.8, background=0.003, absorption=0.08,
-                                    tilt_matrix=[[1.01, 0.004], [-0.004, 0.995]],
-                                    tilt_offset_mrad=[0.6, -0.4])
-    pattern = larbed.simulate(geo, ug, 30.0, measurement=truth, dose=1e5, seed=5)
+                                    tilt_matrix=a_true, tilt_offset_mrad=c_true)
     fit = Measurement(scale="global", background="flat", absorption="proportional",
                       tilt_map="affine")
-    res = larbed.refine(pattern, geo, ug * 1.03, 28.0, measurement=fit, real=True,
-                        symmetry="crystal", progress=False)
-    assert abs(res.thickness_nm - 30.0) < 0.5
-    m = res.measurement
-    pulls = [(m.scale - 0.8) / m.scale_error, (m.background - 0.003) / m.background_error,
-             (m.absorption - 0.08) / m.absorption_error]
-    pulls += list(((m.tilt_matrix - np.array([[1.01, 0.004], [-0.004, 0.995]]))
-                   / m.tilt_matrix_error).values.ravel())
-    pulls += list(((m.tilt_offset_mrad - np.array([0.6, -0.4])) / m.tilt_offset_mrad_error).values)
-    ug_pull = (res.ug.values.real - ug.values.real) / res.ug_error.values.real
-    pulls = np.abs(np.concatenate([np.asarray(pulls, float), ug_pull, [(res.thickness_nm - 30.0)
-                                                                      / res.thickness_error_nm]]))
-    assert np.mean(pulls < 3) >= 0.95
-    assert res.chi2 == pytest.approx(1.0, abs=0.15)
-    assert m.attrs["tilt_map_form"] == "affine"
+    pulls = []
+    for seed in seeds:
+        pattern = larbed.simulate(geo, ug, 30.0, measurement=truth, dose=1e5, seed=seed)
+        res = larbed.refine(pattern, geo, ug * 1.03, 28.0, measurement=fit, real=True,
+                            symmetry="crystal", progress=False)
+        assert abs(res.thickness_nm - 30.0) < 0.5
+        assert res.chi2 == pytest.approx(1.0, abs=0.2)
+        m = res.measurement
+        assert m.attrs["tilt_map_form"] == "affine"
+        pulls += [(m.scale - 0.8) / m.scale_error, (m.background - 0.003) / m.background_error,
+                  (m.absorption - 0.08) / m.absorption_error,
+                  (res.thickness_nm - 30.0) / res.thickness_error_nm]
+        pulls += list(((m.tilt_matrix - a_true) / m.tilt_matrix_error).values.ravel())
+        pulls += list(((m.tilt_offset_mrad - c_true) / m.tilt_offset_mrad_error).values)
+        pulls += list((res.ug.values.real - ug.values.real) / res.ug_error.values.real)
+    assert np.mean(np.abs(np.asarray(pulls, float)) < 3) >= 0.95
 
 
 def test_holdout_gives_r_free(geo, ug):
