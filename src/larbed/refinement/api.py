@@ -503,9 +503,13 @@ def refine(
                                               log=logger.warning if log_warnings else logger.debug)
             restore_undetermined(prob, state, pmap.q(su.x0), max_iter=max_iter, ftol=ftol)
         save(state, stage, x_weights, done=True)
-        if su.weights == "variance" and x_weights is not None and su.variance_model is None:
+        weights_used = su.weights
+        if su.weights == "variance" and x_weights is None:
+            # the re-weighting pass was undone (or never ran): the fit used unit weights
+            su.variance_model, weights_used = None, "none"
+        elif su.weights == "variance" and su.variance_model is None:
             su.weights_for(x_weights)  # a finished run from a checkpoint: recompute (a, b)
-        return build_result(prob, state, geometry, su.ug, su.weights, su.absorbing, su.dose,
+        return build_result(prob, state, geometry, su.ug, weights_used, su.absorbing, su.dose,
                             (chi2_max, r_noise_factor, r_max), log_warnings,
                             RealData(su.measurement, su.full_data, su.holdout, su.variance_model,
                                      correlated_errors))
