@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 
 
@@ -15,3 +16,11 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def report(result: dict, path=None) -> None:
+    """Print a benchmark's result as JSON and write it to ``path`` (a Path) when given."""
+    text = json.dumps(result, indent=1, default=float)
+    print(text)
+    if path is not None:
+        path.write_text(text + "\n")

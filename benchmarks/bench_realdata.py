@@ -23,7 +23,6 @@ Reported: median seconds and the ratio reference / reduced, with the load averag
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -38,7 +37,7 @@ from larbed.refinement import api
 from larbed.refinement.jacobian import WeightedProblem
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, report  # noqa: E402
 
 
 def real_size_geometry(crystal) -> larbed.Geometry:
@@ -96,10 +95,7 @@ def main(argv=None) -> int:
            "n_free": su.pmap.n_q, "reference_s": t_full, "reduced_s": t_reduced,
            "ratio": t_full / t_reduced, "iteration_s": t_iter,
            "command": "python benchmarks/bench_realdata.py " + " ".join(argv or sys.argv[1:])}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(out, args.json)
     return 0
 
 

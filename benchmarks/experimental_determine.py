@@ -13,7 +13,6 @@ and the hold-out of ``benchmarks/experimental_sto120kv.py``. Reports the time, R
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import larbed
 from larbed import Measurement
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, report  # noqa: E402
 from experimental_sto120kv import DEFAULT_DATA  # noqa: E402
 
 
@@ -50,10 +49,7 @@ def main(argv=None) -> int:
            "r_free": res.r_free, "thickness_nm": res.thickness_nm,
            "thickness_error_nm": res.thickness_error_nm,
            "command": "python benchmarks/experimental_determine.py " + " ".join(argv or sys.argv[1:])}
-    text = json.dumps(out, indent=1)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(out, args.json)
     return 0
 
 

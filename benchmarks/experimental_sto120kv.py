@@ -26,7 +26,6 @@ script says so and exits 2 when they are missing. Steps (all through the public 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -39,7 +38,7 @@ from larbed import Measurement
 from larbed.noise import noise_floor
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _machine import cpu_model  # noqa: E402
+from _machine import cpu_model, report  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "experimental" / "sto120kv"
 #: The background forms compared (``--background``): smooth in |g| and tilt (default) or per beam.
@@ -151,10 +150,7 @@ def main(argv=None) -> int:
         "figures": paths,
         "command": "python benchmarks/experimental_sto120kv.py " + " ".join(argv or sys.argv[1:]),
     }
-    text = json.dumps(result, indent=1, default=float)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    report(result, args.json)
     return 0
 
 

@@ -16,6 +16,16 @@ def _refinement(result):
     return getattr(result, "refinement", result)
 
 
+def _refined(result, variable: str, what: str, forms: str):
+    """(refinement result, its measurement Dataset), or ValueError when ``variable`` was not refined."""
+    res = _refinement(result)
+    m = res.measurement
+    if m is None or variable not in m:
+        raise ValueError(f"the result has no refined {what} (refine with a Measurement whose "
+                         f"{forms})")
+    return res, m
+
+
 def _marker_size(geometry, ax_width_mrad: float) -> float:
     step = geometry.tilt_step_mrad or 1.0
     return max(2.0, (160.0 * step / max(ax_width_mrad, 1e-9)) ** 2)
@@ -74,11 +84,7 @@ def plot_fit_images(result, beams=8, *, title: str | None = None):
 
 def plot_background(result, *, title: str | None = None):
     """The refined background against |g| [1/Å], with its standard errors."""
-    res = _refinement(result)
-    m = res.measurement
-    if m is None or "background" not in m:
-        raise ValueError("the result has no refined background (refine with a Measurement "
-                         "whose background is not 'none')")
+    res, m = _refined(result, "background", "background", "background is not 'none'")
     geo = res.geometry
     g = geo.g_abs
     fig = figure(figsize=(5.5, 3.6), layout="constrained")
@@ -108,11 +114,7 @@ def plot_background(result, *, title: str | None = None):
 def plot_tilt_map(result, *, magnify: float | None = None, title: str | None = None):
     """Nominal tilts θ and refined true tilts θ' = A θ + c, the displacement ``magnify``-fold
     (default: so that the largest displacement shows as about two tilt steps, 1× to 20×)."""
-    res = _refinement(result)
-    m = res.measurement
-    if m is None or "tilt_matrix" not in m:
-        raise ValueError("the result has no refined tilt map (refine with a Measurement whose "
-                         "tilt_map is 'shift' or 'affine')")
+    res, m = _refined(result, "tilt_matrix", "tilt map", "tilt_map is 'shift' or 'affine'")
     geo = res.geometry
     th = geo.tilt_mrad
     true = th @ m.tilt_matrix.values.T + m.tilt_offset_mrad.values
