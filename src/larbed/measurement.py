@@ -222,6 +222,15 @@ class Measurement:
             return None
         return float(self._value("absorption", 0.0))
 
+    def free_mask(self, geometry: Geometry, data: np.ndarray) -> np.ndarray:
+        """(n_parameters,) bool: the measurement parameters the fit moves (all but the per-beam
+        background of a beam ``data`` never measures)."""
+        free = np.ones(self.n_parameters(geometry), bool)
+        if self.background == "per_beam":
+            nb0 = int(self.scale == "global")
+            free[nb0:nb0 + geometry.n_beams] = np.any(np.isfinite(data), axis=0)
+        return free
+
     def split(self, geometry: Geometry, xm: np.ndarray):
         """(global s or None, background parameters, A (2, 2), c (2,)) from the measurement part."""
         i = 0

@@ -249,12 +249,7 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
     free = reflection_mask(geometry, refine_reflections)
     xm0 = meas.start_vector(geometry) if meas is not None else np.zeros(0)
     x0 = np.concatenate([vals.real, vals.imag, [t0], [absorption] if absorbing else [], xm0])
-    extra_free = None
-    if meas is not None:
-        extra_free = np.ones(len(xm0), bool)
-        if meas.background == "per_beam":  # a beam never measured has no background to fit
-            nb0 = int(meas.scale == "global")
-            extra_free[nb0:nb0 + geometry.n_beams] = np.any(np.isfinite(exp), axis=0)
+    extra_free = None if meas is None else meas.free_mask(geometry, exp)
     pmap = build_map(geometry, x0, groups=groups, real=real, refine_thickness=refine_thickness,
                      absorbing=absorbing, refine_absorption=refine_absorption, free_reflections=free,
                      extra_free=extra_free,

@@ -20,8 +20,9 @@ from ..geometry import Geometry
 from ..metrics import dose_column
 from ..refinement.api import MODEL_VARIANCE_FLOOR, POISSON_REVERT_FACTOR
 from ..refinement.jacobian import ForwardModel, WeightedProblem, masked_r
+from ..refinement.measured import MeasuredModel
 from ..refinement.parameters import check_start_thickness, gauge_basis
-from ..refinement.result import build_result
+from ..refinement.result import RealData, build_result
 from ..refinement.solver import LMState, covariance, levenberg_marquardt, restore_undetermined
 from ..scattering import PARAMETERIZATIONS, Parameterization
 from ..schema import check_diffracted, check_pattern, pattern_dose
@@ -60,11 +61,12 @@ class _Setup:
     dose: object
     weights: str
     smap: StructureMap
-    model: ForwardModel
+    model: ForwardModel | MeasuredModel
     warnings: list
     fixed: dict
     observed: np.ndarray  # every tilt
     held: np.ndarray  # (n_tilts,) bool: tilts left out of the fit (R_free)
+    measurement: object = None  # the Measurement, or None
 
     def weights_for(self, x_w) -> np.ndarray:
         """1/σ²: ones, or Poisson from the data (``x_w`` None) or from the fit at ``x_w``; 0 on
@@ -93,24 +95,14 @@ def held_out_tilts(n_tilts: int, fraction: float, seed: int) -> np.ndarray:
     return held
 
 
-def _measurement_kwargs(measurement) -> dict:
-    """Keyword arguments that hand ``measurement`` to the refinement core (empty for None).
-
-    The structure parametrization does not carry the measurement part of the parameter vector
-    (:class:`larbed.refinement.measured.MeasuredModel`) yet: a measurement model is refused with
-    a clear error rather than ignored.
-    """
-    if measurement is None:
-        return {}
+def _check_measurement(measurement):
+    """``measurement`` as a Measurement or None (TypeError for anything else)."""
     from ..measurement import Measurement
 
-    if not isinstance(measurement, Measurement):
-        raise TypeError(f"measurement must be a larbed.Measurement or None, got "
-                        f"{type(measurement).__name__}")
-    raise ValueError("refine_structure does not refine a measurement model yet: refine the "
-                     "measurement with larbed.refine(..., measurement=...) (free U_g) and give "
-                     "refine_structure data on the scale of the dynamical intensities, or leave "
-                     "measurement=None")
+    if measurement is None or isinstance(measurement, Measurement):
+        return measurement
+    raise TypeError(f"measurement must be a larbed.Measurement or None, got "
+                    f"{type(measurement).__name__}")
 
 
 def _check_crystal(crystal, geometry: Geometry) -> list[FitWarning]:
@@ -173,11 +165,18 @@ def _selection(model: SiteModel, chosen: list[int], fix, tie) -> np.ndarray:
 
 def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie, refine_thickness,
            weights, dose, absorption, refine_absorption, parameterization, max_iter, holdout=0.0,
-           seed=0) -> _Setup:
+           seed=0, measurement=None) -> _Setup:
     """Validate the inputs (ValueError before any fitting) and build the structure map."""
     warnings = _check_crystal(crystal, geometry)
-    observed = check_pattern(pattern, geometry, dose)
+    meas = _check_measurement(measurement)
+    scaled = meas is not None and (meas.scale != "none" or meas.background != "none")
+    observed = check_pattern(pattern, geometry, dose, scaled=scaled)
     check_diffracted(observed)
+    if meas is not None:
+        meas.check_determinable(geometry, observed)
+        if meas.absorption == "proportional":
+            absorption = meas.start_absorption() if absorption is None else absorption
+            refine_absorption = True
     t0 = check_start_thickness(thickness_nm0)
     held = held_out_tilts(geometry.n_tilts, holdout, seed)
     exp = observed.copy()
@@ -205,7 +204,10 @@ def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie
     groups = free_ug_groups(free_ug, geometry, crystal)
     kappa = None if absorption is None else float(absorption)
     select = _selection(model, chosen, fix, tie)
-    smap = StructureMap(model, geometry, select, groups, t0, refine_thickness, kappa, refine_absorption)
+    part = None if meas is None else (meas.start_vector(geometry), meas.free_mask(geometry, exp),
+                                      meas.labels(geometry))
+    smap = StructureMap(model, geometry, select, groups, t0, refine_thickness, kappa, refine_absorption,
+                        part)
     # parameters that enter no U_g of this pattern: fixed now, with a warning
     p = geometry.n_reflections
     uvw = "[{}]".format(" ".join(map(str, geometry.zone_axis)))
@@ -222,7 +224,7 @@ def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie
         logger.warning("refine_structure: %s", msg)
     if np.any(dead):
         smap = StructureMap(model, geometry, select[:, ~dead], groups, t0, refine_thickness, kappa,
-                            refine_absorption)
+                            refine_absorption, part)
     n_data = int(np.isfinite(exp).sum())
     if smap.n_q == 0:
         raise ValueError("nothing to refine: no free structure parameter, U_g or thickness")
@@ -230,7 +232,9 @@ def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie
         raise ValueError(f"{smap.n_q} free parameters but only {n_data} measured intensities")
     u0 = float(compute_ug(crystal, geometry, parameterization).attrs["u0"])
     fmodel = ForwardModel(geometry, u0, absorption is not None, refine_absorption)
-    return _Setup(exp, d, weights, smap, fmodel, warnings, fixed, observed, held)
+    if meas is not None:  # I = s_t (I_dyn(θ') + B): the per-tilt scale sees every tilt's data
+        fmodel = MeasuredModel(fmodel, meas, observed)
+    return _Setup(exp, d, weights, smap, fmodel, warnings, fixed, observed, held, meas)
 
 
 def _fit(su: _Setup, prob: WeightedProblem, *, n_stages: int, max_iter: int, ftol: float, bar) -> LMState:
@@ -298,9 +302,10 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
         U_g refined freely on top of the independent-atom model, with the ties and phases of the
         space group: reflections (``[(1, 1, 0), (2, 0, 0)]``) or the n lowest |g| shells.
     measurement : larbed.Measurement, optional
-        The measurement model of real data (scale, background, tilt map). Passed on to the
-        refinement core when that accepts one; this version's core does not, and then any value
-        other than None is a ValueError.
+        The measurement model of real data (scale, background, absorption, tilt map; SPEC §11),
+        refined jointly with the structure: I = s_t (I_dyn(θ') + B), exactly as in
+        :func:`larbed.refine`. Its refined values with standard errors are the result's
+        ``.measurement``; the free ones are also rows of ``.parameters`` (kind ``'measurement'``).
     fix : sequence of str, optional
         Parameter labels to hold at the start (``'z(O1)'``, ``'B(Ti1)'``, ``'t'``).
     tie : sequence of sequences of str, optional
@@ -346,17 +351,17 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
     >>> [round(res.value(f"B({s})")[0], 4) for s in ("Sr1", "Ti1", "O1")], round(res.thickness_nm, 4)
     ([0.41, 0.32, 0.63], 30.0)
     """
-    core = _measurement_kwargs(measurement)
     su = _build(pattern, geometry, crystal, thickness_nm0, free=free, free_ug=free_ug, fix=fix,
                 tie=tie, refine_thickness=refine_thickness, weights=weights, dose=dose,
                 absorption=absorption, refine_absorption=refine_absorption,
-                parameterization=parameterization, max_iter=max_iter, holdout=holdout, seed=seed)
+                parameterization=parameterization, max_iter=max_iter, holdout=holdout, seed=seed,
+                measurement=measurement)
     check_thresholds(chi2_max, r_noise_factor, r_max)
     smap = su.smap
     from tqdm.auto import tqdm
 
     n_stages = 1 + (int(poisson_passes) if su.weights == "poisson" else 0)
-    prob = WeightedProblem(su.model, smap, su.exp, su.weights_for(None), **core)
+    prob = WeightedProblem(su.model, smap, su.exp, su.weights_for(None))
     logger.info("refine_structure: %d parameters (%s) against %d × %d intensities", smap.n_q,
                 ", ".join(smap.labels), geometry.n_tilts, geometry.n_beams)
     bar = tqdm(total=max_iter * n_stages, desc="refine_structure", unit="it", disable=not progress,
@@ -368,7 +373,8 @@ def refine_structure(pattern, geometry: Geometry, crystal: Crystal, thickness_nm
         bar.close()
     ug_start = compute_ug(crystal, geometry, parameterization)
     ref = build_result(prob, state, geometry, ug_start, su.weights, su.model.absorbing, su.dose,
-                       (chi2_max, r_noise_factor, r_max), log_warnings)
+                       (chi2_max, r_noise_factor, r_max), log_warnings,
+                       RealData(su.measurement, su.observed, np.flatnonzero(su.held)))
     return _result(su, state, ref, crystal, geometry, parameterization, log_warnings)
 
 

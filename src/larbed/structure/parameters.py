@@ -2,8 +2,8 @@
 
 :class:`StructureMap` implements the parameter-map interface of :mod:`larbed.refinement`
 (``n_q``, ``labels``, ``x(q)``, ``dx(q)``, ``q(x)``) for a nonlinear map: x = [Re U (P), Im U (P),
-t [nm], (κ)] with U_g from the atoms (:class:`~larbed.structure.model.SiteModel`) except the
-hybrid ones, which are free on top of the independent-atom model and tied by the space group
+t [nm], (κ), measurement part] with U_g from the atoms (:class:`~larbed.structure.model.SiteModel`)
+except the hybrid ones, which are free on top of the independent-atom model and tied by the space group
 (:func:`larbed.spacegroup.ug_ties`). ``dx(q)`` is the exact ∂x/∂q, so the refinement's Jacobian
 is the chain rule ∂I/∂q = Σ_g ∂I/∂U_g ∂U_g/∂q. :meth:`StructureMap.clip` keeps the parameters
 inside their bounds (t ≥ 0.1 nm, B ≥ −2 Å², 0 ≤ occupancy ≤ 1, κ ≥ 0).
@@ -166,11 +166,14 @@ def free_ug_groups(free_ug, geometry: Geometry, crystal) -> list[TieGroup]:
 
 class StructureMap:
     """x(q) for structure parameters (see the module). ``select`` (n_raw, n_s) maps the free
-    structure parameters onto the raw ones (a column with several ones ties them)."""
+    structure parameters onto the raw ones (a column with several ones ties them).
+    ``measurement_part`` (start vector, free mask, labels) appends the measurement model's part
+    of x (:class:`larbed.refinement.measured.MeasuredModel`): its free entries are parameters
+    of their own (kind ``'measurement'``), the fixed ones stay at the start."""
 
     def __init__(self, model: SiteModel, geometry: Geometry, select: np.ndarray, ug_groups: list[TieGroup],
                  thickness_nm: float, refine_thickness: bool, absorption: float | None,
-                 refine_absorption: bool):
+                 refine_absorption: bool, measurement_part=None):
         self.model, self.geometry = model, geometry
         self.p = geometry.n_reflections
         self.select = np.asarray(select, float)
@@ -208,8 +211,19 @@ class StructureMap:
             self.labels.append("kappa")
             self.kinds.append("absorption")
             starts.append(float(absorption))
+        self.n_core = 2 * self.p + 1 + int(self.absorbing)
+        # the measurement part of x (scale, background, tilt map: refinement.measured), linear
+        xm0, free_m, labels_m = (np.zeros(0), np.zeros(0, bool), []) if measurement_part is None \
+            else measurement_part
+        self.xm0 = np.asarray(xm0, float)
+        self.free_m = np.flatnonzero(np.asarray(free_m, bool))
+        self.i_m = len(starts)
+        for k in self.free_m:
+            self.labels.append(labels_m[k])
+            self.kinds.append("measurement")
+            starts.append(float(self.xm0[k]))
         self.q0 = np.array(starts, float)
-        self.n_x = 2 * self.p + 1 + int(self.absorbing)
+        self.n_x = self.n_core + len(self.xm0)
         self._cache: tuple | None = None
 
     @property
@@ -237,7 +251,7 @@ class StructureMap:
             col += d
 
     def x(self, q) -> np.ndarray:
-        """[Re U (P), Im U (P), t [nm], (κ)] at q."""
+        """[Re U (P), Im U (P), t [nm], (κ), measurement part] at q."""
         u, _ = self._eval(q)
         u = u.copy()
         for grp, _, _, v in self._group_values(q):
@@ -249,6 +263,9 @@ class StructureMap:
         out = [u.real, u.imag, [t]]
         if self.absorbing:
             out.append([q[i + int(self.refine_t)] if self.refine_kappa else self.kappa0])
+        xm = self.xm0.copy()
+        xm[self.free_m] = np.asarray(q, float)[self.i_m:]
+        out.append(xm)
         return np.concatenate(out)
 
     def dx(self, q=None) -> np.ndarray:
@@ -270,6 +287,7 @@ class StructureMap:
             d[2 * p, i] = 1.0
         if self.absorbing and self.refine_kappa:
             d[2 * p + 1, i + int(self.refine_t)] = 1.0
+        d[self.n_core + self.free_m, self.i_m + np.arange(len(self.free_m))] = 1.0
         return d
 
     def q(self, x, iterations: int = 20) -> np.ndarray:

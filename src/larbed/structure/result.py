@@ -37,7 +37,8 @@ NEGATIVE_B_SIGMAS = 3.0
 BOHR_RADIUS_ANGSTROM = 0.529177210903
 
 _UNITS = {"xyz": "1 (fractional)", "b_iso": "Å^2", "u_aniso": "Å^2", "occupancy": "1",
-          "b_global": "Å^2", "ug": "1/Å^2", "thickness": "nm", "absorption": "1"}
+          "b_global": "Å^2", "ug": "1/Å^2", "thickness": "nm", "absorption": "1",
+          "measurement": "1"}  # scale, background (fraction of the incident beam), tilt matrix
 
 
 def parameter_name(label: str) -> str:
@@ -110,6 +111,12 @@ class StructureResult:
     def trustworthy(self) -> bool:
         """False when a warning of kind 'bound', 'chi2' or 'r_factor' was raised."""
         return not untrustworthy(self.warnings)
+
+    @property
+    def measurement(self):
+        """The refined measurement model (``xarray.Dataset`` of values and ``<name>_error``, as
+        :attr:`larbed.refinement.result.RefinementResult.measurement`), or None without one."""
+        return self.refinement.measurement
 
     @property
     def labels(self) -> list[str]:
@@ -208,8 +215,9 @@ def parameters_dataset(labels, kinds, q, cov_q) -> xr.Dataset:
                             "parameter_b": ("parameter_b", list(labels))})
     for lab, kind, v, s in zip(labels, kinds, q, sig, strict=True):
         name = parameter_name(lab)
-        ds[name] = ((), float(v), {"label": lab, "kind": kind, "units": _UNITS[kind]})
-        ds[f"{name}_error"] = ((), float(s), {"label": f"σ {lab}", "units": _UNITS[kind]})
+        units = "mrad" if "[mrad]" in lab else _UNITS[kind]  # the tilt offset c
+        ds[name] = ((), float(v), {"label": lab, "kind": kind, "units": units})
+        ds[f"{name}_error"] = ((), float(s), {"label": f"σ {lab}", "units": units})
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = cov_q / np.outer(sig, sig)
     corr[~np.isfinite(corr)] = np.nan
