@@ -240,6 +240,25 @@ def test_result_round_trip_and_pictures(tmp_path, geo, ug):
         plot_tilt_map(plain)
 
 
+def test_result_with_warnings_saves_with_plain_netcdf(tmp_path, geo, ug):
+    """Warnings are stored as flat 'kind: message' attributes, so xarray's own to_netcdf (with
+    netCDF4's complex support) writes the result too, and from_dataset gives the same warnings back (kind included)."""
+    import xarray as xr
+
+    from larbed.refinement.result import RefinementResult
+
+    pattern = larbed.simulate(geo, ug, 30.0, measurement=Measurement.with_values(background=0.002))
+    bumped = pattern.intensity.values * (1 + 0.05 * np.random.default_rng(0).random(pattern.intensity.shape))
+    res = larbed.refine(bumped, geo, ug, 30.0, real=True, symmetry="crystal", progress=False, max_iter=3,
+                        measurement=Measurement(background="flat"), log_warnings=False)
+    assert [w.kind for w in res.warnings] == ["r_factor"]
+    res.to_dataset().to_netcdf(tmp_path / "plain.nc", engine="netcdf4", auto_complex=True)
+    with xr.open_dataset(tmp_path / "plain.nc", engine="netcdf4", auto_complex=True) as ds:
+        back = RefinementResult.from_dataset(ds.load(), geo)
+    assert [(w.kind, str(w)) for w in back.warnings] == [(w.kind, str(w)) for w in res.warnings]
+    assert back.r_factor == res.r_factor
+
+
 def test_cli_refine_from_a_csv_with_a_crystal(tmp_path, srtio3, capsys):
     from larbed.cli import main
 

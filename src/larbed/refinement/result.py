@@ -107,8 +107,9 @@ class RefinementResult:
         return not untrustworthy(self.warnings)
 
     def to_dataset(self) -> xr.Dataset:
-        """Everything in one Dataset (fit, U_g with errors, covariance, history) for saving;
-        :meth:`from_dataset` reads it back."""
+        """Everything in one Dataset (fit, U_g with errors, covariance, history) for saving
+        (:func:`larbed.save_pattern`, which keeps complex values exact); :meth:`from_dataset`
+        reads it back."""
         from ..schema import attach_ug
 
         ds = self.fit.copy()
@@ -130,7 +131,8 @@ class RefinementResult:
             "n_iterations": self.n_iterations,
             "absorption": "none" if self.absorption is None else self.absorption,
             "absorption_error": "none" if self.absorption_error is None else self.absorption_error,
-            "warnings": [[getattr(w, "kind", "r_factor"), str(w)] for w in self.warnings],
+            # flat "kind: message" strings: netCDF attributes cannot be nested lists
+            "warnings": [f"{getattr(w, 'kind', 'r_factor')}: {w}" for w in self.warnings],
             "r_free": self.r_free, "holdout_tilts": np.asarray(self.holdout_tilts, int).tolist(),
             "residual_correlation": self.residual_correlation,
             "error_inflation": self.error_inflation,
@@ -176,7 +178,7 @@ class RefinementResult:
             fit = fit.drop_vars([c for c in ("parameter", "parameter_b", "iteration")
                                  if c in fit.coords])
             fit["ug"] = ds["ug"]
-            warnings = [FitWarning(k, m) for k, m in a.get("warnings", [])]
+            warnings = [_warning_from(w) for w in np.atleast_1d(a.get("warnings", [])) if len(w)]
             measurement = _measurement_from(ds)
         except (KeyError, ValueError) as exc:
             raise ValueError(f"dataset does not hold a larbed refinement result: {exc}") from exc
@@ -201,6 +203,17 @@ class RefinementResult:
                    error_inflation=float(a.get("error_inflation", 1.0)),
                    variance_model=None if isinstance(a.get("variance_model", "none"), str)
                    else tuple(float(v) for v in np.ravel(a["variance_model"])))
+
+
+def _warning_from(item) -> FitWarning:
+    """A FitWarning from its saved form: "kind: message" (or a [kind, message] pair)."""
+    if isinstance(item, str):
+        kind, sep, message = item.partition(": ")
+        if not sep:
+            raise ValueError(f"saved warning {item!r} is not 'kind: message'")
+        return FitWarning(kind, message)
+    kind, message = item
+    return FitWarning(str(kind), str(message))
 
 
 def _measurement_from(ds: xr.Dataset):
