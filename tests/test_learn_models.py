@@ -15,6 +15,10 @@ from larbed.learn.dataset import generate_dataset
 #: float32 network outputs computed along two graph layouts (cached features vs full model).
 FLOAT32_RTOL = 1e-4
 FLOAT32_ATOL = 1e-5
+#: After training steps: Adam's normalised updates amplify those float32 differences of the
+#: gradients (measured up to 4.9e-5 on outputs of ~0.15 after two epochs, CPU-dependent oneDNN
+#: kernels), far below the outputs themselves.
+FLOAT32_TRAINED_ATOL = 5e-4
 
 
 def test_import_larbed_does_not_import_tensorflow():
@@ -133,7 +137,7 @@ def test_cached_features_are_the_same_model(small_geometry):
     lb, _ = full.fit(imgs[:20], y[:20], 2, np.random.default_rng(0))
     np.testing.assert_allclose(la, lb, rtol=FLOAT32_RTOL)
     np.testing.assert_allclose(
-        cached.predict(feats), full.predict(imgs), rtol=FLOAT32_RTOL, atol=FLOAT32_ATOL
+        cached.predict(feats), full.predict(imgs), rtol=0, atol=FLOAT32_TRAINED_ATOL
     )
 
 

@@ -383,6 +383,8 @@ def _result(su: _Setup, state: LMState, ref, crystal, geometry, parameterization
     cov_q, _ = covariance(state.hess, gauge_basis(smap, geometry, state.q))
     if su.weights == "none":
         cov_q = cov_q * ref.chi2
+    # the inflation for residuals correlated between neighbouring tilts, as the U_g errors have
+    cov_q = cov_q * ref.error_inflation**2
     fixed = dict(su.fixed)
     for label, var in zip(smap.labels, np.diag(cov_q), strict=True):
         if not np.isfinite(var):  # a null direction of JᵀWJ (restore_undetermined held it)

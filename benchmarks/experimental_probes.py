@@ -1,0 +1,177 @@
+"""What more physics could explain of the experimental SrTiO3 misfit: per-tilt probes.
+
+Usage::
+
+    python benchmarks/experimental_probes.py [--data ../shared/data/experimental/sto120kv]
+        [--out bench-sto120kv] [--json benchmarks/results/experimental_probes.json]
+
+Starts from the refinement of ``benchmarks/experimental_sto120kv.py`` (the same settings and
+checkpoint in ``--out``: a finished run there is reused, otherwise it is refined here) and asks
+how much of the residual each candidate mechanism can take up when it is given one free value
+*per tilt* — an upper bound on what the mechanism explains:
+
+* ``tilt_jitter``: an own tilt shift δ_t (2 per tilt; Gauss–Newton on central differences);
+* ``thickness``: an own thickness t_t (a wedge or a beam wandering over the crystal), from a
+  thickness series around the refined t;
+* ``per_tilt_background``: an own flat background level β_t (linear least squares with the
+  per-tilt scale).
+
+For each, R before and after, and how much of the per-tilt values a smooth (polynomial, degree
+≤ 3) function of the tilt explains: a physical mechanism (a distortion of the tilt coils, a
+thickness wedge) is smooth over the disc, fitted noise or misfit is not. The data are read from
+``--data`` (not part of the repository); the script exits 2 when they are missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import larbed
+from larbed import Measurement
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _machine import cpu_model, report  # noqa: E402
+from experimental_sto120kv import DEFAULT_DATA, measurement_for  # noqa: E402
+
+#: Central-difference step of the tilt derivatives [mrad].
+TILT_STEP_MRAD = 0.05
+#: Largest tilt change of one Gauss–Newton step [mrad].
+MAX_STEP_MRAD = 1.0
+#: Thickness series of the per-tilt thickness probe: refined t ± this [nm], step THICKNESS_STEP_NM.
+THICKNESS_SPAN_NM = 5.0
+THICKNESS_STEP_NM = 0.1
+
+
+def _r(data, model) -> float:
+    return float(np.abs(data - model).sum() / data.sum())
+
+
+def _smooth_fraction(tilts: np.ndarray, values: np.ndarray, degree: int = 3) -> float:
+    """Fraction of the variance of ``values`` (n_tilts,) a polynomial of the tilt explains."""
+    x, y = ((tilts - tilts.mean(axis=0)) / np.ptp(tilts, axis=0).max()).T
+    basis = np.stack([x**i * y**j for i in range(degree + 1) for j in range(degree + 1 - i)], 1)
+    coef, *_ = np.linalg.lstsq(basis, values, rcond=None)
+    return float(1.0 - np.var(values - basis @ coef) / np.var(values))
+
+
+class Probe:
+    """The refined model, split into its parts: I_dyn at the true tilts, background, scale."""
+
+    def __init__(self, res, geometry, data, measurement: Measurement):
+        self.res, self.geometry, self.data = res, geometry, data
+        m = res.measurement
+        self.theta = geometry.tilt_mrad @ m.tilt_matrix.values.T + m.tilt_offset_mrad.values
+        a, b = measurement.background_terms(geometry)
+        self.background = np.einsum("k,kt,kb->tb", np.atleast_1d(m.background.values), a, b)
+
+    def dynamical(self, tilts, thickness_nm=None):
+        geo = larbed.Geometry(self.geometry.crystal, self.geometry.voltage_kv,
+                              self.geometry.zone_axis, self.geometry.n_beams, tilts_mrad=tilts)
+        t = self.res.thickness_nm if thickness_nm is None else thickness_nm
+        return larbed.simulate(geo, self.res.ug, t).intensity.values
+
+    def measured(self, dyn):
+        m = dyn + self.background
+        return m * (self.data.sum(axis=-1) / m.sum(axis=-1))[..., None]
+
+    def tilt_jitter(self, iterations: int = 4) -> dict:
+        d, h = self.data, TILT_STEP_MRAD
+        delta = np.zeros_like(self.theta)
+        for _ in range(iterations):
+            th = self.theta + delta
+            dyn = self.dynamical(th)
+            s = (d.sum(1) / (dyn + self.background).sum(1))[:, None]
+            grads = [(self.dynamical(th + e) - self.dynamical(th - e)) / (2 * h)
+                     for e in (np.array([h, 0.0]), np.array([0.0, h]))]
+            jac = np.stack([s * g for g in grads], axis=2)
+            r = d - s * (dyn + self.background)
+            step = np.linalg.solve(np.einsum("mni,mnj->mij", jac, jac) + 1e-12 * np.eye(2),
+                                   np.einsum("mni,mn->mi", jac, r)[..., None])[..., 0]
+            delta += np.clip(step, -MAX_STEP_MRAD, MAX_STEP_MRAD)
+        r_after = _r(d, self.measured(self.dynamical(self.theta + delta)))
+        radius = np.linalg.norm(self.geometry.tilt_mrad - self.geometry.tilt_mrad.mean(0), axis=1)
+        return {"free_values": 2 * len(delta), "r_after": r_after,
+                "rms_shift_mrad": np.sqrt((delta**2).mean(axis=0)).tolist(),
+                "median_shift_inner_half_mrad": float(np.median(np.linalg.norm(
+                    delta[radius < np.median(radius)], axis=1))),
+                "median_shift_outer_half_mrad": float(np.median(np.linalg.norm(
+                    delta[radius >= np.median(radius)], axis=1))),
+                "smooth_fraction": [_smooth_fraction(self.geometry.tilt_mrad, delta[:, k])
+                                    for k in range(2)]}
+
+    def thickness(self) -> dict:
+        t0 = self.res.thickness_nm
+        ts = np.arange(t0 - THICKNESS_SPAN_NM, t0 + THICKNESS_SPAN_NM + 1e-9, THICKNESS_STEP_NM)
+        model = self.measured(self.dynamical(self.theta, ts))  # (n_t, M, N)
+        err = np.abs(self.data[None] - model).sum(axis=2)
+        best = ts[np.argmin(err, axis=0)]
+        return {"free_values": len(best), "r_after": float(err.min(axis=0).sum() / self.data.sum()),
+                "thickness_nm_percentiles_5_50_95": np.percentile(best, [5, 50, 95]).tolist(),
+                "thickness_std_nm": float(best.std()),
+                "smooth_fraction": _smooth_fraction(self.geometry.tilt_mrad, best)}
+
+    def per_tilt_background(self, fit) -> dict:
+        out = np.empty_like(self.data)
+        levels = np.empty(len(out))
+        for t in range(len(out)):
+            basis = np.stack([fit[t], np.ones_like(fit[t])], axis=1)
+            coef, *_ = np.linalg.lstsq(basis, self.data[t], rcond=None)
+            out[t], levels[t] = basis @ coef, coef[1]
+        return {"free_values": len(levels), "r_after": _r(self.data, out),
+                "level_percentiles_5_50_95": np.percentile(levels, [5, 50, 95]).tolist(),
+                "smooth_fraction": _smooth_fraction(self.geometry.tilt_mrad, levels)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap.add_argument("--max-iter", type=int, default=60)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    csv = args.data / "sto120kv.csv"
+    if not csv.exists():
+        print(f"the experimental data are not at {csv}: give --data (see its PROVENANCE.md)",
+              file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("numba").setLevel(logging.WARNING)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    crystal = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
+    geometry = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1))
+    pattern = larbed.read_csv(csv, geometry)
+    ug_iam = larbed.compute_ug(crystal, geometry)
+    scan = larbed.thickness_scan(pattern, geometry, ug_iam, np.arange(5.0, 30.0 + 1e-9, 0.25),
+                                 measurement=Measurement(scale="per_tilt", background="flat"))
+    meas = measurement_for("smooth")
+    res = larbed.refine(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"],
+                        measurement=meas, real=True, symmetry="crystal", weights="none",
+                        poisson_passes=1, holdout=0.1, seed=0, max_iter=args.max_iter,
+                        progress=False, checkpoint=args.out / "refine_checkpoint.json")
+    data = pattern.intensity.values
+    probe = Probe(res, geometry, data, meas)
+    r0 = _r(data, res.fit.intensity.values)
+    result = {"machine": cpu_model(), "data": str(csv), "r_refined": r0,
+              "thickness_nm": res.thickness_nm}
+    for name, run in (("tilt_jitter", probe.tilt_jitter), ("thickness", probe.thickness),
+                      ("per_tilt_background", lambda: probe.per_tilt_background(
+                          res.fit.intensity.values))):
+        logging.info("probe %s", name)
+        out = run()
+        out["r_ratio"] = out["r_after"] / r0
+        result[name] = out
+    result["total_s"] = time.perf_counter() - t0
+    result["command"] = "python benchmarks/experimental_probes.py " + " ".join(argv or sys.argv[1:])
+    report(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
