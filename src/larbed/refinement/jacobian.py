@@ -298,9 +298,29 @@ class WeightedProblem:
         return r, inten
 
     def normal_equations(self, q):
-        """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk."""
+        """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk.
+
+        After :meth:`ForwardModel.reduce_to` the sums run over the Jacobian's own columns and meet
+        ∂x/∂q once at the end (Dᵀ(JᵀWJ)D), with a per-beam background's columns summed in closed
+        form (:class:`~larbed.refinement.measured.BeamBlock`); otherwise J is mapped to q chunk
+        by chunk.
+        """
+        if self.reduced:
+            hess, grad, inten = self._sums_in_columns(self.pmap.x(q))
+        else:
+            hess, grad, inten = self._sums_in_q(q)
+        r = self._weighted(inten)
+        if self.prior_idx.size:
+            rows = self._prior_rows(q)
+            r = np.concatenate([r, rows])
+            jp = self._prior_jacobian(q)
+            hess += jp.T @ jp
+            grad += jp.T @ rows
+        return r, inten, hess, grad
+
+    def _sums_in_q(self, q):
         x = self.pmap.x(q)
-        d = np.ascontiguousarray(self.model.reduced_d() if self.reduced else self.pmap.dx(q))
+        d = np.ascontiguousarray(self.pmap.dx(q))
         n_tilts, n_beams = self.data.shape
         n_q = self.pmap.n_q
         hess = np.zeros((n_q, n_q))
@@ -317,15 +337,48 @@ class WeightedProblem:
             # JᵀJ by a symmetric rank-k update (half the work of jq.T @ jq), upper triangle
             hess = _syrk(jq, hess)
             grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())[keep]
-        hess = np.triu(hess) + np.triu(hess, 1).T
-        r = self._weighted(inten)
-        if self.prior_idx.size:
-            rows = self._prior_rows(q)
-            r = np.concatenate([r, rows])
-            jp = self._prior_jacobian(q)
-            hess += jp.T @ jp
-            grad += jp.T @ rows
-        return r, inten, hess, grad
+        return np.triu(hess) + np.triu(hess, 1).T, grad, inten
+
+    def _sums_in_columns(self, x):
+        d = self.model.reduced_d()
+        n_tilts, n_beams = self.data.shape
+        parts = getattr(self.model, "jacobian_parts", None)
+        inten = np.empty((n_tilts, n_beams))
+        h_aa = g_a = h_ba = h_bb = g_b = None
+        for lo in range(0, n_tilts, self.chunk):
+            hi = min(lo + self.chunk, n_tilts)
+            if parts is None:
+                part, a = self.model.jacobian(x, slice(lo, hi))
+                cols, block = np.arange(a.shape[2]), None
+            else:
+                part, a, cols, block = parts(x, slice(lo, hi))
+            inten[lo:hi] = part
+            sw = self.sw[lo * n_beams:hi * n_beams].reshape(hi - lo, n_beams)
+            rw = sw * np.nan_to_num(part - self.data[lo:hi])
+            a *= sw[:, :, None]
+            if not np.all(sw > 0):
+                a[sw == 0] = 0.0  # not measured (or held out): nothing, not even a NaN scale
+            flat = a.reshape(-1, a.shape[2])
+            if h_aa is None:
+                h_aa, g_a = np.zeros((cols.size, cols.size)), np.zeros(cols.size)
+            h_aa = _syrk(flat, h_aa)  # JᵀJ by a symmetric rank-k update, upper triangle
+            g_a += flat.T @ rw.ravel()
+            if block is not None:
+                terms = block.normal_terms(a, sw, rw)
+                h_ba, h_bb, g_b = terms if h_ba is None else (h_ba + terms[0], h_bb + terms[1],
+                                                              g_b + terms[2])
+        n_cols = d.shape[0]
+        hx, gx = np.zeros((n_cols, n_cols)), np.zeros(n_cols)
+        hx[np.ix_(cols, cols)] = np.triu(h_aa) + np.triu(h_aa, 1).T
+        gx[cols] = g_a
+        if h_ba is not None:
+            bc = block.cols
+            hx[np.ix_(bc, cols)] = h_ba
+            hx[np.ix_(cols, bc)] = h_ba.T
+            hx[np.ix_(bc, bc)] = h_bb
+            gx[bc] = g_b
+        hess = d.T @ hx @ d
+        return 0.5 * (hess + hess.T), d.T @ gx, inten
 
     def clip(self, q):
         """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0); a parameter map with
@@ -350,6 +403,8 @@ def _syrk(a: np.ndarray, c: np.ndarray) -> np.ndarray:
 
     if a.shape[0] == 0:
         return c
+    if a.flags.c_contiguous:  # aᵀ is Fortran-ordered: no copy
+        return dsyrk(1.0, a.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
     return dsyrk(1.0, a, beta=1.0, c=c, trans=1, lower=0, overwrite_c=1)
 
 
