@@ -345,6 +345,41 @@ def test_reduced_kernels_give_the_same_normal_equations(srtio3, case):
     np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-12 * np.max(np.abs(g2)))
 
 
+def test_jacobian_reuses_the_eigensystems_of_the_forward_pass_at_the_same_point(srtio3, monkeypatch):
+    """After a forward pass (LM's trial residual) the normal equations at the same point take its
+    eigensystems instead of decomposing again, and give the same numbers; at another point they
+    decompose afresh."""
+    from larbed import bloch
+    from larbed.refinement import api
+    from larbed.refinement.jacobian import WeightedProblem
+
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 21, 49, 50)
+    ug = larbed.compute_ug(srtio3, geo)
+    su = api._setup(larbed.simulate(geo, ug, 20.0), geo, ug, 20.0, refine_thickness=True,
+                    weights="none", dose=None, symmetry="crystal", real=True, absorption=None,
+                    refine_absorption=False, refine_reflections=None, prior=None, max_iter=5,
+                    measurement=Measurement(scale="per_tilt", background="per_beam",
+                                            tilt_map="affine"))
+    q = su.pmap.q(su.x0) + np.random.default_rng(0).normal(0, 1e-4, su.pmap.n_q)
+    prob = WeightedProblem(su.model, su.pmap, su.exp, np.ones_like(su.exp))
+    _, i0, h0, g0 = prob.normal_equations(q)
+    calls = []
+    given = bloch._kernels.jacobian_q_real_given
+    monkeypatch.setattr(bloch._kernels, "jacobian_q_real_given",
+                        lambda *args: calls.append(1) or given(*args))
+    r, inten = prob.residual(q)
+    _, i1, h1, g1 = prob.normal_equations(q)
+    assert calls  # reused
+    np.testing.assert_allclose(inten, i0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(i1, i0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(h1, h0, rtol=0, atol=1e-12 * np.max(np.abs(h0)))
+    np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-12 * np.max(np.abs(g0)))
+    calls.clear()
+    prob.residual(q + 1e-4)
+    prob.normal_equations(q)
+    assert not calls  # another point: decomposed afresh
+
+
 def test_thickness_scan_with_a_measurement(geo, ug):
     meas = Measurement.with_values(scale=0.7, background=0.004)
     pattern = larbed.simulate(geo, ug, 31.0, measurement=meas)

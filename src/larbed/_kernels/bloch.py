@@ -447,6 +447,41 @@ def jacobian_q_real(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kapp
 
 
 @njit(parallel=True, cache=True)
+def jacobian_q_real_given(w_all, c_all, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac,
+                          u0s, ddirs, out_i, out_j):
+    """:func:`jacobian_q_real` from eigensystems already at hand: w_all (n_tilts, n), c_all
+    (n_tilts, n, n) (e.g. from :func:`intensities_real_kept` at the same matrices)."""
+    dr = np.ascontiguousarray(ddirs.real)
+    for m in prange(w_all.shape[0]):
+        tilt_jacobian_q_real(w_all[m], c_all[m], TWO_PI * thickness, pos_col, pos_w, col_fac,
+                             n_u, dr, out_i[m], out_j[m])
+
+
+@njit(cache=True)
+def _propagate_real(w, c, thickness, out_m):
+    """|C diag(e^{2πiλt}) Cᵀe₀|² in real arithmetic for every thickness: out_m (n_thickness, n)."""
+    x = c[0, :].copy()
+    n = w.shape[0]
+    for it in range(thickness.shape[0]):
+        ph = TWO_PI * w * thickness[it]
+        pr = c @ (np.cos(ph) * x)
+        pi = c @ (np.sin(ph) * x)
+        for i in range(n):
+            out_m[it, i] = pr[i] * pr[i] + pi[i] * pi[i]
+
+
+@njit(parallel=True, cache=True)
+def intensities_real_kept(offdiag, diag, thickness, out, w_out, c_out):
+    """:func:`intensities_real` that also writes each tilt's eigensystem: w_out (n_tilts, n),
+    c_out (n_tilts, n, n), for a Jacobian at the same matrices (:func:`jacobian_q_real_given`)."""
+    for m in prange(diag.shape[0]):
+        w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+        w_out[m, :] = w
+        c_out[m, :, :] = c
+        _propagate_real(w_out[m], c_out[m], thickness, out[:, m, :])
+
+
+@njit(parallel=True, cache=True)
 def jacobian_q_hermitian(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac,
                          u0s, ddirs, out_i, out_j):
     """:func:`tilt_jacobian_q` over tilts, complex Hermitian matrices."""

@@ -18,8 +18,14 @@ from ..simulation import simulate
 from ..threads import uses_kernels
 from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness, free_x
 
-__all__ = ["JACOBIAN_CHUNK_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
+__all__ = ["JACOBIAN_CHUNK_BYTES", "KEEP_EIGENSYSTEMS_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
            "intensity_jacobian", "masked_r", "simulated_chunks"]
+
+
+#: A forward pass over the whole pattern on the real path keeps its eigensystems when they take at
+#: most this many bytes: the Jacobian at the same point (LM's next normal equations after an
+#: accepted trial) then skips the decompositions.
+KEEP_EIGENSYSTEMS_BYTES = 512 * 2**20
 
 
 class ForwardModel:
@@ -58,10 +64,28 @@ class ForwardModel:
         ug, t, kappa = self.unpack(x)
         thick = np.atleast_1d(np.asarray(t if thickness_nm is None else thickness_nm, float)) * 10.0
         off, dg, path = self._matrices(ug, kappa, False, tilts_mrad)
-        if rows is not None:
+        whole = rows is None or rows == slice(None)
+        if (path == "real" and whole and thickness_nm is None and self.reduction is not None
+                and 8 * dg.size * (dg.shape[1] + 1) <= KEEP_EIGENSYSTEMS_BYTES):
+            out, w, c = bloch.intensities_kept(off, dg, thick)
+            self._kept = (off, dg, w, c)
+            return out[0]
+        if not whole:
             dg = np.ascontiguousarray(dg[rows])
         out = bloch.intensities(off, dg, path, thick)
         return out[0] if thickness_nm is None else out
+
+    #: (offdiag, diag, λ, C) of the last forward pass on the real path (see :meth:`intensities`).
+    _kept: tuple | None = None
+
+    def _kept_eigensystems(self, off, dg, path, rows):
+        """(λ, C) of the tilts ``rows`` when the last forward pass had these very matrices."""
+        kept = self._kept
+        if (kept is None or path != "real" or not np.array_equal(kept[0], off)
+                or not np.array_equal(kept[1], dg)):
+            return None
+        rows = slice(None) if rows is None else rows
+        return kept[2][rows], kept[3][rows]
 
     #: Set by :meth:`reduce_to`: the U part of the Jacobian summed straight into free parameters.
     reduction: dict | None = None
@@ -111,14 +135,16 @@ class ForwardModel:
         return self.reduction["d"]
 
     def _kernel_inputs(self, x, rows, tilts_mrad, tilt_columns):
-        """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions) for a Jacobian."""
+        """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions, the kept
+        eigensystems of ``rows`` or None) for a Jacobian."""
         ug, t, kappa = self.unpack(x)
         off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
+        eig = self._kept_eigensystems(off, dg, path, rows)
         if rows is not None:
             dg = np.ascontiguousarray(dg[rows])
         fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
         dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
-        return ug, t, off, dg, path, fac, dirs
+        return ug, t, off, dg, path, fac, dirs, eig
 
     def _with_kappa_column(self, out_j: np.ndarray, k: int) -> np.ndarray:
         """Insert a zero κ column at ``k`` when κ is modelled but not refined."""
@@ -129,7 +155,7 @@ class ForwardModel:
 
     def _jacobian_reduced(self, x, rows, tilts_mrad, tilt_columns):
         red = self.reduction
-        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
+        ug, t, off, dg, path, fac, dirs, eig = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         col_fac = np.where(red["is_im"], 1j * fac, fac)
         pos_col, pos_w = red["pos_col"], red["pos_w"]
         if self.kappa_column:
@@ -141,7 +167,7 @@ class ForwardModel:
             pos_w[:, :, 2] = ug_matrix(self.geometry, ug)
         out_i, out_j = bloch.jacobian_q(off, dg, path, 10.0 * t, pos_col, pos_w, col_fac,
                                         self.kappa_column, 1j * self.inv2k, self.u0 * self.inv2k,
-                                        dirs)
+                                        dirs, eigensystems=eig)
         nu = red["n_u"]
         out_j[:, :, nu] *= 10.0  # per Å → per nm
         return out_i, self._with_kappa_column(out_j, nu + 1)
@@ -154,7 +180,7 @@ class ForwardModel:
         parameters instead (columns [U-part q, t, (κ), (θ)]; :meth:`reduced_d` maps them to q)."""
         if self.reduction is not None:
             return self._jacobian_reduced(x, rows, tilts_mrad, tilt_columns)
-        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
+        ug, t, off, dg, path, fac, dirs, _ = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         out_i, out_j = bloch.jacobian(off, dg, path, 10.0 * t, self.geometry, ug, fac, self.u0,
                                       self.kappa_column, dirs)
         out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
