@@ -2,7 +2,9 @@
 
 :class:`ForwardModel` maps the full parameter vector to intensities and derivatives through
 :mod:`larbed.bloch`; :class:`WeightedProblem` forms the weighted residuals and sums JᵀWJ and JᵀWr
-over tilt chunks of :data:`JACOBIAN_CHUNK_BYTES`, so memory stays bounded at any size.
+over tilt chunks of :data:`JACOBIAN_CHUNK_BYTES`, so memory stays bounded at any size. A forward
+pass over the whole pattern on the real path keeps its eigensystems (up to
+:data:`KEEP_EIGENSYSTEMS_BYTES`) for the Jacobian at the same point.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from ..simulation import simulate
 from ..threads import uses_kernels
 from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness, free_x
 
-__all__ = ["JACOBIAN_CHUNK_BYTES", "KEEP_EIGENSYSTEMS_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
-           "intensity_jacobian", "masked_r", "simulated_chunks"]
+__all__ = ["JACOBIAN_CHUNK_BYTES", "KEEP_EIGENSYSTEMS_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel",
+           "WeightedProblem", "intensity_jacobian", "masked_r", "simulated_chunks"]
 
 
 #: A forward pass over the whole pattern on the real path keeps its eigensystems when they take at
@@ -66,7 +68,7 @@ class ForwardModel:
         off, dg, path = self._matrices(ug, kappa, False, tilts_mrad)
         whole = rows is None or rows == slice(None)
         if (path == "real" and whole and thickness_nm is None and self.reduction is not None
-                and 8 * dg.size * (dg.shape[1] + 1) <= KEEP_EIGENSYSTEMS_BYTES):
+                and 8 * dg.size * (dg.shape[1] + 1) <= KEEP_EIGENSYSTEMS_BYTES):  # λ and C
             out, w, c = bloch.intensities_kept(off, dg, thick)
             self._kept = (off, dg, w, c)
             return out[0]

@@ -10,6 +10,10 @@ vector: x = [Re U (P), Im U (P), t, (κ), global s, background, tilt map]. Chain
 * global scale: I = s m, ∂I/∂s = m, ∂I/∂p = s ∂m/∂p;
 * per-tilt scale s_t = Σ_b D_tb / Σ_b m_tb over the measured beams of tilt t (analytic, not a
   parameter): ∂I/∂p = s_t (∂m/∂p − m Σ_b ∂m_b/∂p / Σ_b m_b).
+
+A per-beam background's n_beams columns are the identity before the scale, so
+:meth:`MeasuredModel.jacobian_parts` leaves them out and a :class:`BeamBlock` gives their share of
+the normal equations in closed form.
 """
 
 from __future__ import annotations
