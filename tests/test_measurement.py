@@ -321,10 +321,13 @@ def test_iam_prior_keeps_weak_ug_near_the_atoms(geo, ug, srtio3):
         larbed.iam_prior(srtio3, geo, relative=0)
 
 
-@pytest.mark.parametrize("case", ["real", "complex", "measured", "absorbing"])
+@pytest.mark.parametrize("case", ["real", "complex", "measured", "absorbing", "per_beam",
+                                  "per_beam_global", "per_beam_unscaled"])
 def test_reduced_kernels_give_the_same_normal_equations(srtio3, case):
     """The U part summed into the free parameters inside the kernels (symmetry ties, real
-    arithmetic) gives JᵀWJ and JᵀWr equal to the full Jacobian's to round-off."""
+    arithmetic), and a per-beam background's columns summed in closed form, give JᵀWJ and JᵀWr
+    equal to the full Jacobian's to round-off (with unmeasured points in the per-beam cases, a
+    tilt held out and non-uniform weights)."""
     from larbed.origin import shift_origin
     from larbed.refinement import api
     from larbed.refinement.jacobian import WeightedProblem
@@ -332,15 +335,25 @@ def test_reduced_kernels_give_the_same_normal_equations(srtio3, case):
     geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 21, 49, 50)
     ug = larbed.compute_ug(srtio3, geo)
     meas = {"measured": Measurement(scale="per_tilt", background="smooth", tilt_map="affine"),
-            "absorbing": Measurement(scale="global", absorption="proportional", tilt_map="shift")
+            "absorbing": Measurement(scale="global", absorption="proportional", tilt_map="shift"),
+            "per_beam": Measurement(scale="per_tilt", background="per_beam", tilt_map="affine"),
+            "per_beam_global": Measurement(scale="global", background="per_beam", tilt_map="shift"),
+            "per_beam_unscaled": Measurement(background="per_beam"),
             }.get(case)
     start = shift_origin(geo, ug, (0.1, 0.2)) if case == "complex" else ug
-    su = api._setup(larbed.simulate(geo, ug, 20.0), geo, start, 20.0, refine_thickness=True,
+    pattern = larbed.simulate(geo, ug, 20.0)
+    if case.startswith("per_beam"):
+        values = pattern.intensity.values.copy()
+        values[np.random.default_rng(1).random(values.shape) < 0.1] = np.nan
+        pattern["intensity"] = pattern.intensity.copy(data=values)
+    su = api._setup(pattern, geo, start, 20.0, refine_thickness=True,
                     weights="none", dose=None, symmetry=None if case == "complex" else "crystal",
                     real=case != "complex", absorption=None, refine_absorption=False,
                     refine_reflections=None, prior=None, max_iter=5, measurement=meas)
     q = su.pmap.q(su.x0) + np.random.default_rng(0).normal(0, 1e-4, su.pmap.n_q)
-    prob = WeightedProblem(su.model, su.pmap, su.exp, np.ones_like(su.exp))
+    weights = np.random.default_rng(2).uniform(0.5, 2.0, su.exp.shape)
+    weights[3] = 0.0  # a tilt held out of the fit
+    prob = WeightedProblem(su.model, su.pmap, su.exp, weights)
     assert prob.reduced
     _, i1, h1, g1 = prob.normal_equations(q)
     (su.model.core if meas is not None else su.model).reduction = None
@@ -349,6 +362,41 @@ def test_reduced_kernels_give_the_same_normal_equations(srtio3, case):
     np.testing.assert_allclose(i1, i2, rtol=0, atol=1e-14)
     np.testing.assert_allclose(h1, h2, rtol=0, atol=1e-12 * np.max(np.abs(h2)))
     np.testing.assert_allclose(g1, g2, rtol=0, atol=1e-12 * np.max(np.abs(g2)))
+
+
+def test_jacobian_reuses_the_eigensystems_of_the_forward_pass_at_the_same_point(srtio3, monkeypatch):
+    """After a forward pass (LM's trial residual) the normal equations at the same point take its
+    eigensystems instead of decomposing again, and give the same numbers; at another point they
+    decompose afresh."""
+    from larbed import bloch
+    from larbed.refinement import api
+    from larbed.refinement.jacobian import WeightedProblem
+
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 21, 49, 50)
+    ug = larbed.compute_ug(srtio3, geo)
+    su = api._setup(larbed.simulate(geo, ug, 20.0), geo, ug, 20.0, refine_thickness=True,
+                    weights="none", dose=None, symmetry="crystal", real=True, absorption=None,
+                    refine_absorption=False, refine_reflections=None, prior=None, max_iter=5,
+                    measurement=Measurement(scale="per_tilt", background="per_beam",
+                                            tilt_map="affine"))
+    q = su.pmap.q(su.x0) + np.random.default_rng(0).normal(0, 1e-4, su.pmap.n_q)
+    prob = WeightedProblem(su.model, su.pmap, su.exp, np.ones_like(su.exp))
+    _, i0, h0, g0 = prob.normal_equations(q)
+    calls = []
+    given = bloch._kernels.jacobian_q_real_given
+    monkeypatch.setattr(bloch._kernels, "jacobian_q_real_given",
+                        lambda *args: calls.append(1) or given(*args))
+    r, inten = prob.residual(q)
+    _, i1, h1, g1 = prob.normal_equations(q)
+    assert calls  # reused
+    np.testing.assert_allclose(inten, i0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(i1, i0, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(h1, h0, rtol=0, atol=1e-12 * np.max(np.abs(h0)))
+    np.testing.assert_allclose(g1, g0, rtol=0, atol=1e-12 * np.max(np.abs(g0)))
+    calls.clear()
+    prob.residual(q + 1e-4)
+    prob.normal_equations(q)
+    assert not calls  # another point: decomposed afresh
 
 
 def test_thickness_scan_with_a_measurement(geo, ug):

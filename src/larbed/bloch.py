@@ -21,7 +21,8 @@ from .structure_factors import ug_matrix
 from .symmetry import tilt_symmetry
 from .threads import kernel_threads
 
-__all__ = ["eigensystems", "intensities", "is_real_ug", "jacobian", "jacobian_q", "prepare_matrices"]
+__all__ = ["eigensystems", "intensities", "intensities_kept", "is_real_ug", "jacobian", "jacobian_q",
+           "prepare_matrices"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,19 @@ def intensities(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath,
     return out
 
 
+def intensities_kept(offdiag: np.ndarray, diag: np.ndarray, thickness_a: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`intensities` on the real path, with the eigensystems it computed: (I (thickness,
+    tilt, beam), λ (tilt, n), C (tilt, n, n)) for :func:`jacobian_q` at the same matrices."""
+    thick = np.ascontiguousarray(np.atleast_1d(thickness_a), dtype=float)
+    m, n = diag.shape
+    out = np.full((thick.size, m, n), np.nan)
+    w, c = np.empty((m, n)), np.empty((m, n, n))
+    with kernel_threads():
+        _kernels.intensities_real_kept(offdiag, np.ascontiguousarray(diag), thick, out, w, c)
+    return out, w, c
+
+
 def jacobian(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a: float,
              geometry: Geometry, ug: np.ndarray, fac: complex, u0: float,
              kappa_column: bool, diag_directions: np.ndarray | None = None
@@ -130,13 +144,16 @@ def jacobian(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a
 
 def jacobian_q(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness_a: float,
                pos_col: np.ndarray, pos_w: np.ndarray, col_fac: np.ndarray, kappa: bool,
-               kfac: complex, u0s: float, diag_directions: np.ndarray | None = None
+               kfac: complex, u0s: float, diag_directions: np.ndarray | None = None,
+               eigensystems: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
     """Intensities (tilt, beam) and derivatives summed into free parameters (tilt, beam, column):
     columns [U-part q (``len(col_fac)``), t (per Å), κ (when ``kappa``), diagonal directions]
     (see :func:`larbed._kernels.bloch.tilt_jacobian_q`). ``pos_col``/``pos_w`` (n, n, e): the
     columns and weights each structure-matrix position feeds; with ``kappa`` also row
-    ``len(col_fac)`` with weights U_ab (complex; general path)."""
+    ``len(col_fac)`` with weights U_ab (complex; general path). On the real path
+    ``eigensystems`` (λ, C) of these matrices (from :func:`intensities_kept`) skip the
+    decompositions."""
     _check_path(path)
     m, n = diag.shape
     n_u = len(col_fac)
@@ -145,6 +162,14 @@ def jacobian_q(offdiag: np.ndarray, diag: np.ndarray, path: EigenPath, thickness
     out_i = np.empty((m, n))
     out_j = np.empty((m, n, n_u + 1 + int(kappa) + dirs.shape[0]))
     weights = np.ascontiguousarray(pos_w, dtype=complex if path == "general" else float)
+    if eigensystems is not None and path == "real":
+        with kernel_threads():
+            _kernels.jacobian_q_real_given(*eigensystems, float(thickness_a),
+                                           np.ascontiguousarray(pos_col, dtype=np.int64), weights,
+                                           np.ascontiguousarray(col_fac, dtype=complex), n_u,
+                                           bool(kappa), complex(kfac), float(u0s), dirs, out_i,
+                                           out_j)
+        return out_i, out_j
     with kernel_threads():
         _JACOBIAN_Q[path](offdiag, np.ascontiguousarray(diag), float(thickness_a),
                           np.ascontiguousarray(pos_col, dtype=np.int64), weights,

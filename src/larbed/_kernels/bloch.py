@@ -615,7 +615,7 @@ def jacobian_general(offdiag, diag, thickness, pair_index, pair_sign, n_pairs, f
 # 2 Re(col_fac[k] ψ_n* S[n, k]) with S[n, k] = Σ_j C[n, j] Σ_(a,b)∈k w C⁻¹[j, a] B[j, b];
 # col_fac is (1 + iκ)/(2K) for a Re U column and i(1 + iκ)/(2K) for an Im U column. Optional row
 # ``n_u`` (κ): weights U_ab, column 2 Re(i/(2K) ψ* S) − 2τU₀/(2K) I. On the real path C is real and
-# the sums run in real arithmetic.
+# everything runs in real arithmetic (:func:`tilt_jacobian_q_real`).
 @njit(cache=True)
 def _accumulate(cinvt, bt, pos_col, pos_w, y):
     """y[k, j] += w C⁻¹[j, a] B[j, b] over the positions (a, b) of column k."""
@@ -632,27 +632,10 @@ def _accumulate(cinvt, bt, pos_col, pos_w, y):
 
 
 @njit(cache=True)
-def _accumulate_split(cr, bre, bim, pos_col, pos_w, yre, yim):
-    """Real-arithmetic :func:`_accumulate` for a real orthogonal C (C⁻¹ᵀ = C)."""
-    n = cr.shape[0]
-    for a in range(n):
-        for b in range(n):
-            for e in range(pos_col.shape[2]):
-                k = pos_col[a, b, e]
-                if k < 0:
-                    continue
-                w = pos_w[a, b, e]
-                for j in range(n):
-                    wc = w * cr[a, j]
-                    yre[k, j] += wc * bre[b, j]
-                    yim[k, j] += wc * bim[b, j]
-
-
-@njit(cache=True)
 def tilt_jacobian_q(lam, c, cinv, tau, pos_col, pos_w, col_fac, n_u, kappa, kfac, u0s, ddirs,
-                    real_c, out_i, out_j):
-    """Intensities and derivatives in q at one tilt: out_j columns [U-part q (n_u), t (per Å),
-    κ (when ``kappa``), diagonal directions]."""
+                    out_i, out_j):
+    """Intensities and derivatives in q at one tilt (complex C; the Hermitian and general
+    paths): out_j columns [U-part q (n_u), t (per Å), κ (when ``kappa``), diagonal directions]."""
     n = lam.shape[0]
     ex = np.empty(n, dtype=np.complex128)
     v = np.empty(n, dtype=np.complex128)
@@ -671,23 +654,11 @@ def tilt_jacobian_q(lam, c, cinv, tau, pos_col, pos_w, col_fac, n_u, kappa, kfac
         for j in range(n):
             gm[k, j] = f[k, j] * v[k]
     n_rows = n_u + int(kappa)
-    if real_c:
-        cr = np.ascontiguousarray(c.real)
-        bre = cr @ np.ascontiguousarray(gm.real)
-        bim = cr @ np.ascontiguousarray(gm.imag)
-        yre = np.zeros((n_rows, n))
-        yim = np.zeros((n_rows, n))
-        _accumulate_split(cr, bre, bim, pos_col, pos_w.real, yre, yim)
-        crt = np.ascontiguousarray(cr.T)
-        sp = (yre @ crt) + 1j * (yim @ crt)
-        bt = bre + 1j * bim
-        cinvt = c
-    else:
-        bt = c @ gm
-        cinvt = np.ascontiguousarray(cinv.T)
-        y = np.zeros((n_rows, n), dtype=np.complex128)
-        _accumulate(cinvt, bt, pos_col, pos_w, y)
-        sp = y @ np.ascontiguousarray(c.T)
+    bt = c @ gm
+    cinvt = np.ascontiguousarray(cinv.T)
+    y = np.zeros((n_rows, n), dtype=np.complex128)
+    _accumulate(cinvt, bt, pos_col, pos_w, y)
+    sp = y @ np.ascontiguousarray(c.T)
     for i in range(n):
         pc = psi[i].conjugate()
         for k in range(n_u):
@@ -705,14 +676,147 @@ def tilt_jacobian_q(lam, c, cinv, tau, pos_col, pos_w, col_fac, n_u, kappa, kfac
                 out_j[i, dcol + d] = 2.0 * (pc * dps[d, i]).real
 
 
+@njit(cache=True)
+def rsinc(x):
+    """sin(x)/x for real x, stable at x → 0."""
+    if abs(x) < SINC_SERIES_BELOW:
+        x2 = x * x
+        return 1.0 - x2 / 6.0 + x2 * x2 / 120.0
+    return math.sin(x) / x
+
+
+@njit(cache=True)
+def _accumulate_real(c, bb, pos_col, pos_w, y):
+    """y[k, j] += w C[a, j] Re B[j, b] and y[k, n + j] += w C[a, j] Im B[j, b] over the positions
+    (a, b) of column k (bb = [Re Bᵀ | Im Bᵀ], C⁻¹ = Cᵀ)."""
+    n = c.shape[0]
+    for a in range(n):
+        for b in range(n):
+            for e in range(pos_col.shape[2]):
+                k = pos_col[a, b, e]
+                if k < 0:
+                    continue
+                w = pos_w[a, b, e]
+                for j in range(n):
+                    wc = w * c[a, j]
+                    y[k, j] += wc * bb[b, j]
+                    y[k, n + j] += wc * bb[b, n + j]
+
+
+@njit(cache=True)
+def tilt_jacobian_q_real(lam, c, tau, pos_col, pos_w, col_fac, n_u, ddirs, out_i, out_j):
+    """:func:`tilt_jacobian_q` for a real symmetric matrix, in real arithmetic throughout.
+
+    lam (n,) and c (n, n) real (C⁻¹ = Cᵀ, v = C[0, :]); ``ddirs`` real; no κ column (absorption
+    takes the general path). With φ_j = τλ_j, h_j = e^{iφ_j/2}: F_jk v_j = iτ v_j h_j h_k
+    sinc(τ(λ_j − λ_k)/2) is split into its real and imaginary parts (the sinc is real), so the
+    products with C are real matrix products of twice the width; the diagonal directions are
+    extra rows of the same sums (positions (a, a), weights e_d[a]) and all rows meet Cᵀ in one
+    product.
+    """
+    n = lam.shape[0]
+    rhs = np.empty((n, 4))  # [cos φ v, sin φ v, d/dt (per Å) of both]
+    hc = np.empty(n)
+    hs = np.empty(n)
+    for j in range(n):
+        ph = tau * lam[j]
+        co, si, v = math.cos(ph), math.sin(ph), c[0, j]
+        rhs[j, 0] = co * v
+        rhs[j, 1] = si * v
+        rhs[j, 2] = -TWO_PI * lam[j] * si * v
+        rhs[j, 3] = TWO_PI * lam[j] * co * v
+        hc[j] = math.cos(0.5 * ph)
+        hs[j] = math.sin(0.5 * ph)
+    ps = c @ rhs  # Re ψ, Im ψ, Re dψ/dt, Im dψ/dt
+    for i in range(n):
+        out_i[i] = ps[i, 0] * ps[i, 0] + ps[i, 1] * ps[i, 1]
+        out_j[i, n_u] = 2.0 * (ps[i, 0] * ps[i, 2] + ps[i, 1] * ps[i, 3])
+    g = np.empty((n, 2 * n))  # [Re | Im] of G[k, j] = F_kj v_k
+    for k in range(n):
+        for j in range(k, n):
+            s = tau * rsinc(0.5 * tau * (lam[k] - lam[j]))
+            re = -s * (hs[k] * hc[j] + hc[k] * hs[j])  # Re(i h_k h_j) s
+            im = s * (hc[k] * hc[j] - hs[k] * hs[j])
+            g[k, j] = re * c[0, k]
+            g[k, n + j] = im * c[0, k]
+            g[j, k] = re * c[0, j]
+            g[j, n + k] = im * c[0, j]
+    bb = c @ g  # bb[b, j] = Re B[j, b], bb[b, n + j] = Im B[j, b]
+    n_dirs = ddirs.shape[0]
+    half = n_u + n_dirs
+    y = np.zeros((half, 2 * n))
+    _accumulate_real(c, bb, pos_col, pos_w, y)
+    for d in range(n_dirs):
+        for a in range(n):
+            e = ddirs[d, a]
+            if e == 0.0:
+                continue
+            for j in range(n):
+                wc = e * c[a, j]
+                y[n_u + d, j] += wc * bb[a, j]
+                y[n_u + d, n + j] += wc * bb[a, n + j]
+    ys = np.empty((2 * half, n))  # [Re rows; Im rows]
+    for k in range(half):
+        for j in range(n):
+            ys[k, j] = y[k, j]
+            ys[half + k, j] = y[k, n + j]
+    sp = ys @ c.T  # sp[k, i] = Σ_j Y[k, j] C[i, j]
+    for i in range(n):
+        pr, pim = ps[i, 0], ps[i, 1]
+        for k in range(half):
+            zr = pr * sp[k, i] + pim * sp[half + k, i]  # ψ_i* S[i, k]
+            zi = pr * sp[half + k, i] - pim * sp[k, i]
+            if k < n_u:
+                out_j[i, k] = 2.0 * (col_fac[k].real * zr - col_fac[k].imag * zi)
+            else:
+                out_j[i, k + 1] = 2.0 * zr
+
+
 @njit(parallel=True, cache=True)
 def jacobian_q_real(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac, u0s,
                     ddirs, out_i, out_j):
-    """:func:`tilt_jacobian_q` over tilts, real symmetric matrices (real arithmetic sums)."""
+    """:func:`tilt_jacobian_q_real` over tilts, real symmetric matrices (``kappa``, ``kfac``,
+    ``u0s`` unused: absorption takes the general path; ``ddirs`` real in a complex array)."""
+    dr = np.ascontiguousarray(ddirs.real)
     for m in prange(diag.shape[0]):
-        lam, c, cinv = _decompose_real(offdiag, diag, m)
-        tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
-                        kfac, u0s, ddirs, True, out_i[m], out_j[m])
+        w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+        tilt_jacobian_q_real(w, np.ascontiguousarray(c), TWO_PI * thickness, pos_col, pos_w,
+                             col_fac, n_u, dr, out_i[m], out_j[m])
+
+
+@njit(parallel=True, cache=True)
+def jacobian_q_real_given(w_all, c_all, thickness, pos_col, pos_w, col_fac, n_u, kappa, kfac,
+                          u0s, ddirs, out_i, out_j):
+    """:func:`jacobian_q_real` from eigensystems already at hand: w_all (n_tilts, n), c_all
+    (n_tilts, n, n) (e.g. from :func:`intensities_real_kept` at the same matrices)."""
+    dr = np.ascontiguousarray(ddirs.real)
+    for m in prange(w_all.shape[0]):
+        tilt_jacobian_q_real(w_all[m], c_all[m], TWO_PI * thickness, pos_col, pos_w, col_fac,
+                             n_u, dr, out_i[m], out_j[m])
+
+
+@njit(cache=True)
+def _propagate_real(w, c, thickness, out_m):
+    """|C diag(e^{2πiλt}) Cᵀe₀|² in real arithmetic for every thickness: out_m (n_thickness, n)."""
+    x = c[0, :].copy()
+    n = w.shape[0]
+    for it in range(thickness.shape[0]):
+        ph = TWO_PI * w * thickness[it]
+        pr = c @ (np.cos(ph) * x)
+        pi = c @ (np.sin(ph) * x)
+        for i in range(n):
+            out_m[it, i] = pr[i] * pr[i] + pi[i] * pi[i]
+
+
+@njit(parallel=True, cache=True)
+def intensities_real_kept(offdiag, diag, thickness, out, w_out, c_out):
+    """:func:`intensities_real` that also writes each tilt's eigensystem: w_out (n_tilts, n),
+    c_out (n_tilts, n, n), for a Jacobian at the same matrices (:func:`jacobian_q_real_given`)."""
+    for m in prange(diag.shape[0]):
+        w, c = np.linalg.eigh(_matrix_at(offdiag, diag, m))
+        w_out[m, :] = w
+        c_out[m, :, :] = c
+        _propagate_real(w_out[m], c_out[m], thickness, out[:, m, :])
 
 
 @njit(parallel=True, cache=True)
@@ -722,7 +826,7 @@ def jacobian_q_hermitian(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u,
     for m in prange(diag.shape[0]):
         lam, c, cinv = _decompose_hermitian(offdiag, diag, m)
         tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
-                        kfac, u0s, ddirs, False, out_i[m], out_j[m])
+                        kfac, u0s, ddirs, out_i[m], out_j[m])
 
 
 @njit(parallel=True, cache=True)
@@ -732,4 +836,4 @@ def jacobian_q_general(offdiag, diag, thickness, pos_col, pos_w, col_fac, n_u, k
     for m in prange(diag.shape[0]):
         lam, c, cinv = _decompose_general(offdiag, diag, m)
         tilt_jacobian_q(lam, c, cinv, TWO_PI * thickness, pos_col, pos_w, col_fac, n_u, kappa,
-                        kfac, u0s, ddirs, False, out_i[m], out_j[m])
+                        kfac, u0s, ddirs, out_i[m], out_j[m])

@@ -2,7 +2,9 @@
 
 :class:`ForwardModel` maps the full parameter vector to intensities and derivatives through
 :mod:`larbed.bloch`; :class:`WeightedProblem` forms the weighted residuals and sums JᵀWJ and JᵀWr
-over tilt chunks of :data:`JACOBIAN_CHUNK_BYTES`, so memory stays bounded at any size.
+over tilt chunks of :data:`JACOBIAN_CHUNK_BYTES`, so memory stays bounded at any size. A forward
+pass over the whole pattern on the real path keeps its eigensystems (up to
+:data:`KEEP_EIGENSYSTEMS_BYTES`) for the Jacobian at the same point.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ from ..simulation import simulate
 from ..threads import uses_kernels
 from .parameters import MIN_THICKNESS_NM, ParameterMap, check_start_thickness, free_x
 
-__all__ = ["JACOBIAN_CHUNK_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel", "WeightedProblem",
-           "intensity_jacobian", "masked_r", "simulated_chunks"]
+__all__ = ["JACOBIAN_CHUNK_BYTES", "KEEP_EIGENSYSTEMS_BYTES", "SCAN_CHUNK_BYTES", "ForwardModel",
+           "WeightedProblem", "intensity_jacobian", "masked_r", "simulated_chunks"]
+
+
+#: A forward pass over the whole pattern on the real path keeps its eigensystems when they take at
+#: most this many bytes: the Jacobian at the same point (LM's next normal equations after an
+#: accepted trial) then skips the decompositions.
+KEEP_EIGENSYSTEMS_BYTES = 512 * 2**20
 
 
 class ForwardModel:
@@ -58,10 +66,28 @@ class ForwardModel:
         ug, t, kappa = self.unpack(x)
         thick = np.atleast_1d(np.asarray(t if thickness_nm is None else thickness_nm, float)) * 10.0
         off, dg, path = self._matrices(ug, kappa, False, tilts_mrad)
-        if rows is not None:
+        whole = rows is None or rows == slice(None)
+        if (path == "real" and whole and thickness_nm is None and self.reduction is not None
+                and 8 * dg.size * (dg.shape[1] + 1) <= KEEP_EIGENSYSTEMS_BYTES):  # λ and C
+            out, w, c = bloch.intensities_kept(off, dg, thick)
+            self._kept = (off, dg, w, c)
+            return out[0]
+        if not whole:
             dg = np.ascontiguousarray(dg[rows])
         out = bloch.intensities(off, dg, path, thick)
         return out[0] if thickness_nm is None else out
+
+    #: (offdiag, diag, λ, C) of the last forward pass on the real path (see :meth:`intensities`).
+    _kept: tuple | None = None
+
+    def _kept_eigensystems(self, off, dg, path, rows):
+        """(λ, C) of the tilts ``rows`` when the last forward pass had these very matrices."""
+        kept = self._kept
+        if (kept is None or path != "real" or not np.array_equal(kept[0], off)
+                or not np.array_equal(kept[1], dg)):
+            return None
+        rows = slice(None) if rows is None else rows
+        return kept[2][rows], kept[3][rows]
 
     #: Set by :meth:`reduce_to`: the U part of the Jacobian summed straight into free parameters.
     reduction: dict | None = None
@@ -111,14 +137,16 @@ class ForwardModel:
         return self.reduction["d"]
 
     def _kernel_inputs(self, x, rows, tilts_mrad, tilt_columns):
-        """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions) for a Jacobian."""
+        """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions, the kept
+        eigensystems of ``rows`` or None) for a Jacobian."""
         ug, t, kappa = self.unpack(x)
         off, dg, path = self._matrices(ug, kappa, self.kappa_column, tilts_mrad)
+        eig = self._kept_eigensystems(off, dg, path, rows)
         if rows is not None:
             dg = np.ascontiguousarray(dg[rows])
         fac = (1.0 + 1j * (kappa or 0.0)) * self.inv2k
         dirs = self.geometry.excitation_tilt_derivative * self.inv2k if tilt_columns else None
-        return ug, t, off, dg, path, fac, dirs
+        return ug, t, off, dg, path, fac, dirs, eig
 
     def _with_kappa_column(self, out_j: np.ndarray, k: int) -> np.ndarray:
         """Insert a zero κ column at ``k`` when κ is modelled but not refined."""
@@ -129,7 +157,7 @@ class ForwardModel:
 
     def _jacobian_reduced(self, x, rows, tilts_mrad, tilt_columns):
         red = self.reduction
-        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
+        ug, t, off, dg, path, fac, dirs, eig = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         col_fac = np.where(red["is_im"], 1j * fac, fac)
         pos_col, pos_w = red["pos_col"], red["pos_w"]
         if self.kappa_column:
@@ -141,7 +169,7 @@ class ForwardModel:
             pos_w[:, :, 2] = ug_matrix(self.geometry, ug)
         out_i, out_j = bloch.jacobian_q(off, dg, path, 10.0 * t, pos_col, pos_w, col_fac,
                                         self.kappa_column, 1j * self.inv2k, self.u0 * self.inv2k,
-                                        dirs)
+                                        dirs, eigensystems=eig)
         nu = red["n_u"]
         out_j[:, :, nu] *= 10.0  # per Å → per nm
         return out_i, self._with_kappa_column(out_j, nu + 1)
@@ -154,7 +182,7 @@ class ForwardModel:
         parameters instead (columns [U-part q, t, (κ), (θ)]; :meth:`reduced_d` maps them to q)."""
         if self.reduction is not None:
             return self._jacobian_reduced(x, rows, tilts_mrad, tilt_columns)
-        ug, t, off, dg, path, fac, dirs = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
+        ug, t, off, dg, path, fac, dirs, _ = self._kernel_inputs(x, rows, tilts_mrad, tilt_columns)
         out_i, out_j = bloch.jacobian(off, dg, path, 10.0 * t, self.geometry, ug, fac, self.u0,
                                       self.kappa_column, dirs)
         out_j[:, :, 2 * self.p] *= 10.0  # per Å → per nm
@@ -298,9 +326,29 @@ class WeightedProblem:
         return r, inten
 
     def normal_equations(self, q):
-        """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk."""
+        """(r, I_sim, JᵀJ, Jᵀr) of the weighted problem, the Jacobian built tilt chunk by chunk.
+
+        After :meth:`ForwardModel.reduce_to` the sums run over the Jacobian's own columns and meet
+        ∂x/∂q once at the end (Dᵀ(JᵀWJ)D), with a per-beam background's columns summed in closed
+        form (:class:`~larbed.refinement.measured.BeamBlock`); otherwise J is mapped to q chunk
+        by chunk.
+        """
+        if self.reduced:
+            hess, grad, inten = self._sums_in_columns(self.pmap.x(q))
+        else:
+            hess, grad, inten = self._sums_in_q(q)
+        r = self._weighted(inten)
+        if self.prior_idx.size:
+            rows = self._prior_rows(q)
+            r = np.concatenate([r, rows])
+            jp = self._prior_jacobian(q)
+            hess += jp.T @ jp
+            grad += jp.T @ rows
+        return r, inten, hess, grad
+
+    def _sums_in_q(self, q):
         x = self.pmap.x(q)
-        d = np.ascontiguousarray(self.model.reduced_d() if self.reduced else self.pmap.dx(q))
+        d = np.ascontiguousarray(self.pmap.dx(q))
         n_tilts, n_beams = self.data.shape
         n_q = self.pmap.n_q
         hess = np.zeros((n_q, n_q))
@@ -317,15 +365,48 @@ class WeightedProblem:
             # JᵀJ by a symmetric rank-k update (half the work of jq.T @ jq), upper triangle
             hess = _syrk(jq, hess)
             grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())[keep]
-        hess = np.triu(hess) + np.triu(hess, 1).T
-        r = self._weighted(inten)
-        if self.prior_idx.size:
-            rows = self._prior_rows(q)
-            r = np.concatenate([r, rows])
-            jp = self._prior_jacobian(q)
-            hess += jp.T @ jp
-            grad += jp.T @ rows
-        return r, inten, hess, grad
+        return np.triu(hess) + np.triu(hess, 1).T, grad, inten
+
+    def _sums_in_columns(self, x):
+        d = self.model.reduced_d()
+        n_tilts, n_beams = self.data.shape
+        parts = getattr(self.model, "jacobian_parts", None)
+        inten = np.empty((n_tilts, n_beams))
+        h_aa = g_a = h_ba = h_bb = g_b = None
+        for lo in range(0, n_tilts, self.chunk):
+            hi = min(lo + self.chunk, n_tilts)
+            if parts is None:
+                part, a = self.model.jacobian(x, slice(lo, hi))
+                cols, block = np.arange(a.shape[2]), None
+            else:
+                part, a, cols, block = parts(x, slice(lo, hi))
+            inten[lo:hi] = part
+            sw = self.sw[lo * n_beams:hi * n_beams].reshape(hi - lo, n_beams)
+            rw = sw * np.nan_to_num(part - self.data[lo:hi])
+            a *= sw[:, :, None]
+            if not np.all(sw > 0):
+                a[sw == 0] = 0.0  # not measured (or held out): nothing, not even a NaN scale
+            flat = a.reshape(-1, a.shape[2])
+            if h_aa is None:
+                h_aa, g_a = np.zeros((cols.size, cols.size)), np.zeros(cols.size)
+            h_aa = _syrk(flat, h_aa)  # JᵀJ by a symmetric rank-k update, upper triangle
+            g_a += flat.T @ rw.ravel()
+            if block is not None:
+                terms = block.normal_terms(a, sw, rw)
+                h_ba, h_bb, g_b = terms if h_ba is None else (h_ba + terms[0], h_bb + terms[1],
+                                                              g_b + terms[2])
+        n_cols = d.shape[0]
+        hx, gx = np.zeros((n_cols, n_cols)), np.zeros(n_cols)
+        hx[np.ix_(cols, cols)] = np.triu(h_aa) + np.triu(h_aa, 1).T
+        gx[cols] = g_a
+        if h_ba is not None:
+            bc = block.cols
+            hx[np.ix_(bc, cols)] = h_ba
+            hx[np.ix_(cols, bc)] = h_ba.T
+            hx[np.ix_(bc, bc)] = h_bb
+            gx[bc] = g_b
+        hess = d.T @ hx @ d
+        return 0.5 * (hess + hess.T), d.T @ gx, inten
 
     def clip(self, q):
         """Keep the thickness above :data:`MIN_THICKNESS_NM` (and κ >= 0); a parameter map with
@@ -350,6 +431,8 @@ def _syrk(a: np.ndarray, c: np.ndarray) -> np.ndarray:
 
     if a.shape[0] == 0:
         return c
+    if a.flags.c_contiguous:  # aᵀ is Fortran-ordered: no copy
+        return dsyrk(1.0, a.T, beta=1.0, c=c, trans=0, lower=0, overwrite_c=1)
     return dsyrk(1.0, a, beta=1.0, c=c, trans=1, lower=0, overwrite_c=1)
 
 

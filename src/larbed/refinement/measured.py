@@ -10,6 +10,10 @@ vector: x = [Re U (P), Im U (P), t, (κ), global s, background, tilt map]. Chain
 * global scale: I = s m, ∂I/∂s = m, ∂I/∂p = s ∂m/∂p;
 * per-tilt scale s_t = Σ_b D_tb / Σ_b m_tb over the measured beams of tilt t (analytic, not a
   parameter): ∂I/∂p = s_t (∂m/∂p − m Σ_b ∂m_b/∂p / Σ_b m_b).
+
+A per-beam background's n_beams columns are the identity before the scale, so
+:meth:`MeasuredModel.jacobian_parts` leaves them out and a :class:`BeamBlock` gives their share of
+the normal equations in closed form.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..geometry import Geometry
 from ..measurement import Measurement
 from .jacobian import ForwardModel
 
-__all__ = ["MeasuredModel"]
+__all__ = ["BeamBlock", "MeasuredModel"]
 
 
 class MeasuredModel:
@@ -103,6 +107,17 @@ class MeasuredModel:
     def jacobian(self, x, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Measured intensities (M, N) and dI/dx (M, N, n_x) of the tilts ``rows`` (after
         :meth:`reduce_to`, the U part in free parameters, as the core gives it)."""
+        inten, full, _, _ = self._jacobian(x, rows, split=False)
+        return inten, full
+
+    def jacobian_parts(self, x, rows: slice | None = None):
+        """(I (M, N), dense dI/dx (M, N, K), the x columns of the K dense columns, BeamBlock or
+        None): as :meth:`jacobian`, but a per-beam background's columns are left out and described
+        by a :class:`BeamBlock` (they are the identity before the scale: their share of the normal
+        equations takes O(M N K) work instead of O(M N n_beams²))."""
+        return self._jacobian(x, rows, split=self.measurement.background == "per_beam")
+
+    def _jacobian(self, x, rows, split: bool):
         rows = slice(None) if rows is None else rows
         meas = self.measurement
         tilts = self.true_tilts(x)
@@ -110,11 +125,17 @@ class MeasuredModel:
         mc, n = dyn.shape
         nc = jd.shape[2] - (2 if tilts is not None else 0)  # core columns
         shift = nc - self.n_core
-        full = np.zeros((mc, n, nc + self.n_m))
+        i_bg = self.i_bg + shift
+        cols = np.arange(nc + self.n_m)
+        bg_cols = np.arange(i_bg, i_bg + self.n_bg)
+        if split:
+            cols = np.delete(cols, bg_cols)
+        place = np.full(nc + self.n_m, -1)
+        place[cols] = np.arange(cols.size)  # x column → column of ``full``
+        full = np.zeros((mc, n, cols.size))
         full[:, :, :nc] = jd[:, :, :nc]
         m = dyn + self.background(x, rows)
-        i_bg = self.i_bg + shift
-        if self.n_bg:
+        if self.n_bg and not split:
             if meas.background == "per_beam":
                 idx = np.arange(n)
                 full[:, idx, i_bg + idx] = 1.0
@@ -123,7 +144,7 @@ class MeasuredModel:
                                                              self.bg_b)
         if tilts is not None:
             dth = jd[:, :, nc:nc + 2]  # ∂I/∂θ'_x, ∂I/∂θ'_y
-            col = self.i_tilt + shift
+            col = place[self.i_tilt + shift]
             if meas.tilt_map == "affine":
                 nominal = self.geometry.tilt_mrad[rows]
                 for i in range(2):
@@ -131,17 +152,51 @@ class MeasuredModel:
                         full[:, :, col] = dth[:, :, i] * nominal[:, j, None]
                         col += 1
             full[:, :, col:col + 2] = dth
+        alpha, beta = np.ones(mc), np.zeros((mc, n))
         if meas.scale == "global":
             s = float(x[self.i_scale])
             full *= s
-            full[:, :, self.i_scale + shift] = m
-            return s * m, full
-        if meas.scale == "per_tilt":
+            full[:, :, place[self.i_scale + shift]] = m
+            inten, alpha = s * m, np.full(mc, s)
+        elif meas.scale == "per_tilt":
             st = self.per_tilt_scale(m, rows)
-            mask = self.mask[rows]
-            denom = np.where(mask, m, 0.0).sum(axis=1)
-            col_sums = np.einsum("tb,tbk->tk", mask.astype(float), full)
+            mask = self.mask[rows].astype(float)
+            denom = (mask * m).sum(axis=1)
+            col_sums = np.matmul(mask[:, None, :], full)[:, 0, :]
             full -= m[:, :, None] * (col_sums / denom[:, None])[:, None, :]
             full *= st[:, None, None]
-            return st[:, None] * m, full
-        return m, full
+            inten, alpha, beta = st[:, None] * m, st, (st / denom)[:, None] * m
+        else:
+            inten = m
+        block = BeamBlock(bg_cols, alpha, beta, self.mask[rows]) if split else None
+        return inten, full, cols, block
+
+
+class BeamBlock:
+    """The per-beam background columns of dI/dx, not stored: ∂I_tb/∂B_b' = α_t δ_bb' − β_tb γ_tb'
+    (α the scale s_t, β = s_t m_tb / Σ_b γ_tb m_tb and γ the mask of measured beams under a per-tilt
+    scale; β = 0 otherwise). ``cols``: their x columns."""
+
+    def __init__(self, cols: np.ndarray, alpha: np.ndarray, beta: np.ndarray, gamma: np.ndarray):
+        # a tilt without measured beams has NaN scale and weight 0: it adds nothing
+        self.cols = cols
+        self.alpha = np.nan_to_num(alpha)
+        self.beta = np.nan_to_num(beta)
+        self.gamma = gamma.astype(float)
+
+    def normal_terms(self, a: np.ndarray, sw: np.ndarray, rw: np.ndarray):
+        """(Bᵀ W A (n_bg, K), Bᵀ W B (n_bg, n_bg), Bᵀ W r (n_bg,)) of one tilt chunk with this block B,
+        the weighted dense columns ``a`` = √w A (M, N, K), √w ``sw`` (M, N) and the weighted residual
+        ``rw`` = √w r (M, N)."""
+        al, be, ga = self.alpha, self.beta, self.gamma
+        swb = sw * be  # (M, N)
+        w_diag = al[:, None] * sw  # weight of the δ part
+        h_ba = np.matmul(w_diag.T[:, None, :], a.transpose(1, 0, 2))[:, 0, :]
+        h_ba -= ga.T @ np.matmul(swb[:, None, :], a)[:, 0, :]
+        om = sw * sw
+        p = (al[:, None] * om) * be
+        cross = p.T @ ga
+        h_bb = np.diag(np.sum(al[:, None] ** 2 * om, axis=0)) - cross - cross.T
+        h_bb += ga.T @ (np.sum(om * be * be, axis=1)[:, None] * ga)
+        g_b = np.sum(w_diag * rw, axis=0) - ga.T @ np.sum(swb * rw, axis=1)
+        return h_ba, h_bb, g_b
