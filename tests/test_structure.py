@@ -569,3 +569,31 @@ def test_determine_and_cli_with_a_composition(zno_small, tmp_path, capsys):
     assert code == 0, text
     assert "structure (P 63 m c" in text and (out / "structure.cif").exists()
     assert Crystal.from_cif(out / "structure.cif").space_group.number == 186
+
+
+def test_structure_normal_equations_through_the_reduced_kernels_are_exact():
+    """The structure map's skeleton lets the kernels give ∂I/∂x in real arithmetic, ∂x/∂q applied
+    after: the same JᵀWJ and Jᵀr as the full Jacobian mapped chunk by chunk (hybrid U_g and a
+    measurement model included, away from the start)."""
+    from larbed.refinement.jacobian import WeightedProblem
+    from larbed.structure.api import _build
+
+    truth = Crystal.builtin("SrTiO3", debye_waller=True)
+    geo = Geometry(truth, 120, (0, 0, 1), 13, 49, 60)
+    pattern = simulate(geo, compute_ug(truth, geo), 30.0, measurement=larbed.Measurement.with_values(
+        **MEAS_TRUE))
+    su = _build(pattern, geo, Crystal.builtin("SrTiO3"), 29.0, free=None, free_ug=[(1, 1, 0)],
+                fix=None, tie=None, refine_thickness=True, weights="none", dose=None,
+                absorption=None, refine_absorption=False, parameterization="lobato", max_iter=5,
+                measurement=larbed.Measurement(scale="per_tilt", background="smooth",
+                                               tilt_map="affine"))
+    prob = WeightedProblem(su.model, su.smap, su.exp, su.weights_for(None))
+    assert prob.reduced
+    q = su.smap.q0 + 0.01 * np.random.default_rng(0).normal(size=su.smap.n_q)
+    _, inten, hess, grad = prob.normal_equations(q)
+    su.model.core.reduction, su.model.core._kept = None, None  # the full complex Jacobian
+    prob.reduced = False
+    _, inten_full, hess_full, grad_full = prob.normal_equations(q)
+    np.testing.assert_allclose(inten, inten_full, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(hess, hess_full, rtol=0, atol=1e-10 * np.abs(hess_full).max())
+    np.testing.assert_allclose(grad, grad_full, rtol=0, atol=1e-10 * np.abs(grad_full).max())

@@ -96,8 +96,11 @@ class ForwardModel:
         """Sum the U-part derivatives straight into the free parameters of ``pmap`` inside the
         kernels (symmetry ties folded in: far fewer columns, and real arithmetic on the real
         path). Needs a linear map whose U columns are each all-Re or all-Im with disjoint
-        supports; returns False (and changes nothing) otherwise."""
-        t = getattr(pmap, "t", None)
+        supports; returns False (and changes nothing) otherwise. A nonlinear map (the structure
+        map) may offer ``reduction_skeleton()``: a linear map with one column per entry of x; the
+        kernels then give ∂I/∂x in real arithmetic and :meth:`reduced_d` applies ∂x/∂q at q."""
+        skeleton = getattr(pmap, "reduction_skeleton", None)
+        t = skeleton() if callable(skeleton) else getattr(pmap, "t", None)
         p = self.p
         if t is None or t.shape[0] < self.n_x:
             return False
@@ -129,12 +132,17 @@ class ForwardModel:
         select = np.zeros((u_cols.size, n_q))
         select[np.arange(u_cols.size), u_cols] = 1.0
         self.reduction = {"pos_col": pos_col, "pos_w": pos_w, "is_im": is_im,
-                          "n_u": int(u_cols.size), "d": np.vstack([select, t[2 * p:]])}
+                          "n_u": int(u_cols.size), "d": np.vstack([select, t[2 * p:]]),
+                          "skeleton": t if callable(skeleton) else None}
         return True
 
-    def reduced_d(self) -> np.ndarray:
-        """∂(Jacobian columns)/∂q of the reduced Jacobian: [U-part q; rows 2P… of T]."""
-        return self.reduction["d"]
+    def reduced_d(self, pmap=None, q=None) -> np.ndarray:
+        """∂(Jacobian columns)/∂q of the reduced Jacobian: [U-part q; rows 2P… of T]; through a
+        skeleton (see :meth:`reduce_to`) times ∂x/∂q of ``pmap`` at ``q``."""
+        red = self.reduction
+        if red["skeleton"] is None:
+            return red["d"]
+        return red["d"] @ (red["skeleton"].T @ np.asarray(pmap.dx(q)))
 
     def _kernel_inputs(self, x, rows, tilts_mrad, tilt_columns):
         """(U_g, t, matrices, diagonal of ``rows``, path, fac, diagonal directions, the kept
@@ -334,7 +342,7 @@ class WeightedProblem:
         by chunk.
         """
         if self.reduced:
-            hess, grad, inten = self._sums_in_columns(self.pmap.x(q))
+            hess, grad, inten = self._sums_in_columns(q)
         else:
             hess, grad, inten = self._sums_in_q(q)
         r = self._weighted(inten)
@@ -367,8 +375,9 @@ class WeightedProblem:
             grad += jq.T @ (sw * np.nan_to_num(part - self.data[lo:hi]).ravel())[keep]
         return np.triu(hess) + np.triu(hess, 1).T, grad, inten
 
-    def _sums_in_columns(self, x):
-        d = self.model.reduced_d()
+    def _sums_in_columns(self, q):
+        x = self.pmap.x(q)
+        d = self.model.reduced_d(self.pmap, q)
         n_tilts, n_beams = self.data.shape
         parts = getattr(self.model, "jacobian_parts", None)
         inten = np.empty((n_tilts, n_beams))

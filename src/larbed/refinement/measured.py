@@ -101,8 +101,8 @@ class MeasuredModel:
         """Let the core sum its U part into free parameters (see :meth:`ForwardModel.reduce_to`)."""
         return self.core.reduce_to(pmap)
 
-    def reduced_d(self) -> np.ndarray:
-        return self.core.reduced_d()
+    def reduced_d(self, pmap=None, q=None) -> np.ndarray:
+        return self.core.reduced_d(pmap, q)
 
     def jacobian(self, x, rows: slice | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Measured intensities (M, N) and dI/dx (M, N, n_x) of the tilts ``rows`` (after

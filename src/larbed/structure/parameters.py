@@ -230,6 +230,11 @@ class StructureMap:
     def n_q(self) -> int:
         return len(self.q0)
 
+    def reduction_skeleton(self) -> np.ndarray:
+        """One column per entry of x: lets the refinement's kernels give ∂I/∂x in real arithmetic
+        (:meth:`larbed.refinement.jacobian.ForwardModel.reduce_to`); ∂x/∂q is applied after."""
+        return np.eye(self.n_x)
+
     def raw(self, q) -> np.ndarray:
         """The raw structure parameters (every site) at q."""
         return self.p_base + self.select @ np.asarray(q)[:self.n_s]
