@@ -291,6 +291,30 @@ def test_cli_refine_from_a_csv_with_a_crystal(tmp_path, srtio3, capsys):
 
 
 @pytest.mark.slow
+def test_cli_refine_structure_from_a_csv(tmp_path, capsys):
+    """``larbed refine --structure``: the B of every site back from a B = 0 start, through a
+    per-tilt scale and a flat background; structure.cif written; a bad --free-ug is exit 2."""
+    from larbed.cli import main
+
+    truth = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
+    rng = np.random.default_rng(1)
+    geo = larbed.Geometry(truth, 120, (0, 0, 1), 13, tilts_mrad=rng.uniform(-40, 40, (50, 2)))
+    pattern = larbed.simulate(geo, larbed.compute_ug(truth, geo), 25.0, measurement=Measurement(
+        scale="per_tilt", values=Measurement.with_values(background=0.003).values))
+    csv = tmp_path / "p.csv"
+    larbed.write_csv(pattern, csv)
+    args = ["refine", "--pattern", str(csv), "--crystal", "SrTiO3", "--voltage", "120",
+            "--zone-axis", "0", "0", "1", "--measurement", "scale=per_tilt,background=flat",
+            "--structure", "--thickness", "24", "--no-progress", "--r-max", "1e-6"]
+    code = main(args + ["--out", str(tmp_path / "out")])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "B(Sr1) = 0.41 ±" in text and "B(O1) = 0.63 ±" in text and "thickness: 25.000" in text
+    assert (tmp_path / "out" / "structure.cif").exists()
+    assert main(args + ["--free-ug", "1,1", "--out", str(tmp_path / "o2")]) == 2
+    assert "is not a reflection" in capsys.readouterr().err
+
+
 def test_determine_with_a_measurement_model():
     """SrTiO3-2 scaled by 0.8 plus a flat 0.002 (dose 1e5): without the model the answer was
     R = 0.27, t = 27 nm; with it the truth within 3σ and t within 0.5 nm."""

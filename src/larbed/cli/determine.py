@@ -9,6 +9,7 @@ Usage::
     larbed determine --pattern counts.csv --counts --geometry-from SrTiO3-2 [--out DIR]
     larbed determine ZnO-1 --composition Zn2O2 [--space-group P63mc]
     larbed refine SrTiO3-2 [--thickness 30] [--out DIR]
+    larbed refine SrTiO3-2 --structure [--free-ug 2]   # the crystal: B, coordinates, t
 
 With a preset the pattern is the preset's pseudo-experimental one (noise-free, or Poisson noise with
 ``--dose`` electrons per tilt) and the true U_g are known, so the table compares them (after aligning
@@ -136,6 +137,13 @@ def register(subparsers) -> None:
                    help="proportional absorption κ (start value with --refine-absorption)")
     p.add_argument("--refine-absorption", action="store_true", help="refine κ too")
     p.add_argument("--max-iter", type=int, default=100, help="iterations per pass (default 100)")
+    p.add_argument("--structure", action="store_true",
+                   help="refine the crystal (larbed.refine_structure: every coordinate the zone axis "
+                        "sees, one B per site, t, the measurement model) instead of free U_g; writes "
+                        "structure.cif")
+    p.add_argument("--free-ug", metavar="N|HKL;HKL",
+                   help="with --structure: U_g free on top of the atoms, the N lowest shells or "
+                        "reflections such as '1,1,0;2,0,0'")
     p.add_argument("--out", metavar="DIR", help="output and checkpoint folder (default refine-NAME)")
     p.set_defaults(func=run_refine)
 
@@ -357,8 +365,9 @@ def run(args) -> int:
 
 
 def _print_structure(structure) -> None:
-    """The refined structure of a composition start: sites and their parameters."""
-    print(f"structure ({structure.crystal.space_group.name}, R = {structure.r_factor:.4g}):")
+    """A refined structure (a composition start, ``refine --structure``): sites and parameters."""
+    group = structure.crystal.space_group
+    print(f"structure ({group.name if group is not None else 'P1'}, R = {structure.r_factor:.4g}):")
     for site in structure.crystal.sites:
         atom = structure.crystal.atoms[site.atoms[0]]
         pos = " ".join(f"{v:.4f}" for v in atom.position)
@@ -386,6 +395,9 @@ def run_refine(args) -> int:
             thickness = scan.attrs["best_thickness_nm"]
             print(f"thickness scan {lo:g}-{hi:g} nm with the computed U_g: best {thickness:g} nm "
                   f"(R = {scan.attrs['best_value']:.4g})")
+        if args.structure:
+            return _run_refine_structure(args, pattern, geometry, thickness, dose, measurement,
+                                         truth, t_true, out, t0)
         res = refine(pattern, geometry, ug0, thickness, symmetry=symmetry, dose=dose,
                      absorption=args.absorption, refine_absorption=args.refine_absorption,
                      max_iter=args.max_iter, progress=not args.no_progress,
@@ -396,6 +408,52 @@ def run_refine(args) -> int:
         elapsed = time.perf_counter() - t0
         paths = _save_refinement(res, out, pattern)
     return _report(res, truth, t_true, elapsed, out, paths)
+
+
+def parse_free_ug(spec: str | None):
+    """``--free-ug``: None, a number of shells, or reflections 'h,k,l;h,k,l'."""
+    if spec is None:
+        return None
+    spec = spec.strip()
+    if spec.isdigit():
+        return int(spec)
+    out = []
+    for item in spec.split(";"):
+        parts = item.replace(" ", "").split(",")
+        if len(parts) != 3 or not all(p.lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"--free-ug: {item!r} is not a reflection h,k,l (or give a number of "
+                             "shells)")
+        out.append(tuple(int(p) for p in parts))
+    return out
+
+
+def _run_refine_structure(args, pattern, geometry, thickness, dose, measurement, truth, t_true,
+                          out: str, t0: float) -> int:
+    """``larbed refine --structure``: refine_structure from the geometry's crystal."""
+    import dataclasses
+
+    from ..structure import refine_structure
+
+    if args.weights == "variance":
+        raise ValueError("--weights variance is not available with --structure; use auto, "
+                         "poisson or none")
+    res = refine_structure(pattern, geometry, geometry.crystal, thickness,
+                           free_ug=parse_free_ug(args.free_ug), measurement=measurement,
+                           weights=args.weights, dose=dose, absorption=args.absorption,
+                           refine_absorption=args.refine_absorption, max_iter=args.max_iter,
+                           holdout=args.holdout, seed=args.seed, chi2_max=args.chi2_max,
+                           r_noise_factor=args.r_noise_factor, r_max=args.r_max,
+                           progress=not args.no_progress)
+    elapsed = time.perf_counter() - t0
+    _print_structure(res)
+    for label in res.labels:
+        value, error = res.value(label)
+        print(f"  {label} = {value:.6g} ± {error:.2g}")
+    paths = _save_refinement(res.refinement, out, pattern)
+    paths.append(res.to_cif(os.path.join(out, "structure.cif")))
+    # the structure's warnings (bounds of B, undetermined parameters) decide the exit status
+    return _report(dataclasses.replace(res.refinement, warnings=res.warnings), truth, t_true,
+                   elapsed, out, paths)
 
 
 def _real_start(ug0) -> bool:
