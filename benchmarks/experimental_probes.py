@@ -37,7 +37,7 @@ from larbed import Measurement
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, measurement_for  # noqa: E402
+from experimental_sto120kv import DEFAULT_DATA, data_csv, load, measurement_for, scan_start  # noqa: E402
 
 #: Central-difference step of the tilt derivatives [mrad].
 TILT_STEP_MRAD = 0.05
@@ -135,21 +135,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iter", type=int, default=60)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = args.data / "sto120kv.csv"
-    if not csv.exists():
-        print(f"the experimental data are not at {csv}: give --data (see its PROVENANCE.md)",
-              file=sys.stderr)
+    csv = data_csv(args.data)
+    if csv is None:
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("numba").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    crystal = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
-    geometry = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1))
-    pattern = larbed.read_csv(csv, geometry)
-    ug_iam = larbed.compute_ug(crystal, geometry)
-    scan = larbed.thickness_scan(pattern, geometry, ug_iam, np.arange(5.0, 30.0 + 1e-9, 0.25),
-                                 measurement=Measurement(scale="per_tilt", background="flat"))
+    _, geometry, pattern, ug_iam = load(csv)
+    scan = scan_start(pattern, geometry, ug_iam)
     meas = measurement_for("smooth")
     res = larbed.refine(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"],
                         measurement=meas, real=True, symmetry="crystal", weights="none",

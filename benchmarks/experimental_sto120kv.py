@@ -45,6 +45,32 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "experi
 BACKGROUNDS = ("smooth", "per_beam")
 
 
+def data_csv(data: Path) -> Path | None:
+    """The pattern file in ``data``, with INFO logging set up; None (said on stderr) when missing."""
+    csv = data / "sto120kv.csv"
+    if not csv.exists():
+        print(f"the experimental data are not at {csv}: give --data (see its PROVENANCE.md)",
+              file=sys.stderr)
+        return None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    logging.getLogger("numba").setLevel(logging.WARNING)
+    return csv
+
+
+def load(csv: Path):
+    """(crystal with the B of SPEC §9, geometry from the file, pattern, independent-atom U_g)."""
+    crystal = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
+    geometry = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1))
+    pattern = larbed.read_csv(csv, geometry)
+    return crystal, geometry, pattern, larbed.compute_ug(crystal, geometry)
+
+
+def scan_start(pattern, geometry, ug_iam):
+    """The thickness scan 5–30 nm with a per-tilt scale and a flat background (the start)."""
+    return larbed.thickness_scan(pattern, geometry, ug_iam, np.arange(5.0, 30.0 + 1e-9, 0.25),
+                                 measurement=Measurement(scale="per_tilt", background="flat"))
+
+
 def measurement_for(background: str) -> Measurement:
     return Measurement(scale="per_tilt", background=background, tilt_map="affine")
 
@@ -85,21 +111,13 @@ def main(argv=None) -> int:
     ap.add_argument("--half-iter", type=int, default=15)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = args.data / "sto120kv.csv"
-    if not csv.exists():
-        print(f"the experimental data are not at {csv}: give --data (see its PROVENANCE.md)",
-              file=sys.stderr)
+    csv = data_csv(args.data)
+    if csv is None:
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("numba").setLevel(logging.WARNING)
     args.out.mkdir(parents=True, exist_ok=True)
-    crystal = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
     t0 = time.perf_counter()
-    geometry = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1))
-    pattern = larbed.read_csv(csv, geometry)
-    ug_iam = larbed.compute_ug(crystal, geometry)
-    scan = larbed.thickness_scan(pattern, geometry, ug_iam, np.arange(5.0, 30.0 + 1e-9, 0.25),
-                                 measurement=Measurement(scale="per_tilt", background="flat"))
+    crystal, geometry, pattern, ug_iam = load(csv)
+    scan = scan_start(pattern, geometry, ug_iam)
     t_scan = scan.attrs["best_thickness_nm"]
     t1 = time.perf_counter()
     meas = measurement_for(args.background)

@@ -17,19 +17,15 @@ refined B. The data are read from ``--data`` (not part of the repository); exit 
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import larbed
-from larbed import Measurement
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, measurement_for  # noqa: E402
+from experimental_sto120kv import DEFAULT_DATA, data_csv, load, measurement_for, scan_start  # noqa: E402
 
 #: The four strongest shells of SrTiO3 [001] at 120 kV (independent-atom |U_g|).
 STRONG_SHELLS = [(1, 1, 0), (2, 0, 0), (2, 2, 0), (4, 0, 0)]
@@ -42,19 +38,11 @@ def main(argv=None) -> int:
     ap.add_argument("--max-iter", type=int, default=40)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = args.data / "sto120kv.csv"
-    if not csv.exists():
-        print(f"the experimental data are not at {csv}: give --data (see its PROVENANCE.md)",
-              file=sys.stderr)
+    csv = data_csv(args.data)
+    if csv is None:
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    logging.getLogger("numba").setLevel(logging.WARNING)
-    crystal = larbed.Crystal.builtin("SrTiO3", debye_waller=True)
-    geometry = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1))
-    pattern = larbed.read_csv(csv, geometry)
-    scan = larbed.thickness_scan(pattern, geometry, larbed.compute_ug(crystal, geometry),
-                                 np.arange(5.0, 30.0 + 1e-9, 0.25),
-                                 measurement=Measurement(scale="per_tilt", background="flat"))
+    crystal, geometry, pattern, ug_iam = load(csv)
+    scan = scan_start(pattern, geometry, ug_iam)
     t0 = time.perf_counter()
     res = larbed.refine_structure(
         pattern, geometry, crystal, scan.attrs["best_thickness_nm"],

@@ -201,20 +201,34 @@ def _check_measurement(measurement) -> Measurement | None:
     raise TypeError(f"measurement must be a larbed.Measurement or None, got {type(measurement).__name__}")
 
 
+def measured_pattern(pattern, geometry, dose, measurement) -> tuple[Measurement | None, np.ndarray]:
+    """(the Measurement or None, the checked intensities): a scale or background model lets the
+    data sit on another scale than the dynamical intensities. Shared with ``refine_structure``."""
+    meas = _check_measurement(measurement)
+    scaled = meas is not None and (meas.scale != "none" or meas.background != "none")
+    return meas, check_pattern(pattern, geometry, dose, scaled=scaled)
+
+
+def measurement_absorption(meas: Measurement | None, geometry, data, absorption, refine_absorption):
+    """(κ, refine κ) after checking that ``data`` determine ``meas``: a proportional absorption
+    model refines κ, from its start value unless ``absorption`` gives one."""
+    if meas is not None:
+        meas.check_determinable(geometry, data)
+        if meas.absorption == "proportional":
+            absorption = meas.start_absorption() if absorption is None else absorption
+            refine_absorption = True
+    return absorption, refine_absorption
+
+
 def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, dose, symmetry,
            real, absorption, refine_absorption, refine_reflections, prior, max_iter,
            measurement=None, holdout=0.0, seed=None) -> _Setup:
     """Validate the inputs (ValueError before any fitting) and build the parameter map."""
-    meas = _check_measurement(measurement)
-    scaled = meas is not None and (meas.scale != "none" or meas.background != "none")
-    exp = check_pattern(pattern, geometry, dose, scaled=scaled)
+    meas, exp = measured_pattern(pattern, geometry, dose, measurement)
     check_measured(exp, geometry)
     check_diffracted(exp)
-    if meas is not None:
-        meas.check_determinable(geometry, exp)
-        if meas.absorption == "proportional":
-            absorption = meas.start_absorption() if absorption is None else absorption
-            refine_absorption = True
+    absorption, refine_absorption = measurement_absorption(meas, geometry, exp, absorption,
+                                                           refine_absorption)
     held = holdout_tilts(exp, holdout, seed)
     full_data = exp
     if held.size:

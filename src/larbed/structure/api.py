@@ -18,14 +18,19 @@ from .._types import WEIGHTS, Weights
 from ..crystal import Crystal
 from ..geometry import Geometry
 from ..metrics import dose_column
-from ..refinement.api import MODEL_VARIANCE_FLOOR, POISSON_REVERT_FACTOR
+from ..refinement.api import (
+    MODEL_VARIANCE_FLOOR,
+    POISSON_REVERT_FACTOR,
+    measured_pattern,
+    measurement_absorption,
+)
 from ..refinement.jacobian import ForwardModel, WeightedProblem, masked_r
 from ..refinement.measured import MeasuredModel
 from ..refinement.parameters import check_start_thickness, gauge_basis
 from ..refinement.result import RealData, build_result
 from ..refinement.solver import LMState, covariance, levenberg_marquardt, restore_undetermined
 from ..scattering import PARAMETERIZATIONS, Parameterization
-from ..schema import check_diffracted, check_pattern, pattern_dose
+from ..schema import check_diffracted, pattern_dose
 from ..spacegroup import U_NAMES
 from ..structure_factors import compute_ug
 from ..threads import uses_kernels
@@ -95,16 +100,6 @@ def held_out_tilts(n_tilts: int, fraction: float, seed: int) -> np.ndarray:
     return held
 
 
-def _check_measurement(measurement):
-    """``measurement`` as a Measurement or None (TypeError for anything else)."""
-    from ..measurement import Measurement
-
-    if measurement is None or isinstance(measurement, Measurement):
-        return measurement
-    raise TypeError(f"measurement must be a larbed.Measurement or None, got "
-                    f"{type(measurement).__name__}")
-
-
 def _check_crystal(crystal, geometry: Geometry) -> list[FitWarning]:
     if not isinstance(crystal, Crystal):
         raise TypeError(f"crystal must be a larbed.Crystal, got {type(crystal).__name__}")
@@ -168,15 +163,10 @@ def _build(pattern, geometry, crystal, thickness_nm0, *, free, free_ug, fix, tie
            seed=0, measurement=None) -> _Setup:
     """Validate the inputs (ValueError before any fitting) and build the structure map."""
     warnings = _check_crystal(crystal, geometry)
-    meas = _check_measurement(measurement)
-    scaled = meas is not None and (meas.scale != "none" or meas.background != "none")
-    observed = check_pattern(pattern, geometry, dose, scaled=scaled)
+    meas, observed = measured_pattern(pattern, geometry, dose, measurement)
     check_diffracted(observed)
-    if meas is not None:
-        meas.check_determinable(geometry, observed)
-        if meas.absorption == "proportional":
-            absorption = meas.start_absorption() if absorption is None else absorption
-            refine_absorption = True
+    absorption, refine_absorption = measurement_absorption(meas, geometry, observed, absorption,
+                                                           refine_absorption)
     t0 = check_start_thickness(thickness_nm0)
     held = held_out_tilts(geometry.n_tilts, holdout, seed)
     exp = observed.copy()
