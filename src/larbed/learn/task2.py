@@ -74,6 +74,9 @@ DEFAULT_GROW = 1.5
 #: ... and by this after one that did not; clipped to [DEFAULT_MIN_SCALE, scale0].
 DEFAULT_SHRINK = 0.9
 DEFAULT_MIN_SCALE = 0.01
+#: Default configuration, iteration 0: the mean of the training U_g is also tried at this many
+#: thicknesses spread over the thickness range.
+DEFAULT_THICKNESS_GRID = 20
 
 
 @dataclass(frozen=True)
@@ -451,8 +454,11 @@ def _iterate_default(
     new = [(r_p, ug_p, t_p)]  # this iteration's candidates
     if i == 0:  # the training set is still the initial random one
         ug_m, t_m = split_targets(mean_baseline_targets(state.y[:n]), plan.t_range)
-        sim_m = simulate(geo, ug_m, float(t_m))["intensity"].values
-        new.append((r_factor(plan.i_exp, sim_m), np.asarray(ug_m, complex), float(t_m)))
+        ug_m = np.asarray(ug_m, complex)
+        # the mean U_g at its own thickness and on a thickness grid over the range
+        for t_k in (float(t_m), *np.linspace(*plan.t_range, DEFAULT_THICKNESS_GRID)):
+            sim_m = simulate(geo, ug_m, t_k)["intensity"].values
+            new.append((r_factor(plan.i_exp, sim_m), ug_m, t_k))
     best = _best_so_far(state)
     _, ug_c, t_c = min(new + ([best] if best is not None else []), key=lambda c: c[0])
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
