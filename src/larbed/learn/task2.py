@@ -208,7 +208,15 @@ def run_task2(
     then ``iterations`` times: predict (U, t) for the experimental pattern and record its R; add a
     deviation of scale s_i = ``scale0``·``decay``^i to U (U + s|U|(ε_r + iε_i)) and
     ±``thickness_jitter_nm`` to t; make unique; simulate; replace training sample i (mod n_train);
-    train ``loop_epochs`` more epochs from the current weights.
+    train ``loop_epochs`` more epochs from the current weights. That is the loop of
+    ``config="thesis"`` (SPEC §6). With ``config="default"`` the new sample is drawn around the best
+    candidate so far (the predictions, the earlier samples and, at iteration 0, the mean training
+    U_g at its own and at 20 thicknesses over the range), with an adaptive scale (0.3 at first,
+    ×1.5 after a sample that beat every candidate, ×0.9 otherwise, within [0.01, ``scale0``];
+    ``decay`` is not used) and a thickness jitter shrunk in proportion below scale 0.3; each
+    iteration records the better of its prediction and its sample (``r_prediction`` and
+    ``r_sample`` record both). Every R is that of a simulated candidate against the experimental
+    pattern; the true U_g is never used.
 
     Parameters
     ----------
