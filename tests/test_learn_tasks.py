@@ -77,10 +77,20 @@ def test_task1_stops_at_r_stop_and_threshold_rule(inputs):
 def test_task2_end_to_end(tmp_path, inputs, model, kw):
     res = run_task2(inputs, model, iterations=4, seed=1, **TINY, **kw)
     h = res.history
+    assert h.attrs["config"] == "default"
     assert h.sizes["iteration"] == 4 and h.train_loss.shape == (4, 2)
     assert res.r_min <= res.r_first
     assert res.r_min == pytest.approx(float(np.min(h.r_factor.values)))
-    np.testing.assert_allclose(h.scale.values, 5.0 * 0.99 ** np.arange(4))
+    # default config: adaptive scale from 0.3, x1.5 after an improving sample, x0.9 otherwise
+    assert h.scale.values[0] == pytest.approx(0.3)
+    ratios = h.scale.values[1:] / h.scale.values[:-1]
+    assert np.all(np.isclose(ratios, 1.5) | np.isclose(ratios, 0.9))
+    # each iteration's candidate is the better of the prediction and the new sample
+    np.testing.assert_array_less(
+        h.r_factor.values - 1e-12, np.minimum(h.r_prediction.values, h.r_sample.values) + 1e-9
+    )
+    # R_min is never worse than the mean-target baseline (a candidate of iteration 0)
+    assert res.r_min <= h.attrs["r_mean_baseline"] + 1e-9
     assert 5.0 <= res.thickness_nm <= 100.0
     best = res.best_ug
     assert best.dims == ("reflection",) and list(best.h.values) == list(
@@ -100,8 +110,32 @@ class _Interrupt(Exception):
     pass
 
 
+def test_task2_thesis_config_keeps_the_spec_loop(inputs):
+    res = run_task2(inputs, "ann", config="thesis", iterations=3, seed=1, **TINY)
+    h = res.history
+    np.testing.assert_allclose(h.scale.values, 5.0 * 0.99 ** np.arange(3))
+    assert "r_sample" not in h and "r_prediction" not in h  # R is that of the prediction alone
+    assert larbed.r_factor(inputs.pattern, res.best_pattern()) == pytest.approx(res.r_min, rel=1e-9)
+
+
+def test_task2_default_beats_mean_baseline_and_thesis_loop(inputs):
+    common = dict(iterations=12, seed=3, hidden=ANN_HIDDEN, **TINY)
+    default = run_task2(inputs, "ann", **common)
+    thesis = run_task2(inputs, "ann", config="thesis", **common)
+    assert default.r_min <= default.history.attrs["r_mean_baseline"]
+    assert default.r_min <= thesis.r_min
+    # the best candidate's R is honest: its own simulation against the pattern
+    sim = default.best_pattern()
+    assert larbed.r_factor(inputs.pattern, sim) == pytest.approx(default.r_min, rel=1e-9)
+
+
 @pytest.mark.parametrize(
-    "model,kw", [("ann", {"hidden": ANN_HIDDEN}), ("cnn", {"weights": None, "hidden": CNN_HEAD})]
+    "model,kw",
+    [
+        ("ann", {"hidden": ANN_HIDDEN}),
+        ("ann", {"hidden": ANN_HIDDEN, "config": "thesis"}),
+        ("cnn", {"weights": None, "hidden": CNN_HEAD}),
+    ],
 )
 def test_task2_resume_equals_uninterrupted(tmp_path, inputs, model, kw):
     common = dict(iterations=6, seed=2, **TINY, **kw)
@@ -121,6 +155,8 @@ def test_task2_resume_equals_uninterrupted(tmp_path, inputs, model, kw):
         "train_loss",
         "test_loss",
         "init_train_loss",
+        "scale",
+        *(("r_prediction", "r_sample", "ug_sample") if "config" not in kw else ()),
     ):
         np.testing.assert_array_equal(resumed.history[name].values, straight.history[name].values)
     # extending a finished run continues it; other settings are refused
