@@ -447,6 +447,18 @@ def _default_scale(plan: _Task2Plan, state: _State) -> float:
     return float(np.clip(s, min(DEFAULT_MIN_SCALE, hi), hi))
 
 
+def _replace_and_train(plan: _Task2Plan, reg: Regressor, state: _State, i: int, ug_new, t_new,
+                       i_new, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Put the new sample (U_g, t [nm], its pattern) in place of training sample i (mod n_train)
+    and train ``loop_epochs`` epochs from the current weights: (train, test) losses."""
+    n, x, y = plan.n_train, state.x, state.y
+    x[i % n] = reg.inputs(i_new)[0]
+    y[i % n] = make_targets(ug_new, t_new)
+    return reg.fit(
+        x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
+    )
+
+
 def _iterate_default(
     plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int
 ) -> dict:
@@ -478,12 +490,7 @@ def _iterate_default(
     ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
     i_new = simulate(geo, ug_new, t_new)["intensity"].values
     r_s = r_factor(plan.i_exp, i_new)
-    x, y = state.x, state.y
-    x[i % n] = reg.inputs(i_new)[0]
-    y[i % n] = make_targets(ug_new, t_new)
-    train, test = reg.fit(
-        x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
-    )
+    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
     # the iteration's candidate: the best of the prediction, the sample and (i = 0) the mean
     r, ug, t = min(new + [(r_s, np.asarray(ug_new, complex), t_new)], key=lambda c: c[0])
     for key, val in (
@@ -510,7 +517,7 @@ def _iterate_thesis(
     deviation of the prediction; train ``loop_epochs`` epochs. Appends to ``state.rec`` and
     returns the callback's record."""
     t0 = time.perf_counter()
-    geo, n = plan.geometry, plan.n_train
+    geo = plan.geometry
     ug_p, t_p, r = predict_and_score(reg, x_exp, geo, plan.i_exp, plan.t_range)
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
     s = plan.scale0 * plan.decay**i
@@ -519,12 +526,7 @@ def _iterate_thesis(
     t_new = float(np.clip(t_p + rng.uniform(-plan.jitter, plan.jitter), lo, hi))
     ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
     i_new = simulate(geo, ug_new, t_new)["intensity"].values
-    x, y = state.x, state.y
-    x[i % n] = reg.inputs(i_new)[0]
-    y[i % n] = make_targets(ug_new, t_new)
-    train, test = reg.fit(
-        x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
-    )
+    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
     for key, val in (
         ("r", r),
         ("ug", ug_p),
