@@ -23,12 +23,8 @@ from .._checkpoint import (
     write_json,
     write_text,
 )
-from ..metrics import r_factor
-from ..origin import make_unique_ug_vector
-from ..simulation import simulate
 from ._common import (
     KEY_T2_DATA,
-    KEY_T2_ITER,
     KEY_T2_TRAIN,
     LOOP_EPOCHS,
     NetworkSettings,
@@ -36,21 +32,17 @@ from ._common import (
     baselines_for,
     check_common_settings,
     machine_info,
-    predict_and_score,
     resolve_inputs,
 )
-from .baselines import mean_baseline_targets
 from .chunks import CHUNK_DIR_SUFFIX
 from .dataset import (
     THICKNESS_JITTER_NM,
-    deviate_ug,
     generate_dataset,
     resolve_reference,
-    split_targets,
 )
 from .models import check_config
 from .results import Task2Result
-from .targets import make_targets
+from .task2_loop import DEFAULT_KEYS, iterate
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
 
 __all__ = ["run_task2"]
@@ -63,20 +55,6 @@ _CKPT = "task2_checkpoint"
 _DATA_SET = "random_set.nc"
 #: What each iteration records.
 _RECORD_KEYS = ("r", "ug", "t", "scale", "train", "test", "time")
-#: What the default configuration records in addition: R of the network's own prediction and of
-#: the new (simulated) training sample of each iteration.
-_DEFAULT_KEYS = ("r_pred", "r_sample", "ug_sample", "t_sample")
-
-#: Default configuration: the deviation scale of the first iteration (relative to |U_g|) ...
-DEFAULT_START_SCALE = 0.3
-#: ... multiplied by this after a sample that beat the best candidate so far ...
-DEFAULT_GROW = 1.5
-#: ... and by this after one that did not; clipped to [DEFAULT_MIN_SCALE, scale0].
-DEFAULT_SHRINK = 0.9
-DEFAULT_MIN_SCALE = 0.01
-#: Default configuration, iteration 0: the mean of the training U_g is also tried at this many
-#: thicknesses spread over the thickness range.
-DEFAULT_THICKNESS_GRID = 20
 
 
 @dataclass(frozen=True)
@@ -319,7 +297,7 @@ def run_task2(
     )
     t_seg = time.perf_counter()
     for i in range(state.start, iterations):
-        record = _iterate(plan, reg, x_exp, state, i)
+        record = iterate(plan, reg, x_exp, state, i)
         bar.update(1)
         bar.set_postfix(R=f"{record['r']:.3f}", best=f"{min(state.rec['r']):.3f}")
         if ckpt_dir is not None and ((i + 1) % checkpoint_every == 0 or i == iterations - 1):
@@ -412,132 +390,9 @@ def _fresh_start(
     baselines = baselines_for(plan, ds["intensity"].values[: plan.n_train], ds["targets"].values[: plan.n_train])
     seeds = np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_TRAIN,))
     init_train, init_test = plan.fit_from_start(reg, x, y, seeds)
-    keys = _RECORD_KEYS + (_DEFAULT_KEYS if plan.net.config == "default" else ())
+    keys = _RECORD_KEYS + (DEFAULT_KEYS if plan.net.config == "default" else ())
     rec: dict[str, list] = {k: [] for k in keys}
     return _State(x, y, rec, init_train, init_test, 0, 0.0, baselines)
-
-
-def _iterate(plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int) -> dict:
-    """One loop iteration (the thesis's, or the default configuration's :func:`_iterate_default`)."""
-    if plan.net.config == "default":
-        return _iterate_default(plan, reg, x_exp, state, i)
-    return _iterate_thesis(plan, reg, x_exp, state, i)
-
-
-def _best_so_far(state: _State):
-    """(R, U_g, t) of the best candidate recorded so far (None before the first iteration)."""
-    rec = state.rec
-    if not rec["r"]:
-        return None
-    k = int(np.argmin(rec["r"]))
-    return rec["r"][k], np.asarray(rec["ug"][k], complex), float(rec["t"][k])
-
-
-def _default_scale(plan: _Task2Plan, state: _State) -> float:
-    """The default configuration's adaptive deviation scale for the next sample: the previous one
-    × DEFAULT_GROW when the previous sample beat every candidate before it, × DEFAULT_SHRINK when
-    not; DEFAULT_START_SCALE at first. Computed from the history alone (exact resume)."""
-    rec = state.rec
-    hi = plan.scale0
-    if not rec["scale"]:
-        return float(min(DEFAULT_START_SCALE, hi))
-    prev = rec["scale"][-1]
-    improved = rec["r_sample"][-1] <= min(rec["r"])  # the last sample is the best so far
-    s = prev * (DEFAULT_GROW if improved else DEFAULT_SHRINK)
-    return float(np.clip(s, min(DEFAULT_MIN_SCALE, hi), hi))
-
-
-def _replace_and_train(plan: _Task2Plan, reg: Regressor, state: _State, i: int, ug_new, t_new,
-                       i_new, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Put the new sample (U_g, t [nm], its pattern) in place of training sample i (mod n_train)
-    and train ``loop_epochs`` epochs from the current weights: (train, test) losses."""
-    n, x, y = plan.n_train, state.x, state.y
-    x[i % n] = reg.inputs(i_new)[0]
-    y[i % n] = make_targets(ug_new, t_new)
-    return reg.fit(
-        x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
-    )
-
-
-def _iterate_default(
-    plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int
-) -> dict:
-    """Default-configuration iteration ``i``: predict (U, t) and simulate it; draw the new sample
-    around the best candidate so far (prediction, earlier samples, at i = 0 also the mean of the
-    training targets) with the adaptive scale of :func:`_default_scale`; simulate it; replace the
-    training sample i (mod n_train); train ``loop_epochs`` epochs. The
-    iteration's candidate is the better of the prediction and the sample (both R from their own
-    simulation against the experimental pattern only)."""
-    t0 = time.perf_counter()
-    geo, n = plan.geometry, plan.n_train
-    ug_p, t_p, r_p = predict_and_score(reg, x_exp, geo, plan.i_exp, plan.t_range)
-    new = [(r_p, ug_p, t_p)]  # this iteration's candidates
-    if i == 0:  # the training set is still the initial random one
-        ug_m, t_m = split_targets(mean_baseline_targets(state.y[:n]), plan.t_range)
-        ug_m = np.asarray(ug_m, complex)
-        # the mean U_g at its own thickness and on a thickness grid over the range
-        for t_k in (float(t_m), *np.linspace(*plan.t_range, DEFAULT_THICKNESS_GRID)):
-            sim_m = simulate(geo, ug_m, t_k)["intensity"].values
-            new.append((r_factor(plan.i_exp, sim_m), ug_m, t_k))
-    best = _best_so_far(state)
-    _, ug_c, t_c = min(new + ([best] if best is not None else []), key=lambda c: c[0])
-    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
-    s = _default_scale(plan, state)
-    ug_new = deviate_ug(ug_c, s, rng)
-    lo, hi = plan.t_range
-    jit = plan.jitter * min(1.0, s / DEFAULT_START_SCALE)  # the jitter shrinks with the scale
-    t_new = float(np.clip(t_c + rng.uniform(-jit, jit), lo, hi))
-    ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
-    i_new = simulate(geo, ug_new, t_new)["intensity"].values
-    r_s = r_factor(plan.i_exp, i_new)
-    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
-    # the iteration's candidate: the best of the prediction, the sample and (i = 0) the mean
-    r, ug, t = min(new + [(r_s, np.asarray(ug_new, complex), t_new)], key=lambda c: c[0])
-    for key, val in (
-        ("r", r),
-        ("ug", ug),
-        ("t", t),
-        ("scale", s),
-        ("train", train),
-        ("test", test[-1]),
-        ("time", time.perf_counter() - t0),
-        ("r_pred", r_p),
-        ("r_sample", r_s),
-        ("ug_sample", np.asarray(ug_new, complex)),
-        ("t_sample", t_new),
-    ):
-        state.rec[key].append(val)
-    return {"r": r, "thickness_nm": t, "scale": s, "ug": ug, "r_prediction": r_p}
-
-
-def _iterate_thesis(
-    plan: _Task2Plan, reg: Regressor, x_exp: np.ndarray, state: _State, i: int
-) -> dict:
-    """Iteration ``i``: predict (U, t) and its R; replace training sample i (mod n_train) by a
-    deviation of the prediction; train ``loop_epochs`` epochs. Appends to ``state.rec`` and
-    returns the callback's record."""
-    t0 = time.perf_counter()
-    geo = plan.geometry
-    ug_p, t_p, r = predict_and_score(reg, x_exp, geo, plan.i_exp, plan.t_range)
-    rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
-    s = plan.scale0 * plan.decay**i
-    ug_new = deviate_ug(ug_p, s, rng)
-    lo, hi = plan.t_range
-    t_new = float(np.clip(t_p + rng.uniform(-plan.jitter, plan.jitter), lo, hi))
-    ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
-    i_new = simulate(geo, ug_new, t_new)["intensity"].values
-    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
-    for key, val in (
-        ("r", r),
-        ("ug", ug_p),
-        ("t", t_p),
-        ("scale", s),
-        ("train", train),
-        ("test", test[-1]),
-        ("time", time.perf_counter() - t0),
-    ):
-        state.rec[key].append(val)
-    return {"r": r, "thickness_nm": t_p, "scale": s, "ug": ug_p}
 
 
 def _save_progress(
