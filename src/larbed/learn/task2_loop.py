@@ -68,6 +68,12 @@ def _default_scale(plan, state) -> float:
     return float(np.clip(s, min(DEFAULT_MIN_SCALE, hi), hi))
 
 
+def _record(state, **values) -> None:
+    """Append one iteration's values to the history ``state.rec`` (one list per key)."""
+    for key, val in values.items():
+        state.rec[key].append(val)
+
+
 def _replace_and_train(plan, reg, state, i: int, ug_new, t_new,
                        i_new, rng) -> tuple[np.ndarray, np.ndarray]:
     """Put the new sample (U_g, t [nm], its pattern) in place of training sample i (mod n_train)
@@ -96,10 +102,12 @@ def _iterate_default(
     if i == 0:  # the training set is still the initial random one
         ug_m, t_m = split_targets(mean_baseline_targets(state.y[:n]), plan.t_range)
         ug_m = np.asarray(ug_m, complex)
-        # the mean U_g at its own thickness and on a thickness grid over the range
-        for t_k in (float(t_m), *np.linspace(*plan.t_range, DEFAULT_THICKNESS_GRID)):
-            sim_m = simulate(geo, ug_m, t_k)["intensity"].values
-            new.append((r_factor(plan.i_exp, sim_m), ug_m, t_k))
+        # the mean U_g at its own thickness and on a thickness grid over the range: one
+        # thickness series (one decomposition per tilt for all of them)
+        t_all = np.array([float(t_m), *np.linspace(*plan.t_range, DEFAULT_THICKNESS_GRID)])
+        sim_m = simulate(geo, ug_m, t_all)["intensity"].values
+        new += [(r_factor(plan.i_exp, sim_k), ug_m, float(t_k))
+                for t_k, sim_k in zip(t_all, sim_m, strict=True)]
     best = _best_so_far(state)
     _, ug_c, t_c = min(new + ([best] if best is not None else []), key=lambda c: c[0])
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
@@ -114,20 +122,9 @@ def _iterate_default(
     train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
     # the iteration's candidate: the best of the prediction, the sample and (i = 0) the mean
     r, ug, t = min(new + [(r_s, np.asarray(ug_new, complex), t_new)], key=lambda c: c[0])
-    for key, val in (
-        ("r", r),
-        ("ug", ug),
-        ("t", t),
-        ("scale", s),
-        ("train", train),
-        ("test", test[-1]),
-        ("time", time.perf_counter() - t0),
-        ("r_pred", r_p),
-        ("r_sample", r_s),
-        ("ug_sample", np.asarray(ug_new, complex)),
-        ("t_sample", t_new),
-    ):
-        state.rec[key].append(val)
+    _record(state, r=r, ug=ug, t=t, scale=s, train=train, test=test[-1],
+            time=time.perf_counter() - t0, r_pred=r_p, r_sample=r_s,
+            ug_sample=np.asarray(ug_new, complex), t_sample=t_new)
     return {"r": r, "thickness_nm": t, "scale": s, "ug": ug, "r_prediction": r_p}
 
 
@@ -148,14 +145,6 @@ def _iterate_thesis(
     ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
     i_new = simulate(geo, ug_new, t_new)["intensity"].values
     train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
-    for key, val in (
-        ("r", r),
-        ("ug", ug_p),
-        ("t", t_p),
-        ("scale", s),
-        ("train", train),
-        ("test", test[-1]),
-        ("time", time.perf_counter() - t0),
-    ):
-        state.rec[key].append(val)
+    _record(state, r=r, ug=ug_p, t=t_p, scale=s, train=train, test=test[-1],
+            time=time.perf_counter() - t0)
     return {"r": r, "thickness_nm": t_p, "scale": s, "ug": ug_p}
