@@ -92,6 +92,16 @@ def test_task2_end_to_end(tmp_path, inputs, model, kw):
     # R_min is never worse than the mean-target baseline (a candidate of iteration 0)
     assert res.r_min <= h.attrs["r_mean_baseline"] + 1e-9
     assert 5.0 <= res.thickness_nm <= 100.0
+    # each sample sits at the best of its thickness grid: its R is that of (U_g, t) it records
+    # and no thickness of the range's grid fits its U_g better
+    grid = np.linspace(5.0, 100.0, 20)
+    for k in (0, 3):
+        ug_k, t_k = h.ug_sample.values[k], float(h.thickness_sample_nm.values[k])
+        sims = larbed.simulate(inputs.geometry, ug_k, np.concatenate([[t_k], grid]))
+        r_k = [larbed.r_factor(inputs.pattern.intensity.values, sim) for sim in
+               sims["intensity"].values]
+        assert r_k[0] == pytest.approx(float(h.r_sample.values[k]), rel=1e-9)
+        assert r_k[0] <= min(r_k[1:]) + 1e-12
     best = res.best_ug
     assert best.dims == ("reflection",) and list(best.h.values) == list(
         inputs.geometry.reflection_hkl[:, 0]

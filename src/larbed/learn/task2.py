@@ -191,7 +191,9 @@ def run_task2(
     candidate so far (the predictions, the earlier samples and, at iteration 0, the mean training
     U_g at its own and at 20 thicknesses over the range), with an adaptive scale (0.3 at first,
     ×1.5 after a sample that beat every candidate, ×0.9 otherwise, within [0.01, ``scale0``];
-    ``decay`` is not used) and a thickness jitter shrunk in proportion below scale 0.3; each
+    ``decay`` is not used) and a thickness jitter shrunk in proportion below scale 0.3; the
+    sample then takes the best of its thickness, 20 thicknesses over the range and 9 within ± the
+    jitter (one thickness series: a profile over t, as the mean U_g at iteration 0); each
     iteration records the better of its prediction and its sample (``r_prediction`` and
     ``r_sample`` record both). Every R is that of a simulated candidate against the experimental
     pattern; the true U_g is never used.

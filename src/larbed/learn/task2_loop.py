@@ -36,6 +36,9 @@ DEFAULT_MIN_SCALE = 0.01
 #: Default configuration, iteration 0: the mean of the training U_g is also tried at this many
 #: thicknesses spread over the thickness range.
 DEFAULT_THICKNESS_GRID = 20
+#: ... and each sample at the best of its own thickness, that grid and this many thicknesses within
+#: ± the thickness jitter of its own.
+DEFAULT_LOCAL_GRID = 9
 
 
 def iterate(plan, reg, x_exp: np.ndarray, state, i: int) -> dict:
@@ -86,6 +89,33 @@ def _replace_and_train(plan, reg, state, i: int, ug_new, t_new,
     )
 
 
+def _profile_thickness(plan, ug, t0: float, jitter: float) -> tuple[float, float, np.ndarray]:
+    """(R, t [nm], pattern) of U_g at the best of the thicknesses t0, a grid of
+    DEFAULT_THICKNESS_GRID over the range and DEFAULT_LOCAL_GRID within ± ``jitter`` of t0: one
+    thickness series (one decomposition per tilt for all of them)."""
+    lo, hi = plan.t_range
+    local = t0 + np.linspace(-1.0, 1.0, DEFAULT_LOCAL_GRID) * max(jitter, 0.1)
+    t_all = np.clip(np.concatenate([[t0], np.linspace(lo, hi, DEFAULT_THICKNESS_GRID), local]),
+                    lo, hi)
+    sims = simulate(plan.geometry, ug, t_all)["intensity"].values
+    r_all = [r_factor(plan.i_exp, sim) for sim in sims]
+    k = int(np.argmin(r_all))
+    return float(r_all[k]), float(t_all[k]), sims[k]
+
+
+def _draw_sample(plan, ug_c, t_c: float, s: float, rng) -> tuple:
+    """(R, U_g, t [nm], pattern) of one new sample around (``ug_c``, ``t_c``): U_g deviated with
+    scale ``s``, the thickness jittered (the jitter shrinks with the scale), made unique, then
+    at its best thickness (:func:`_profile_thickness`)."""
+    ug = deviate_ug(ug_c, s, rng)
+    lo, hi = plan.t_range
+    jit = plan.jitter * min(1.0, s / DEFAULT_START_SCALE)
+    t = float(np.clip(t_c + rng.uniform(-jit, jit), lo, hi))
+    ug = make_unique_ug_vector(ug, plan.geometry, reference=plan.ref)
+    r, t, pattern = _profile_thickness(plan, ug, t, jit)
+    return r, ug, t, pattern
+
+
 def _iterate_default(
     plan, reg, x_exp: np.ndarray, state, i: int
 ) -> dict:
@@ -102,23 +132,13 @@ def _iterate_default(
     if i == 0:  # the training set is still the initial random one
         ug_m, t_m = split_targets(mean_baseline_targets(state.y[:n]), plan.t_range)
         ug_m = np.asarray(ug_m, complex)
-        # the mean U_g at its own thickness and on a thickness grid over the range: one
-        # thickness series (one decomposition per tilt for all of them)
-        t_all = np.array([float(t_m), *np.linspace(*plan.t_range, DEFAULT_THICKNESS_GRID)])
-        sim_m = simulate(geo, ug_m, t_all)["intensity"].values
-        new += [(r_factor(plan.i_exp, sim_k), ug_m, float(t_k))
-                for t_k, sim_k in zip(t_all, sim_m, strict=True)]
+        r_m, t_m, _ = _profile_thickness(plan, ug_m, float(t_m), plan.jitter)
+        new.append((r_m, ug_m, t_m))
     best = _best_so_far(state)
     _, ug_c, t_c = min(new + ([best] if best is not None else []), key=lambda c: c[0])
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
     s = _default_scale(plan, state)
-    ug_new = deviate_ug(ug_c, s, rng)
-    lo, hi = plan.t_range
-    jit = plan.jitter * min(1.0, s / DEFAULT_START_SCALE)  # the jitter shrinks with the scale
-    t_new = float(np.clip(t_c + rng.uniform(-jit, jit), lo, hi))
-    ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
-    i_new = simulate(geo, ug_new, t_new)["intensity"].values
-    r_s = r_factor(plan.i_exp, i_new)
+    r_s, ug_new, t_new, i_new = _draw_sample(plan, ug_c, t_c, s, rng)
     train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
     # the iteration's candidate: the best of the prediction, the sample and (i = 0) the mean
     r, ug, t = min(new + [(r_s, np.asarray(ug_new, complex), t_new)], key=lambda c: c[0])
