@@ -133,6 +133,22 @@ def _u_equivalent(aniso, uc) -> float:
     return float(np.sum(u * np.outer(rec_len, rec_len) * metric) / 3.0)
 
 
+def _group_from_number(number: int, path: str):
+    """The standard setting of space group ``number`` (a CIF that gives only the number)."""
+    import gemmi
+
+    group = gemmi.find_spacegroup_by_number(int(number))
+    if group is None:
+        raise ValueError(f"CIF file {path!r}: space-group number {number} is not in 1-230")
+    settings = [sg.xhm() for sg in gemmi.spacegroup_table() if sg.number == group.number]
+    if len(settings) > 1:
+        logger.warning("%s gives only the space-group number %d: the standard setting %s is used "
+                       "(others: %s); give the Hermann-Mauguin name or the symmetry operations "
+                       "if the file uses another", path, group.number, group.xhm(),
+                       ", ".join(settings[1:4]) + (" …" if len(settings) > 4 else ""))
+    return group
+
+
 def lattice_from_cell(cell) -> np.ndarray:
     """Rows a, b, c [Å] (Cartesian: a along x, b in the xy plane) of a cell (a, b, c, α, β, γ)."""
     a, b, c, al, be, ga = cell
@@ -357,7 +373,8 @@ class Crystal:
         """Read a crystal from a CIF file, with its space group.
 
         With a space group (the Hermann–Mauguin name, the number or the symmetry operations of
-        the file, through gemmi) the listed sites are the asymmetric unit, completed by the
+        the file, through gemmi; a number alone means its standard setting, with a warning when
+        the group has others) the listed sites are the asymmetric unit, completed by the
         operations (anisotropic U^ij rotated with them); sites listed although they are images of
         others are merged (logged). Without one the file's atoms are taken as the whole cell (P1)
         and U^ij, if given alone, become B_eq. Occupancies, labels and displacements (B_iso, U_iso
@@ -389,6 +406,8 @@ class Crystal:
         group = small.spacegroup
         if group is None and len(small.symops) > 1:
             group = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(t) for t in small.symops]))
+        if group is None and len(small.symops) <= 1 and small.spacegroup_number > 0:
+            group = _group_from_number(small.spacegroup_number, path)
         if len(small.sites) == 0:
             raise ValueError(f"CIF file {path!r} has no atom sites")
         if group is None:
