@@ -35,6 +35,7 @@ __all__ = [
     "check_pattern",
     "check_thickness",
     "check_ug",
+    "complex_from_parts",
     "extract_ug",
     "geometry_mismatch",
     "labelled_ug",
@@ -143,6 +144,14 @@ def attach_ug(ds: xr.Dataset, ug: xr.DataArray, name: str = "ug") -> xr.Dataset:
     ds = ds.assign_coords(ug_coords(ug))
     ds[name] = ("reflection", np.asarray(ug.values, dtype=complex), dict(UG_ATTRS))
     return ds
+
+
+def complex_from_parts(real, imag) -> np.ndarray:
+    """real + i·imag without arithmetic, so that an infinite part (an undetermined standard error)
+    leaves the other part as it is (``x + 1j * inf`` gives a NaN real part)."""
+    out = np.array(real, dtype=complex)
+    out.imag = imag
+    return out
 
 
 def extract_ug(ds: xr.Dataset, name: str = "ug") -> xr.DataArray:

@@ -15,7 +15,7 @@ from .._checkpoint import check_writable
 from ..geometry import Geometry
 from ..origin import align_origin, phase_factors, unique_origin
 from ..refinement import RefinementResult
-from ..schema import attach_ug, check_ug, extract_ug
+from ..schema import attach_ug, check_ug, complex_from_parts, extract_ug
 from ..symmetry import SymmetryGroup
 from ..trust import FitWarning, untrustworthy
 
@@ -202,7 +202,7 @@ class DeterminationResult:
             refinement = RefinementResult.from_dataset(inner, geometry)
             ug = extract_ug(ds, "ug")
             ug.attrs["source"] = "determine"
-            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err = ug.copy(data=complex_from_parts(ds["ug_error_real"].values, ds["ug_error_imag"].values))
             err.attrs.update({"source": "standard error", "long_name":
                               "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
             groups = [SymmetryGroup(tuple((int(q), int(sg)) for q, sg in g[:-1]), bool(g[-1]))
