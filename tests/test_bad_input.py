@@ -219,6 +219,12 @@ def test_no_atoms_and_unknown_builtin():
         ({"tilt_range_mrad": 0}, ValueError, r"tilt_range_mrad must be positive"),
         ({"tilt_range_mrad": 2000}, ValueError, r"beyond the small-angle geometry"),
         ({"tilt_center_mrad": (1.0,)}, ValueError, r"tilt_center_mrad must be 2 finite numbers"),
+        # recorded: a pair was a numpy reshape error, [] gave a geometry fitting nothing, and
+        # (0.5, 0, 0) was silently truncated to 000
+        ({"recorded": [(0, 0)]}, ValueError, r"recorded must be a non-empty list of \(h, k, l\)"),
+        ({"recorded": []}, ValueError, r"recorded must be a non-empty list"),
+        ({"recorded": [(0, 0, 0), (0.5, 0, 0)]}, ValueError, r"integer \(h, k, l\), got \[\[0.5"),
+        ({"recorded": [("a", "b", "c")]}, TypeError, r"recorded must be \(h, k, l\) integers"),
     ],
 )
 def test_bad_geometry(kwargs, exc, match):
