@@ -264,3 +264,13 @@ def test_bad_shift_and_normalization_shapes():
         normalize_ug(geo13(), np.zeros((12, 12)))
     with pytest.raises(ValueError, match=r"no value given for reflections"):
         normalize_ug(geo13(), {(1, 0, 0): 0.1})
+
+
+def test_compute_ug_with_a_crystal_of_another_cell():
+    """U_g of a crystal whose cell is not the geometry's were computed at the wrong |g|, silently."""
+    geo = Geometry(sto(), 120, (0, 0, 1), 13, 1, 70)
+    other = Crystal((4.2, 4.2, 4.2, 90, 90, 90), [("Mg", (0, 0, 0)), ("O", (0.5, 0.5, 0.5))])
+    with pytest.raises(ValueError, match=r"cell \(4.2, 4.2, 4.2, 90.0, 90.0, 90.0\) differs from"):
+        compute_ug(other, geo)
+    same_cell = Crystal(sto().cell, [("Sr", (0, 0, 0))])  # another structure on the same lattice
+    assert compute_ug(same_cell, geo).shape == (geo.n_reflections,)
