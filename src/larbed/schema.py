@@ -307,7 +307,9 @@ def check_diffracted(arr: np.ndarray) -> None:
         raise ValueError(
             f"the pattern has no diffracted intensity (beams other than 000 hold "
             f"{diffracted / max(total, 1e-300):.3g} of it): a crystal of thickness 0, or no crystal, "
-            "determines neither U_g nor the thickness"
+            "determines neither U_g nor the thickness; if the crystal is there, the beams may all "
+            "be forbidden reflections (U_g = 0, e.g. the mixed-parity ones of an F-centred cell): "
+            "simulate more beams (n_beams)"
         )
 
 
