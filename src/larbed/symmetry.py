@@ -4,8 +4,7 @@ In the ZOLZ (projection) model a rotation or mirror R of the zone-axis plane map
 matrix at tilt k_t with U_g onto the matrix at tilt R k_t with U_{R⁻¹g}, beams permuted. So when the
 projected potential is invariant under R (U_{Rg} = U_g with the origin on the symmetry element), the
 pattern obeys I(R g, R k_t) = I(g, k_t), and conversely a pattern with that symmetry has U_g with it
-(up to an origin shift) — except for a glide line, which the pattern obeys too, and which shows
-as beams along the line that vanish at the tilts on it (Gjønnes–Moodie lines). This module
+(up to an origin shift), except a glide line: beams along it vanish on it (Gjønnes–Moodie). This module
 
 * lists the lattice operations of a geometry (:func:`lattice_operations`);
 * detects which of them the *pattern* obeys (:func:`pattern_operations`; needs a tilt grid centred on
@@ -68,6 +67,8 @@ GLIDE_EXTINCTION = 0.01
 #: … where that beam holds at least this fraction of the mean beam intensity off the line, or,
 #: with a dose, the tilts on the line would have held at least this many counts in all.
 GLIDE_MIN_FRACTION, GLIDE_MIN_COUNTS = 1e-6, 10.0
+#: With a dose: on-line values may exceed the beam's lowest by this many Poisson σ (off-line: 2×).
+GLIDE_NOISE_SIGMAS = 4.0
 
 
 @dataclass(frozen=True)
@@ -318,20 +319,27 @@ def pattern_operations(intensity: np.ndarray, geometry: Geometry, *, dose: float
 
 
 def _is_glide(inten: np.ndarray, geometry: Geometry, op: np.ndarray, dose) -> int | None:
-    """Index of a beam g = R g (R a mirror) that vanishes at the tilts on R's line but not off it:
-    R is then a glide line, U_Rg = U_g exp(2πi g·τ) with τ along the line, which no origin shift
-    removes (the pattern still obeys R). None when no such beam (or too few tilts on the line)."""
+    """Index of a beam g = R g (R a mirror) that vanishes (to its lowest value: a background) at
+    the tilts on R's line but not off it: R is a glide line, U_Rg = U_g exp(2πi g·τ), τ along the
+    line, which no origin shift removes (the pattern obeys R). None when none (or no line)."""
     tol = TILT_MATCH_FRACTION * (geometry.tilt_step_mrad or 1.0) + 1e-12
     on = np.abs(geometry.tilt_mrad @ op.T - geometry.tilt_mrad).max(axis=1) < tol
     if on.sum() < 2 or on.all():
         return None
     beams = np.abs(geometry.g_xy @ op.T - geometry.g_xy).max(axis=1) < G_MATCH_ATOL
-    scale = float(np.nanmean(inten[~on]))
     for b in np.flatnonzero(beams & (geometry.g_abs > 0)):
-        off = float(np.nanmean(inten[~on, b]))
-        enough = (off * np.sum(np.isfinite(inten[on, b])) * np.mean(dose) >= GLIDE_MIN_COUNTS
-                  if dose is not None else off >= GLIDE_MIN_FRACTION * scale)
-        if enough and np.nanmean(inten[on, b]) <= GLIDE_EXTINCTION * off:
+        col = inten[:, b]
+        if not (np.isfinite(col[on]).any() and np.isfinite(col[~on]).any()):
+            continue
+        floor = float(np.nanmin(col))
+        off, on_b = float(np.nanmean(col[~on])) - floor, float(np.nanmean(col[on])) - floor
+        if dose is None:
+            enough, noise = off >= GLIDE_MIN_FRACTION * np.nanmean(inten[~on]), 0.0
+        else:  # the floor is the lowest of many Poisson values: a few σ below their mean
+            noise = GLIDE_NOISE_SIGMAS * np.sqrt(max(floor, 0.0) / np.mean(dose))
+            enough = (off >= 2 * noise
+                      and off * np.sum(np.isfinite(col[on])) * np.mean(dose) >= GLIDE_MIN_COUNTS)
+        if enough and on_b <= GLIDE_EXTINCTION * off + noise:
             return int(b)
     return None
 
