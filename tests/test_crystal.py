@@ -346,3 +346,19 @@ def test_cif_number_with_several_settings_warns_and_bad_number_raises(tmp_path, 
     path.write_text(CU_CIF_BY_NUMBER.format(group="_space_group_IT_number 999", symbol="Cu"))
     with pytest.raises(ValueError, match="space-group number 999 is not in 1-230"):
         Crystal.from_cif(path)
+
+
+@pytest.mark.parametrize(("xyz", "n_atoms", "warns"), [("0 0 0", 16, True), ("0.125 0.125 0.125", 8, False)])
+def test_cif_without_origin_choice_warns_when_the_other_makes_fewer_atoms(tmp_path, caplog, xyz,
+                                                                          n_atoms, warns):
+    """'F d -3 m' alone is origin choice 2 (gemmi); Si listed at 0 0 0 (origin choice 1) then gave
+    16 atoms 1.92 Å apart, silently."""
+    path = tmp_path / "si.cif"
+    text = CU_CIF_BY_NUMBER.format(group="_symmetry_space_group_name_H-M 'F d -3 m'", symbol="Si")
+    path.write_text(text.replace("3.615", "5.431").replace("Si 0 0 0", f"Si {xyz}"))
+    with caplog.at_level("WARNING", logger="larbed.crystal"):
+        xtal = Crystal.from_cif(path)
+    assert xtal.space_group.name == "F d -3 m:2" and len(xtal.atoms) == n_atoms
+    assert ("without its origin choice" in caplog.text) == warns
+    if warns:
+        assert "F d -3 m:1 the sites make 8 atoms" in caplog.text
