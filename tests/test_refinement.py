@@ -244,6 +244,8 @@ def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49):
         refine(data49, geo49, start, 21.0, prior=(0, -1.0), progress=False)
     with pytest.raises(TypeError, match="prior"):
         refine(data49, geo49, start, 21.0, prior=np.ones(p), progress=False)
+    with pytest.raises(ValueError, match=rf"prior: .*\({p},\) arrays.*shapes \(3,\) and \(3,\)"):
+        refine(data49, geo49, start, 21.0, prior=(np.zeros(3), np.ones(3)), progress=False)
 
 
 def test_undetermined_imaginary_part_keeps_the_real_standard_error():
