@@ -285,8 +285,11 @@ def rotate_errors(res: RefinementResult, phase: np.ndarray) -> np.ndarray:
     for i in range(p):
         block = cov[np.ix_([i, p + i], [i, p + i])]
         rot = np.array([[c[i], -s[i]], [s[i], c[i]]])
-        b = rot @ block @ rot.T if np.all(np.isfinite(block)) else np.full((2, 2), np.inf)
-        out[i] = np.sqrt(abs(b[0, 0])) + 1j * np.sqrt(abs(b[1, 1]))
+        if s[i] == 0.0:  # U → ±U: each part keeps its σ (an infinite one leaves the other)
+            b = np.abs(np.diag(np.diag(block)))
+        else:
+            b = rot @ block @ rot.T if np.all(np.isfinite(block)) else np.full((2, 2), np.inf)
+        out[i] = complex(np.sqrt(abs(b[0, 0])), np.sqrt(abs(b[1, 1])))  # no inf·1j = nan + inf·j
     return out
 
 
