@@ -258,6 +258,8 @@ def test_bad_scattering_vector():
 
 
 def test_bad_shift_and_normalization_shapes():
+    with pytest.raises(ValueError, match=r"shift must be finite \[Å\], got \[nan, 0.0\]"):
+        shift_origin(geo13(), ug13(), (np.nan, 0.0))  # gave NaN U_g
     with pytest.raises(ValueError, match=r"shift must have 2 or 3 components"):
         shift_origin(geo13(), ug13(), (1.0, 2.0, 3.0, 4.0))
     with pytest.raises(ValueError, match=r"U_g matrix must have shape \(13, 13\)"):
