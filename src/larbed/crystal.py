@@ -152,7 +152,8 @@ def _group_from_number(number: int, path: str):
 def _check_origin_choice(group, atoms, cell, n_atoms: int, path: str) -> None:
     """Warn when the file names a group with two origin choices but not which, and the other
     choice makes fewer atoms of the listed sites (e.g. Si at 0 0 0 in F d -3 m: 8 atoms with
-    origin choice 1, 16 with 2): listed sites are usually special positions of the file's setting."""
+    origin choice 1, 16 with 2): listed sites are usually special positions of the file's
+    setting."""
     import gemmi
 
     if group.ext not in ("1", "2"):
@@ -161,10 +162,11 @@ def _check_origin_choice(group, atoms, cell, n_atoms: int, path: str) -> None:
     alt, _ = complete([_as_atom(a) for a in atoms], SpaceGroup.from_spec(other),
                       lattice_from_cell(cell), SITE_TOLERANCE_ANGSTROM)
     if len(alt) != n_atoms:
-        (logger.warning if len(alt) < n_atoms else logger.info)("%s names %s without its origin choice: %s is used (%d atoms); with %s the "
-                       "sites make %d atoms. Give the setting (e.g. '%s') or the symmetry "
-                       "operations in the file if it uses the other one", path, group.hm,
-                       group.xhm(), n_atoms, other.xhm(), len(alt), other.xhm())
+        log = logger.warning if len(alt) < n_atoms else logger.info
+        log("%s names %s without its origin choice: %s is used (%d atoms); with %s the sites make "
+            "%d atoms. Give the setting (e.g. '%s') or the symmetry operations in the file if it "
+            "uses the other one", path, group.hm, group.xhm(), n_atoms, other.xhm(), len(alt),
+            other.xhm())
 
 
 def lattice_from_cell(cell) -> np.ndarray:
@@ -393,11 +395,12 @@ class Crystal:
         With a space group (the Hermann–Mauguin name, the number or the symmetry operations of
         the file, through gemmi; a number alone means its standard setting, with a warning when
         the group has others; a name with two origin choices but no choice given is gemmi's
-        default, with a warning when the other choice makes fewer atoms) the listed sites are the asymmetric unit, completed by the
-        operations (anisotropic U^ij rotated with them); sites listed although they are images of
-        others are merged (logged). Without one the file's atoms are taken as the whole cell (P1)
-        and U^ij, if given alone, become B_eq. Occupancies, labels and displacements (B_iso, U_iso
-        converted with B = 8π²U, or U^ij) are read when present.
+        default, with a warning when the other choice makes fewer atoms) the listed sites are
+        the asymmetric unit, completed by the operations (anisotropic U^ij rotated with them);
+        sites listed although they are images of others are merged (logged). Without one the
+        file's atoms are taken as the whole cell (P1) and U^ij, if given alone, become B_eq.
+        Occupancies, labels and displacements (B_iso, U_iso converted with B = 8π²U, or U^ij) are
+        read when present.
 
         Parameters
         ----------

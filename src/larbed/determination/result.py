@@ -202,7 +202,8 @@ class DeterminationResult:
             refinement = RefinementResult.from_dataset(inner, geometry)
             ug = extract_ug(ds, "ug")
             ug.attrs["source"] = "determine"
-            err = ug.copy(data=complex_from_parts(ds["ug_error_real"].values, ds["ug_error_imag"].values))
+            err = ug.copy(data=complex_from_parts(ds["ug_error_real"].values,
+                                                  ds["ug_error_imag"].values))
             err.attrs.update({"source": "standard error", "long_name":
                               "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
             groups = [SymmetryGroup(tuple((int(q), int(sg)) for q, sg in g[:-1]), bool(g[-1]))
