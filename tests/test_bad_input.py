@@ -219,6 +219,12 @@ def test_no_atoms_and_unknown_builtin():
         ({"tilt_range_mrad": 0}, ValueError, r"tilt_range_mrad must be positive"),
         ({"tilt_range_mrad": 2000}, ValueError, r"beyond the small-angle geometry"),
         ({"tilt_center_mrad": (1.0,)}, ValueError, r"tilt_center_mrad must be 2 finite numbers"),
+        # recorded: a pair was a numpy reshape error, [] gave a geometry fitting nothing, and
+        # (0.5, 0, 0) was silently truncated to 000
+        ({"recorded": [(0, 0)]}, ValueError, r"recorded must be a non-empty list of \(h, k, l\)"),
+        ({"recorded": []}, ValueError, r"recorded must be a non-empty list"),
+        ({"recorded": [(0, 0, 0), (0.5, 0, 0)]}, ValueError, r"integer \(h, k, l\), got \[\[0.5"),
+        ({"recorded": [("a", "b", "c")]}, TypeError, r"recorded must be \(h, k, l\) integers"),
     ],
 )
 def test_bad_geometry(kwargs, exc, match):
@@ -252,9 +258,21 @@ def test_bad_scattering_vector():
 
 
 def test_bad_shift_and_normalization_shapes():
+    with pytest.raises(ValueError, match=r"shift must be finite \[Å\], got \[nan, 0.0\]"):
+        shift_origin(geo13(), ug13(), (np.nan, 0.0))  # gave NaN U_g
     with pytest.raises(ValueError, match=r"shift must have 2 or 3 components"):
         shift_origin(geo13(), ug13(), (1.0, 2.0, 3.0, 4.0))
     with pytest.raises(ValueError, match=r"U_g matrix must have shape \(13, 13\)"):
         normalize_ug(geo13(), np.zeros((12, 12)))
     with pytest.raises(ValueError, match=r"no value given for reflections"):
         normalize_ug(geo13(), {(1, 0, 0): 0.1})
+
+
+def test_compute_ug_with_a_crystal_of_another_cell():
+    """U_g of a crystal whose cell is not the geometry's were computed at the wrong |g|, silently."""
+    geo = Geometry(sto(), 120, (0, 0, 1), 13, 1, 70)
+    other = Crystal((4.2, 4.2, 4.2, 90, 90, 90), [("Mg", (0, 0, 0)), ("O", (0.5, 0.5, 0.5))])
+    with pytest.raises(ValueError, match=r"cell \(4.2, 4.2, 4.2, 90.0, 90.0, 90.0\) differs from"):
+        compute_ug(other, geo)
+    same_cell = Crystal(sto().cell, [("Sr", (0, 0, 0))])  # another structure on the same lattice
+    assert compute_ug(same_cell, geo).shape == (geo.n_reflections,)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,18 @@ def test_help_does_not_import_tensorflow():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "simulate" in result.stdout
+
+
+def test_output_into_a_closed_pipe_is_no_error():
+    """`larbed presets | head -1`: the reader stops early; this printed 'larbed: error: [Errno 32]
+    Broken pipe' and exited 2 as if the input were bad."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    code = "import sys; from larbed.cli.app import main; sys.exit(main(['presets']))"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120, check=False)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 1
+    assert "error" not in proc.stderr and "Traceback" not in proc.stderr

@@ -303,3 +303,62 @@ def test_site_occupancies_above_one_are_rejected():
         Crystal(cell, [("Sr", (0, 0, 0)), ("Sr", (1.0, 0, 0))])  # equal modulo the lattice
     mixed = Crystal(cell, [("Sr", (0, 0, 0), 0.5), ("Ba", (0, 0, 0), 0.5), ("O", (0.5, 0.5, 0.5))])
     assert len(mixed.atoms) == 3
+
+
+CU_CIF_BY_NUMBER = """data_Cu
+_cell_length_a 3.615
+_cell_length_b 3.615
+_cell_length_c 3.615
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+{group}
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+{symbol}1 {symbol} 0 0 0
+"""
+
+
+@pytest.mark.parametrize("tag", ["_space_group_IT_number", "_symmetry_Int_Tables_number"])
+def test_cif_with_only_the_space_group_number_is_completed(tmp_path, tag):
+    """A CIF naming its group by number alone was read as P1 (one Cu atom, a primitive cube)."""
+    path = tmp_path / "cu.cif"
+    path.write_text(CU_CIF_BY_NUMBER.format(group=f"{tag} 225", symbol="Cu"))
+    xtal = Crystal.from_cif(path)
+    assert xtal.space_group is not None and xtal.space_group.name == "F m -3 m"
+    assert len(xtal.atoms) == 4
+    geo = Geometry(xtal, 200.0, (0, 0, 1), 5, 1, 70.0)
+    ug = compute_ug(xtal, geo)
+    assert abs(ug.sel(reflection=(ug.h == 1) & (ug.k == 0)).values[0]) < CIF_UG_ATOL  # fcc: 100 absent
+
+
+def test_cif_number_with_several_settings_warns_and_bad_number_raises(tmp_path, caplog):
+    path = tmp_path / "si.cif"
+    path.write_text(CU_CIF_BY_NUMBER.format(group="_space_group_IT_number 227", symbol="Si"))
+    with caplog.at_level("WARNING", logger="larbed.crystal"):
+        xtal = Crystal.from_cif(path)
+    assert xtal.space_group.name == "F d -3 m:1" and len(xtal.atoms) == 8
+    assert "only the space-group number 227" in caplog.text
+    path.write_text(CU_CIF_BY_NUMBER.format(group="_space_group_IT_number 999", symbol="Cu"))
+    with pytest.raises(ValueError, match="space-group number 999 is not in 1-230"):
+        Crystal.from_cif(path)
+
+
+@pytest.mark.parametrize(("xyz", "n_atoms", "warns"), [("0 0 0", 16, True), ("0.125 0.125 0.125", 8, False)])
+def test_cif_without_origin_choice_warns_when_the_other_makes_fewer_atoms(tmp_path, caplog, xyz,
+                                                                          n_atoms, warns):
+    """'F d -3 m' alone is origin choice 2 (gemmi); Si listed at 0 0 0 (origin choice 1) then gave
+    16 atoms 1.92 Å apart, silently."""
+    path = tmp_path / "si.cif"
+    text = CU_CIF_BY_NUMBER.format(group="_symmetry_space_group_name_H-M 'F d -3 m'", symbol="Si")
+    path.write_text(text.replace("3.615", "5.431").replace("Si 0 0 0", f"Si {xyz}"))
+    with caplog.at_level("WARNING", logger="larbed.crystal"):
+        xtal = Crystal.from_cif(path)
+    assert xtal.space_group.name == "F d -3 m:2" and len(xtal.atoms) == n_atoms
+    assert ("without its origin choice" in caplog.text) == warns
+    if warns:
+        assert "F d -3 m:1 the sites make 8 atoms" in caplog.text

@@ -238,3 +238,21 @@ def test_poisson_deviance():
     y, mu = 1e4 * obs, 1e4 * fit
     expected = 2 * np.sum(mu - y + np.where(y > 0, y * np.log(np.where(y > 0, y, 1) / mu), 0))
     assert d == pytest.approx(expected, rel=1e-12) and d > 0
+
+
+def test_undetermined_imaginary_part_keeps_the_real_error_and_saves():
+    """σ = inf (an undetermined combination) made ug_error NaN + inf·j, and its saved copy differ
+    from it (NaN ≠ NaN). With the origin moved by a general phase, Re and Im mix: both are inf."""
+    gan = larbed.Crystal((3.189, 3.189, 5.185, 90, 90, 120),
+                         [("Ga", (0.33333, 0.66667, 0)), ("N", (0.33333, 0.66667, 0.377))],
+                         space_group="P 63 m c")  # rounded coordinates: Im U_g ~ 1e-6, not 0
+    geo = larbed.Geometry(gan, 120, (0, 0, 1), 13, 13, 40)
+    truth = larbed.compute_ug(gan, geo)
+    res = larbed.determine(larbed.simulate(geo, truth, 30.0), geo, start=truth * 1.02, search=False,
+                           kinematic=False, n_perturbed=0, polish_weak=False, symmetry="crystal",
+                           progress=False)
+    assert "undetermined" in {w.kind for w in res.warnings}
+    err = res.ug_error.values
+    assert np.any(np.isinf(err.imag)) and not np.any(np.isnan(err.real) | np.isnan(err.imag))
+    back = type(res).from_dataset(res.to_dataset(), geo)
+    np.testing.assert_array_equal(back.ug_error.values, err)

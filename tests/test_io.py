@@ -174,6 +174,17 @@ def test_csv_rows_in_any_order_and_unrecorded_beams(tmp_path, geometry, pattern)
     sub = io.read_csv(path, partial)
     assert np.all(np.isnan(sub.intensity.values[:, 5:]))
     np.testing.assert_array_equal(sub.intensity.values[:, :5], pattern.intensity.values[:, :5])
+    # R against a simulation counts the measured values only (it raised on the NaN)
+    other = larbed.simulate(geometry, larbed.compute_ug(geometry.crystal, geometry), 25.0)
+    expected = larbed.r_factor(pattern.intensity.values[:, :5], other.intensity.values[:, :5])
+    assert larbed.r_factor(sub, other) == pytest.approx(expected, rel=1e-12)
+    assert sub.larbed.r_factor(other) == pytest.approx(expected, rel=1e-12)
+    with pytest.raises(ValueError, match="simulation contains NaN"):
+        larbed.r_factor(other, sub)
+    with pytest.raises(ValueError, match="no measured"):
+        larbed.r_factor(np.full((2, 3), np.nan), np.ones((2, 3)))
+    with pytest.raises(ValueError, match="experiment contains infinite"):
+        larbed.r_factor([np.inf, 1.0], [1.0, 1.0])
 
 
 def test_corrupt_and_wrong_netcdf_files(tmp_path, pattern, complex_ug):

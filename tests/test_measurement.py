@@ -190,6 +190,12 @@ def test_measurement_the_data_cannot_determine(srtio3, geo, ug):
         Measurement.with_values(tilt_matrix=np.eye(3))
 
 
+def test_simulate_with_a_singular_tilt_map_names_the_tilt_map(geo, ug):
+    """A = 0 maps every tilt onto c: the error spoke of tilts_mrad listing a tilt twice."""
+    with pytest.raises(ValueError, match=r"tilt map .*A = \[\[0.0, 0.0\], \[0.0, 0.0\]\].*same tilt"):
+        larbed.simulate(geo, ug, 20.0, measurement=Measurement.with_values(tilt_matrix=np.zeros((2, 2))))
+
+
 def test_noise_floor_recovers_known_poisson_noise(srtio3):
     """The documented noise-floor method on patterns with known Poisson noise (the model given
     is the truth, and one a few per cent off: an upper bound close to the truth)."""

@@ -244,3 +244,24 @@ def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49):
         refine(data49, geo49, start, 21.0, prior=(0, -1.0), progress=False)
     with pytest.raises(TypeError, match="prior"):
         refine(data49, geo49, start, 21.0, prior=np.ones(p), progress=False)
+    with pytest.raises(ValueError, match=rf"prior: .*\({p},\) arrays.*shapes \(3,\) and \(3,\)"):
+        refine(data49, geo49, start, 21.0, prior=(np.zeros(3), np.ones(3)), progress=False)
+
+
+def test_undetermined_imaginary_part_keeps_the_real_standard_error():
+    """σ(Im U) = inf (an undetermined combination) left σ(Re U) finite; ``Re σ + 1j·inf`` made it
+    NaN (with a RuntimeWarning), also after a round trip through the result's Dataset."""
+    gan = larbed.Crystal((3.189, 3.189, 5.185, 90, 90, 120),
+                         [("Ga", (0.33333, 0.66667, 0)), ("N", (0.33333, 0.66667, 0.377))],
+                         space_group="P 63 m c")  # rounded coordinates: Im U_g ~ 1e-6, not 0
+    geo = larbed.Geometry(gan, 120, (0, 0, 1), 13, 13, 40)
+    truth = larbed.compute_ug(gan, geo)
+    res = refine(larbed.simulate(geo, truth, 30.0), geo, truth * 1.02, 31.0, symmetry="crystal",
+                 progress=False, log_warnings=False)
+    assert any(w.kind == "undetermined" for w in res.warnings)
+    err = res.ug_error.values
+    assert np.any(np.isinf(err.imag))
+    assert np.all(np.isfinite(err.real))
+    np.testing.assert_array_equal(err.real, res.standard_errors.ug_real.values)
+    back = larbed.RefinementResult.from_dataset(res.to_dataset(), geo)
+    np.testing.assert_array_equal(back.ug_error.values, err)

@@ -325,3 +325,13 @@ def test_kernel_threads_is_reentrant_and_holds_blas_at_one_thread():
         with kernel_threads():
             assert blas() == {1}
         assert blas() == {1}  # the inner exit changed nothing
+
+
+def test_pattern_of_forbidden_beams_only_says_so():
+    """MgO [111], 7 beams: 000 and the six {1 0 -1}, all absent in an F-centred cell (U_g = 0)."""
+    mgo = larbed.Crystal((4.212, 4.212, 4.212, 90, 90, 90), [("Mg", (0, 0, 0)), ("O", (0.5, 0.5, 0.5))],
+                         space_group="F m -3 m")
+    geo = larbed.Geometry(mgo, 80, (1, 1, 1), 7, 13, 30)
+    ug = larbed.compute_ug(mgo, geo)
+    with pytest.raises(ValueError, match=r"no diffracted intensity.*forbidden reflections.*n_beams"):
+        refine(larbed.simulate(geo, ug, 30.0), geo, ug, 30.0, progress=False)

@@ -133,6 +133,42 @@ def _u_equivalent(aniso, uc) -> float:
     return float(np.sum(u * np.outer(rec_len, rec_len) * metric) / 3.0)
 
 
+def _group_from_number(number: int, path: str):
+    """The standard setting of space group ``number`` (a CIF that gives only the number)."""
+    import gemmi
+
+    group = gemmi.find_spacegroup_by_number(int(number))
+    if group is None:
+        raise ValueError(f"CIF file {path!r}: space-group number {number} is not in 1-230")
+    settings = [sg.xhm() for sg in gemmi.spacegroup_table() if sg.number == group.number]
+    if len(settings) > 1:
+        logger.warning("%s gives only the space-group number %d: the standard setting %s is used "
+                       "(others: %s); give the Hermann-Mauguin name or the symmetry operations "
+                       "if the file uses another", path, group.number, group.xhm(),
+                       ", ".join(settings[1:4]) + (" …" if len(settings) > 4 else ""))
+    return group
+
+
+def _check_origin_choice(group, atoms, cell, n_atoms: int, path: str) -> None:
+    """Warn when the file names a group with two origin choices but not which, and the other
+    choice makes fewer atoms of the listed sites (e.g. Si at 0 0 0 in F d -3 m: 8 atoms with
+    origin choice 1, 16 with 2): listed sites are usually special positions of the file's
+    setting."""
+    import gemmi
+
+    if group.ext not in ("1", "2"):
+        return
+    other = gemmi.find_spacegroup_by_name(f"{group.hm}:{'2' if group.ext == '1' else '1'}")
+    alt, _ = complete([_as_atom(a) for a in atoms], SpaceGroup.from_spec(other),
+                      lattice_from_cell(cell), SITE_TOLERANCE_ANGSTROM)
+    if len(alt) != n_atoms:
+        log = logger.warning if len(alt) < n_atoms else logger.info
+        log("%s names %s without its origin choice: %s is used (%d atoms); with %s the sites make "
+            "%d atoms. Give the setting (e.g. '%s') or the symmetry operations in the file if it "
+            "uses the other one", path, group.hm, group.xhm(), n_atoms, other.xhm(), len(alt),
+            other.xhm())
+
+
 def lattice_from_cell(cell) -> np.ndarray:
     """Rows a, b, c [Å] (Cartesian: a along x, b in the xy plane) of a cell (a, b, c, α, β, γ)."""
     a, b, c, al, be, ga = cell
@@ -357,11 +393,14 @@ class Crystal:
         """Read a crystal from a CIF file, with its space group.
 
         With a space group (the Hermann–Mauguin name, the number or the symmetry operations of
-        the file, through gemmi) the listed sites are the asymmetric unit, completed by the
-        operations (anisotropic U^ij rotated with them); sites listed although they are images of
-        others are merged (logged). Without one the file's atoms are taken as the whole cell (P1)
-        and U^ij, if given alone, become B_eq. Occupancies, labels and displacements (B_iso, U_iso
-        converted with B = 8π²U, or U^ij) are read when present.
+        the file, through gemmi; a number alone means its standard setting, with a warning when
+        the group has others; a name with two origin choices but no choice given is gemmi's
+        default, with a warning when the other choice makes fewer atoms) the listed sites are
+        the asymmetric unit, completed by the operations (anisotropic U^ij rotated with them);
+        sites listed although they are images of others are merged (logged). Without one the
+        file's atoms are taken as the whole cell (P1) and U^ij, if given alone, become B_eq.
+        Occupancies, labels and displacements (B_iso, U_iso converted with B = 8π²U, or U^ij) are
+        read when present.
 
         Parameters
         ----------
@@ -389,6 +428,8 @@ class Crystal:
         group = small.spacegroup
         if group is None and len(small.symops) > 1:
             group = gemmi.find_spacegroup_by_ops(gemmi.GroupOps([gemmi.Op(t) for t in small.symops]))
+        if group is None and len(small.symops) <= 1 and small.spacegroup_number > 0:
+            group = _group_from_number(small.spacegroup_number, path)
         if len(small.sites) == 0:
             raise ValueError(f"CIF file {path!r} has no atom sites")
         if group is None:
@@ -415,6 +456,8 @@ class Crystal:
         if merged:
             logger.warning("%s lists symmetry-equivalent sites: %d duplicate atoms (same element "
                            "on the same site) merged", path, merged)
+        if len(small.symops) <= 1 and not small.spacegroup_hall and ":" not in small.spacegroup_hm:
+            _check_origin_choice(group, atoms, cell, len(full), path)
         logger.info("read %d sites (%d atoms, %s) from %s", len(atoms) - merged, len(full),
                     sg.name, path)
         return cls(cell, full, name=name, space_group=sg)

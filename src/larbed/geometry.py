@@ -186,7 +186,18 @@ class Geometry:
             self.recorded_beams = np.arange(self.n_beams)
         else:
             lookup = {tuple(h): i for i, h in enumerate(self.hkl.tolist())}
-            keys = [tuple(int(v) for v in h) for h in np.asarray(recorded).reshape(-1, 3)]
+            arr = np.asarray(recorded)
+            if arr.size and arr.dtype.kind not in "fiu":
+                raise TypeError(f"recorded must be (h, k, l) integers, got dtype {arr.dtype}")
+            if arr.size == 0 or arr.ndim > 2 or arr.shape[-1] != 3:
+                raise ValueError(f"recorded must be a non-empty list of (h, k, l), got shape "
+                                 f"{arr.shape}")
+            arr = arr.reshape(-1, 3)
+            bad = ~np.all(np.isfinite(arr) & (arr == np.round(arr)), axis=1)
+            if np.any(bad):
+                raise ValueError(f"recorded beams must have integer (h, k, l), got "
+                                 f"{arr[bad][:3].tolist()}")
+            keys = [tuple(int(v) for v in h) for h in arr]
             missing = [h for h in keys if h not in lookup]
             if missing:
                 raise ValueError(f"recorded beam(s) {missing[:6]} are not among the {self.n_beams} "

@@ -358,8 +358,13 @@ def simulate_measured(geometry: Geometry, ug, thickness_nm, measurement: Measure
     xm = measurement.start_vector(geometry)
     true_geo = geometry
     if measurement.tilt_map != "none":
-        true_geo = Geometry(geometry.crystal, geometry.voltage_kv, geometry.zone_axis,
-                            geometry.n_beams, tilts_mrad=measurement.true_tilts(geometry, xm))
+        try:
+            true_geo = Geometry(geometry.crystal, geometry.voltage_kv, geometry.zone_axis,
+                                geometry.n_beams, tilts_mrad=measurement.true_tilts(geometry, xm))
+        except ValueError as exc:  # e.g. a singular A maps two tilts onto one
+            _, _, a, c = measurement.split(geometry, xm)
+            raise ValueError(f"the measurement's tilt map θ' = A θ + c (A = {a.tolist()}, c = "
+                             f"{c.tolist()} mrad) gives no valid set of true tilts: {exc}") from exc
     dyn = simulate(true_geo, ug, thickness_nm, absorption=kappa, progress=progress,
                    use_symmetry=use_symmetry)
     clean = dyn.intensity.values + measurement.background_array(geometry, xm)

@@ -8,7 +8,7 @@ import xarray as xr
 __all__ = ["check_dose", "dose_column", "expected_noise_r", "poisson_deviance", "r_factor"]
 
 
-def _values(x, name: str) -> np.ndarray:
+def _values(x, name: str, missing: bool = False) -> np.ndarray:
     if isinstance(x, xr.Dataset):
         if "intensity" not in x:
             raise ValueError(f"{name}: dataset has no 'intensity' variable")
@@ -17,28 +17,37 @@ def _values(x, name: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real intensities, got dtype {arr.dtype}")
     arr = arr.astype(float)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains NaN or infinite intensities")
+    if np.any(np.isinf(arr)) or (not missing and np.any(np.isnan(arr))):
+        raise ValueError(f"{name} contains {'infinite' if missing else 'NaN or infinite'} "
+                         "intensities")
     return arr
 
 
 def r_factor(experiment, simulation) -> float:
-    """R = Σ|I_exp − I_sim| / Σ I_exp, dimensionless.
+    """R = Σ|I_exp − I_sim| / Σ I_exp, dimensionless, over the measured values.
 
     Parameters
     ----------
     experiment, simulation : array_like, xarray.DataArray or xarray.Dataset
-        Intensities of the same shape (a Dataset contributes its ``intensity``).
+        Intensities of the same shape (a Dataset contributes its ``intensity``). NaN in
+        ``experiment`` marks a value that was not measured (e.g. from :func:`larbed.read_csv`) and
+        counts nowhere.
 
     Examples
     --------
     >>> r_factor([1.0, 1.0], [1.0, 0.5])
     0.25
+    >>> r_factor([1.0, float("nan")], [0.5, 3.0])
+    0.5
     """
-    a = _values(experiment, "experiment")
+    a = _values(experiment, "experiment", missing=True)
     b = _values(simulation, "simulation")
     if a.shape != b.shape:
         raise ValueError(f"patterns differ in shape: {a.shape} vs {b.shape}")
+    measured = ~np.isnan(a)
+    if not measured.any():
+        raise ValueError("experiment has no measured (non-NaN) intensity; R is undefined")
+    a, b = a[measured], b[measured]
     denom = float(np.sum(a))
     if denom <= 0:
         raise ValueError("experimental intensities sum to zero or less; R is undefined")

@@ -110,6 +110,8 @@ def shift_origin(geometry: Geometry, ug: xr.DataArray, shift: Sequence[float]) -
     r0 = np.asarray(shift, dtype=float)
     if r0.shape not in ((2,), (3,)):
         raise ValueError(f"shift must have 2 or 3 components [Å], got shape {r0.shape}")
+    if not np.all(np.isfinite(r0)):
+        raise ValueError(f"shift must be finite [Å], got {r0.tolist()}")
     return ug.copy(data=np.asarray(ug.values) * phase_factors(geometry, r0))
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "check_pattern",
     "check_thickness",
     "check_ug",
+    "complex_from_parts",
     "extract_ug",
     "geometry_mismatch",
     "labelled_ug",
@@ -143,6 +144,14 @@ def attach_ug(ds: xr.Dataset, ug: xr.DataArray, name: str = "ug") -> xr.Dataset:
     ds = ds.assign_coords(ug_coords(ug))
     ds[name] = ("reflection", np.asarray(ug.values, dtype=complex), dict(UG_ATTRS))
     return ds
+
+
+def complex_from_parts(real, imag) -> np.ndarray:
+    """real + i·imag without arithmetic, so that an infinite part (an undetermined standard error)
+    leaves the other part as it is (``x + 1j * inf`` gives a NaN real part)."""
+    out = np.array(real, dtype=complex)
+    out.imag = imag
+    return out
 
 
 def extract_ug(ds: xr.Dataset, name: str = "ug") -> xr.DataArray:
@@ -298,7 +307,9 @@ def check_diffracted(arr: np.ndarray) -> None:
         raise ValueError(
             f"the pattern has no diffracted intensity (beams other than 000 hold "
             f"{diffracted / max(total, 1e-300):.3g} of it): a crystal of thickness 0, or no crystal, "
-            "determines neither U_g nor the thickness"
+            "determines neither U_g nor the thickness; if the crystal is there, the beams may all "
+            "be forbidden reflections (U_g = 0, e.g. the mixed-parity ones of an F-centred cell): "
+            "simulate more beams (n_beams)"
         )
 
 

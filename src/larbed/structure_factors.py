@@ -36,6 +36,8 @@ __getattr__ = moved_names(__name__, {"shift_origin": "larbed.origin"})
 
 #: Relative tolerance for the Hermitian check U_{-g} = U_g* in user input.
 HERMITIAN_RTOL = 1e-9
+#: compute_ug: the crystal's cell must equal the geometry's to this (relative; rounding in files).
+CELL_RTOL = 1e-6
 
 
 def structure_factor(
@@ -101,6 +103,12 @@ def compute_ug(
         raise TypeError(f"crystal must be a larbed.Crystal, got {type(crystal).__name__}")
     if not isinstance(geometry, Geometry):
         raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    if not np.allclose(crystal.cell, geometry.crystal.cell, rtol=CELL_RTOL, atol=0):
+        raise ValueError(
+            f"the crystal's cell {crystal.cell} differs from that of the geometry's crystal "
+            f"{geometry.crystal.cell}: the U_g would belong to other |g| than the beams; build "
+            "the geometry from this crystal (or give geometry.crystal)"
+        )
     values = structure_factor(
         crystal, geometry.reflection_hkl, geometry.voltage_kv, parameterization
     )

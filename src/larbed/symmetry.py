@@ -4,7 +4,7 @@ In the ZOLZ (projection) model a rotation or mirror R of the zone-axis plane map
 matrix at tilt k_t with U_g onto the matrix at tilt R k_t with U_{R⁻¹g}, beams permuted. So when the
 projected potential is invariant under R (U_{Rg} = U_g with the origin on the symmetry element), the
 pattern obeys I(R g, R k_t) = I(g, k_t), and conversely a pattern with that symmetry has U_g with it
-(up to an origin shift). This module
+(up to an origin shift), except a glide line: beams along it vanish on it (Gjønnes–Moodie). This module
 
 * lists the lattice operations of a geometry (:func:`lattice_operations`);
 * detects which of them the *pattern* obeys (:func:`pattern_operations`; needs a tilt grid centred on
@@ -61,6 +61,14 @@ CRYSTAL_RTOL = 1e-8
 PATTERN_R_TOLERANCE = 1e-3
 #: Pattern symmetry with a dose: mean (ΔI)²/(σ₁² + σ₂²) at most this (≈ 1 for Poisson noise alone).
 PATTERN_CHI2_TOLERANCE = 2.0
+#: A mirror of the pattern is a glide line when a beam along it holds at most this fraction of its
+#: mean intensity off the line at the tilts on the line (Gjønnes–Moodie: exactly 0, noise or not) …
+GLIDE_EXTINCTION = 0.01
+#: … where that beam holds at least this fraction of the mean beam intensity off the line, or,
+#: with a dose, the tilts on the line would have held at least this many counts in all.
+GLIDE_MIN_FRACTION, GLIDE_MIN_COUNTS = 1e-6, 10.0
+#: With a dose: on-line values may exceed the beam's lowest by this many Poisson σ (off-line: 2×).
+GLIDE_NOISE_SIGMAS = 4.0
 
 
 @dataclass(frozen=True)
@@ -274,8 +282,9 @@ def pattern_operations(intensity: np.ndarray, geometry: Geometry, *, dose: float
         Names of the operations (keys of :func:`lattice_operations`). An operation is testable when
         it maps the tilt grid onto itself (:data:`MIN_TILT_FRACTION`) and most beams onto beams
         (:data:`MIN_BEAM_FRACTION`); the comparison uses the beams whose image is a beam. Others are
-        left out (logged). The result is always a group: the largest subgroup of the lattice's
-        operations whose every element passes (:func:`largest_subgroup`), identity included.
+        left out (logged), and so are glide lines (a beam along the mirror vanishes on it,
+        :data:`GLIDE_EXTINCTION`). The result is always a group: the largest subgroup of the
+        lattice's operations whose every element passes (:func:`largest_subgroup`), identity included.
     """
     inten = np.asarray(intensity, dtype=float)
     spacing = geometry.tilt_step_mrad or 1.0
@@ -301,8 +310,38 @@ def pattern_operations(intensity: np.ndarray, geometry: Geometry, *, dose: float
             stat = float(np.mean((other - mine) ** 2 / (var + var2)))
             ok = stat <= (PATTERN_CHI2_TOLERANCE if tolerance is None else tolerance)
         logger.debug("symmetry: %s statistic %.3g -> %s", name, stat, ok)
-        holds[-1] = bool(ok)
+        glide = _is_glide(inten, geometry, op, dose) if ok and np.linalg.det(op) < 0 else None
+        if glide is not None:
+            logger.info("symmetry: %s is a glide line (beam %s vanishes on it): U_g do not obey "
+                        "it at any origin; left out", name, " ".join(map(str, geometry.hkl[glide])))
+        holds[-1] = bool(ok) and glide is None
     return _group_names(ops, holds)
+
+
+def _is_glide(inten: np.ndarray, geometry: Geometry, op: np.ndarray, dose) -> int | None:
+    """Index of a beam g = R g (R a mirror) that vanishes (to its lowest value: a background) at
+    the tilts on R's line but not off it: R is a glide line, U_Rg = U_g exp(2πi g·τ), τ along the
+    line, which no origin shift removes (the pattern obeys R). None when none (or no line)."""
+    tol = TILT_MATCH_FRACTION * (geometry.tilt_step_mrad or 1.0) + 1e-12
+    on = np.abs(geometry.tilt_mrad @ op.T - geometry.tilt_mrad).max(axis=1) < tol
+    if on.sum() < 2 or on.all():
+        return None
+    beams = np.abs(geometry.g_xy @ op.T - geometry.g_xy).max(axis=1) < G_MATCH_ATOL
+    for b in np.flatnonzero(beams & (geometry.g_abs > 0)):
+        col = inten[:, b]
+        if not (np.isfinite(col[on]).any() and np.isfinite(col[~on]).any()):
+            continue
+        floor = float(np.nanmin(col))
+        off, on_b = float(np.nanmean(col[~on])) - floor, float(np.nanmean(col[on])) - floor
+        if dose is None:
+            enough, noise = off >= GLIDE_MIN_FRACTION * np.nanmean(inten[~on]), 0.0
+        else:  # the floor is the lowest of many Poisson values: a few σ below their mean
+            noise = GLIDE_NOISE_SIGMAS * np.sqrt(max(floor, 0.0) / np.mean(dose))
+            enough = (off >= 2 * noise
+                      and off * np.sum(np.isfinite(col[on])) * np.mean(dose) >= GLIDE_MIN_COUNTS)
+        if enough and on_b <= GLIDE_EXTINCTION * off + noise:
+            return int(b)
+    return None
 
 
 def reflection_index(geometry: Geometry, key) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from .._checkpoint import check_writable
 from ..geometry import Geometry
 from ..origin import align_origin, phase_factors, unique_origin
 from ..refinement import RefinementResult
-from ..schema import attach_ug, check_ug, extract_ug
+from ..schema import attach_ug, check_ug, complex_from_parts, extract_ug
 from ..symmetry import SymmetryGroup
 from ..trust import FitWarning, untrustworthy
 
@@ -202,7 +202,8 @@ class DeterminationResult:
             refinement = RefinementResult.from_dataset(inner, geometry)
             ug = extract_ug(ds, "ug")
             ug.attrs["source"] = "determine"
-            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err = ug.copy(data=complex_from_parts(ds["ug_error_real"].values,
+                                                  ds["ug_error_imag"].values))
             err.attrs.update({"source": "standard error", "long_name":
                               "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
             groups = [SymmetryGroup(tuple((int(q), int(sg)) for q, sg in g[:-1]), bool(g[-1]))
@@ -285,8 +286,11 @@ def rotate_errors(res: RefinementResult, phase: np.ndarray) -> np.ndarray:
     for i in range(p):
         block = cov[np.ix_([i, p + i], [i, p + i])]
         rot = np.array([[c[i], -s[i]], [s[i], c[i]]])
-        b = rot @ block @ rot.T if np.all(np.isfinite(block)) else np.full((2, 2), np.inf)
-        out[i] = np.sqrt(abs(b[0, 0])) + 1j * np.sqrt(abs(b[1, 1]))
+        if s[i] == 0.0:  # U → ±U: each part keeps its σ (an infinite one leaves the other)
+            b = np.abs(np.diag(np.diag(block)))
+        else:
+            b = rot @ block @ rot.T if np.all(np.isfinite(block)) else np.full((2, 2), np.inf)
+        out[i] = complex(np.sqrt(abs(b[0, 0])), np.sqrt(abs(b[1, 1])))  # no inf·1j = nan + inf·j
     return out
 
 

@@ -188,8 +188,13 @@ def _prior(prior, p: int):
         return None
     if not isinstance(prior, (tuple, list)) or len(prior) != 2:
         raise TypeError("prior must be a (centre, sigma) pair")
-    centre = np.broadcast_to(np.asarray(prior[0], complex), (p,))
-    sigma = np.broadcast_to(np.asarray(prior[1], float), (p,))
+    try:
+        centre = np.broadcast_to(np.asarray(prior[0], complex), (p,))
+        sigma = np.broadcast_to(np.asarray(prior[1], float), (p,))
+    except ValueError as exc:
+        raise ValueError(f"prior: centre and sigma must be numbers or ({p},) arrays, one per "
+                         f"reflection; got shapes {np.shape(prior[0])} and {np.shape(prior[1])}"
+                         ) from exc
     if not np.all(np.isfinite(centre)) or np.any(np.isnan(sigma)) or np.any(sigma <= 0):
         raise ValueError("prior: centre must be finite and sigma positive (inf for no prior)")
     return np.concatenate([centre.real, centre.imag]), np.concatenate([sigma, sigma])

@@ -10,6 +10,7 @@ import xarray as xr
 
 from ..geometry import Geometry
 from ..metrics import expected_noise_r
+from ..schema import complex_from_parts
 from ..simulation import simulate
 from ..structure_factors import input_ug
 from ..trust import FitWarning, fit_quality_warnings, untrustworthy
@@ -158,7 +159,8 @@ class RefinementResult:
         try:
             ug = extract_ug(ds, "ug")
             ug.attrs.update({"source": "refined"})
-            err = ug.copy(data=ds["ug_error_real"].values + 1j * ds["ug_error_imag"].values)
+            err = ug.copy(data=complex_from_parts(ds["ug_error_real"].values,
+                                                  ds["ug_error_imag"].values))
             err.attrs.update({"source": "standard error", "long_name":
                               "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
             hist = xr.Dataset(
@@ -281,7 +283,8 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
 
     ug = input_ug(geometry, x[:p] + 1j * x[p:2 * p])
     ug.attrs.update({"source": "refined", "u0": float(ug_start.attrs.get("u0", 0.0))})
-    ug_error = ug.copy(data=sig[:p] + 1j * sig[p:2 * p])  # may hold inf (undetermined)
+    # may hold inf (undetermined)
+    ug_error = ug.copy(data=complex_from_parts(sig[:p], sig[p:2 * p]))
     ug_error.attrs.update({"source": "standard error", "long_name":
                            "standard errors: real part σ(Re U_g), imaginary part σ(Im U_g)"})
     t, t_err = float(x[2 * p]), float(sig[2 * p])
