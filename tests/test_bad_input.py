@@ -11,9 +11,11 @@ from larbed import (
     Crystal,
     Geometry,
     compute_ug,
+    determine,
     input_ug,
     normalize_ug,
     random_ug,
+    refine,
     scattering_factor,
     shift_origin,
     simulate,
@@ -276,3 +278,19 @@ def test_compute_ug_with_a_crystal_of_another_cell():
         compute_ug(other, geo)
     same_cell = Crystal(sto().cell, [("Sr", (0, 0, 0))])  # another structure on the same lattice
     assert compute_ug(same_cell, geo).shape == (geo.n_reflections,)
+
+
+# ----------------------------------------------------------------------------- stopping limits
+@pytest.mark.parametrize("ftol", [-1e-10, float("nan"), "1e-10", True])
+def test_refine_rejects_a_bad_ftol(ftol):
+    pattern = simulate(geo13(), ug13(), 30.0)
+    with pytest.raises(ValueError, match=r"ftol must be a finite number >= 0"):
+        refine(pattern, geo13(), ug13(), 30.0, ftol=ftol, progress=False)
+
+
+@pytest.mark.parametrize("name", ["search_time_s", "polish_time_s"])
+@pytest.mark.parametrize("value", [-5.0, float("inf"), "90"])
+def test_determine_rejects_a_bad_time_budget(name, value):
+    pattern = simulate(geo13(), ug13(), 30.0)
+    with pytest.raises(ValueError, match=rf"{name} must be a finite number of seconds >= 0"):
+        determine(pattern, geo13(), progress=False, **{name: value})

@@ -270,6 +270,10 @@ def determine(
     check_thresholds(chi2_max, r_noise_factor, r_max)
     if not np.isfinite(ug_bound) or ug_bound <= 0:
         raise ValueError(f"ug_bound must be a positive number [1/Å²], got {ug_bound!r}")
+    for name, val in (("search_time_s", search_time_s), ("polish_time_s", polish_time_s)):
+        if isinstance(val, bool) or not isinstance(val, (int, float, np.number)) or not (
+                np.isfinite(val) and val >= 0):
+            raise ValueError(f"{name} must be a finite number of seconds >= 0, got {val!r}")
     structure = None
     if composition is not None:
         if not (isinstance(start, str) and start == "search"):

@@ -479,6 +479,10 @@ def refine(
                 refine_absorption=refine_absorption, refine_reflections=refine_reflections,
                 prior=prior, max_iter=max_iter, measurement=measurement, holdout=holdout, seed=seed)
     check_thresholds(chi2_max, r_noise_factor, r_max)
+    if isinstance(ftol, bool) or not isinstance(ftol, (int, float, np.number)) or not (
+            np.isfinite(ftol) and ftol >= 0):
+        raise ValueError(f"ftol must be a finite number >= 0 (relative change of the cost), "
+                         f"got {ftol!r}")
     pmap = su.pmap
     limits_used = [int(max_iter), float(ftol), int(poisson_passes)]  # a rerun with others continues
     q, history, stage0, x_weights, finished = pmap.q(su.x0), [], 0, None, False
