@@ -16,6 +16,18 @@ how much of the residual each candidate mechanism can take up when it is given o
 * ``per_tilt_background``: an own flat background level β_t (linear least squares with the
   per-tilt scale).
 
+and, with one global value each (a grid; U_g, t and the measurement model stay as refined, so
+the gain is a lower bound of what a refit with the mechanism would reach):
+
+* ``convergence``: the model averaged over a ring of radius ρ around each tilt (8 points) plus
+  the centre, half the weight each: to second order the mean over a uniform disc of radius ρ
+  (beam convergence, or a spread of tilts within one exposure);
+* ``neighbour_blur``: I'(m) = (1 − w) I(m) + w · mean of I over the tilt's nearest neighbours in
+  the tilt lattice (a point spread of the detector or the intensity integration over tilts);
+* ``afterglow``: I'(m) = (1 − a) I(m) + a I(m − 1) along the file's tilt order where consecutive
+  tilts are neighbours (the rows are in the original order, a raster: a detector lag between
+  exposures would show as this).
+
 For each, R before and after, and how much of the per-tilt values a smooth (polynomial, degree
 ≤ 3) function of the tilt explains: a physical mechanism (a distortion of the tilt coils, a
 thickness wedge) is smooth over the disc, fitted noise or misfit is not. The data are read from
@@ -128,6 +140,63 @@ class Probe:
                 "smooth_fraction": _smooth_fraction(self.geometry.tilt_mrad, levels)}
 
 
+#: Radii of the convergence probe [mrad], blur weights of the neighbour and afterglow probes.
+CONVERGENCE_MRAD = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+BLUR_WEIGHTS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6)
+
+
+def _best_of(trials: dict) -> dict:
+    """The grid value with the lowest R, and R at every grid value."""
+    best = min(trials, key=trials.get)
+    return {"free_values": 1, "best": best, "r_after": trials[best],
+            "r_at": {str(k): v for k, v in trials.items()}}
+
+
+def convergence(probe) -> dict:
+    """R with the model averaged over a disc of tilts around each one (radius grid)."""
+    dyn0 = probe.dynamical(probe.theta)
+    trials = {}
+    for rho in CONVERGENCE_MRAD:
+        phi = np.arange(8) * np.pi / 4
+        ring = rho * np.stack([np.cos(phi), np.sin(phi)], 1)
+        avg = dyn0 / 2 + sum(probe.dynamical(probe.theta + d) for d in ring) / 16
+        trials[rho] = _r(probe.data, probe.measured(avg))
+    return _best_of(trials)
+
+
+def _neighbours(tilts: np.ndarray, step: float) -> list[np.ndarray]:
+    """For every tilt, the indices of the others within 1.3 lattice steps."""
+    dist = np.linalg.norm(tilts[:, None] - tilts[None], axis=2)
+    return [np.flatnonzero((row > 0) & (row < 1.3 * step)) for row in dist]
+
+
+def neighbour_blur(probe) -> dict:
+    """R with each tilt's model mixed with the mean of its lattice neighbours (weight grid)."""
+    tilts = probe.geometry.tilt_mrad
+    steps = np.linalg.norm(np.diff(tilts, axis=0), axis=1)
+    nb = _neighbours(tilts, float(np.median(steps)))
+    dyn = probe.dynamical(probe.theta)
+    mean_nb = np.stack([dyn[i].mean(0) if len(i) else dyn[m] for m, i in enumerate(nb)])
+    trials = {w: _r(probe.data, probe.measured((1 - w) * dyn + w * mean_nb))
+              for w in BLUR_WEIGHTS}
+    out = _best_of(trials)
+    out["median_neighbours"] = float(np.median([len(i) for i in nb]))
+    return out
+
+
+def afterglow(probe) -> dict:
+    """R with a fraction of the previous exposure (file order) added to each tilt's model."""
+    tilts = probe.geometry.tilt_mrad
+    steps = np.linalg.norm(np.diff(tilts, axis=0), axis=1)
+    follows = np.concatenate([[False], steps < 1.3 * np.median(steps)])
+    dyn = probe.dynamical(probe.theta)
+    prev = np.where(follows[:, None], np.roll(dyn, 1, axis=0), dyn)
+    trials = {a: _r(probe.data, probe.measured((1 - a) * dyn + a * prev)) for a in BLUR_WEIGHTS}
+    out = _best_of(trials)
+    out["consecutive_neighbours"] = float(follows.mean())
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -151,10 +220,14 @@ def main(argv=None) -> int:
     probe = Probe(res, geometry, data, meas)
     r0 = _r(data, res.fit.intensity.values)
     result = {"machine": cpu_model(), "data": str(csv), "r_refined": r0,
-              "thickness_nm": res.thickness_nm}
+              "thickness_nm": res.thickness_nm,
+              "r_model_check": _r(data, probe.measured(probe.dynamical(probe.theta)))}
     for name, run in (("tilt_jitter", probe.tilt_jitter), ("thickness", probe.thickness),
                       ("per_tilt_background", lambda: probe.per_tilt_background(
-                          res.fit.intensity.values))):
+                          res.fit.intensity.values)),
+                      ("convergence", lambda: convergence(probe)),
+                      ("neighbour_blur", lambda: neighbour_blur(probe)),
+                      ("afterglow", lambda: afterglow(probe))):
         logging.info("probe %s", name)
         out = run()
         out["r_ratio"] = out["r_after"] / r0
