@@ -188,6 +188,9 @@ def test_measurement_the_data_cannot_determine(srtio3, geo, ug):
         Measurement.with_values(scale=-1.0)
     with pytest.raises(ValueError, match="shape"):
         Measurement.with_values(tilt_matrix=np.eye(3))
+    for bad in (-0.002, [0.001, -1e-4, 0.0]):
+        with pytest.raises(ValueError, match="background must be >= 0"):
+            Measurement.with_values(background=bad)
 
 
 def test_simulate_with_a_singular_tilt_map_names_the_tilt_map(geo, ug):

@@ -24,6 +24,7 @@ from typing import Literal, get_args
 import numpy as np
 import xarray as xr
 
+from ._random import rng_from
 from .geometry import Geometry
 
 __all__ = ["ABSORPTION_FORMS", "BACKGROUND_FORMS", "SCALE_FORMS", "SMOOTH_TERMS", "TILT_MAP_FORMS",
@@ -109,7 +110,7 @@ class Measurement:
         scale : float or (n_tilts,) array, optional
             One s (``'global'``) or one per tilt (``'per_tilt'``).
         background : float or (n_beams,) array, optional
-            A flat B or one B_b per beam (fractions of the incident beam).
+            A flat B or one B_b per beam (fractions of the incident beam, >= 0).
         background_smooth : 4 floats, optional
             The coefficients (b₀, b₁ [Å], b₂ [Å²], b₃) of the smooth background.
         absorption : float, optional
@@ -133,6 +134,11 @@ class Measurement:
             b = _finite("background", background)
             if b.ndim > 1:
                 raise ValueError("Measurement background must be a number or one value per beam")
+            if np.any(b < 0):
+                raise ValueError(
+                    f"Measurement background must be >= 0 (a fraction of the incident beam), "
+                    f"got {b.min():g}"
+                )
             forms["background"] = "flat" if b.ndim == 0 else "per_beam"
             ds["background"] = ((), float(b)) if b.ndim == 0 else (("beam",), b)
         if background_smooth is not None:
@@ -146,8 +152,9 @@ class Measurement:
             forms["absorption"] = "proportional"
             ds["absorption"] = ((), k)
         if tilt_matrix is not None:
+            a = _finite("tilt_matrix", tilt_matrix, (2, 2))
             forms["tilt_map"] = "affine"
-            ds["tilt_matrix"] = (("tilt_axis", "tilt_axis_b"), _finite("tilt_matrix", tilt_matrix, (2, 2)))
+            ds["tilt_matrix"] = (("tilt_axis", "tilt_axis_b"), a)
         if tilt_offset_mrad is not None:
             forms.setdefault("tilt_map", "shift")
             ds["tilt_offset_mrad"] = (("tilt_axis",), _finite("tilt_offset_mrad", tilt_offset_mrad, (2,)))
@@ -372,7 +379,7 @@ def simulate_measured(geometry: Geometry, ug, thickness_nm, measurement: Measure
     if dose is not None:
         dose = check_dose(dose, geometry.n_tilts)
         dc = dose_column(dose)
-        noisy = np.random.default_rng(seed).poisson(np.clip(clean, 0, None) * dc) / dc
+        noisy = rng_from(seed).poisson(np.clip(clean, 0, None) * dc) / dc
     if measurement.scale == "global":
         s = float(measurement._value("scale", 1.0))
     elif measurement.scale == "per_tilt" and measurement.values is not None \
