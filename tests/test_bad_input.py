@@ -294,3 +294,31 @@ def test_determine_rejects_a_bad_time_budget(name, value):
     pattern = simulate(geo13(), ug13(), 30.0)
     with pytest.raises(ValueError, match=rf"{name} must be a finite number of seconds >= 0"):
         determine(pattern, geo13(), progress=False, **{name: value})
+
+
+# ----------------------------------------------------------------------------- seeds
+@pytest.mark.parametrize("seed", [1.5, "7", True])
+def test_a_seed_that_is_not_an_integer_is_named(seed):
+    """numpy's own error ("SeedSequence expects int or sequence of ints") did not say which
+    argument was wrong."""
+    with pytest.raises(TypeError, match=r"seed must be a non-negative integer"):
+        simulate(geo13(), ug13(), 30.0, dose=1e4, seed=seed)
+    pattern = simulate(geo13(), ug13(), 30.0)
+    with pytest.raises(TypeError, match=r"seed must be a non-negative integer"):
+        refine(pattern, geo13(), ug13(), 30.0, holdout=0.2, seed=seed, progress=False)
+    with pytest.raises(ValueError, match=r"seed must be an integer >= 0"):
+        determine(pattern, geo13(), seed=seed, progress=False)
+
+
+def test_a_negative_seed_is_named():
+    with pytest.raises(ValueError, match=r"seed must be >= 0, got -1"):
+        simulate(geo13(), ug13(), 30.0, dose=1e4, seed=-1)
+
+
+def test_seeds_numpy_accepts_still_work():
+    a = simulate(geo13(), ug13(), 30.0, dose=1e4, seed=np.int64(3)).intensity.values
+    b = simulate(geo13(), ug13(), 30.0, dose=1e4, seed=3).intensity.values
+    c = simulate(geo13(), ug13(), 30.0, dose=1e4,
+                 seed=np.random.default_rng(3)).intensity.values
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b, c)

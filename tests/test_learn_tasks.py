@@ -184,6 +184,11 @@ def test_bad_inputs(inputs, small_geometry, srtio3):
         run_task2(inputs, "svm", iterations=1, **TINY)
     with pytest.raises(ValueError, match="n_train"):
         run_task2(inputs, "ann", iterations=1, **{**TINY, "n_train": 0})
+    for seed in (1.5, None):  # the seed is stored for resume: an integer
+        with pytest.raises(TypeError, match="seed must be a non-negative integer"):
+            run_task2(inputs, "ann", **{**TINY, "seed": seed})
+        with pytest.raises(TypeError, match="seed must be a non-negative integer"):
+            run_task1(inputs, "ann", n_train=20, n_test=8, progress=False, seed=seed)
     other = larbed.Geometry(srtio3, 120, (0, 0, 1), 5, 13, 70)
     with pytest.raises(ValueError, match="wrong geometry"):
         run_task2((inputs.pattern, other), "ann", iterations=1, **TINY)

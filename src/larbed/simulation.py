@@ -11,6 +11,7 @@ import xarray as xr
 
 from . import bloch, schema, symmetry
 from ._deprecation import moved_names
+from ._random import rng_from
 from .geometry import Geometry
 from .metrics import check_dose, dose_column
 from .threads import uses_kernels
@@ -178,7 +179,7 @@ def simulate(
     intensity = out[0] if scalar else out
     noisy = intensity
     if dose is not None:
-        rng = np.random.default_rng(seed)
+        rng = rng_from(seed)
         dc = dose_column(dose)
         noisy = rng.poisson(np.clip(intensity, 0, None) * dc) / dc
     ds = schema.pattern_dataset(geometry, noisy, thickness_nm=None if scalar else thick, ug=ug_da)

@@ -14,6 +14,7 @@ import numpy as np
 import xarray as xr
 
 from ._deprecation import moved_names
+from ._random import rng_from
 from ._types import RANDOM_PRIORS, RandomPrior
 from .crystal import Crystal
 from .geometry import Geometry
@@ -153,7 +154,7 @@ def random_ug(
     elements : sequence of str
         Element pool (physical prior).
     """
-    rng = np.random.default_rng(seed)
+    rng = rng_from(seed)
     if prior not in RANDOM_PRIORS:
         raise ValueError(f"unknown prior {prior!r}; choose one of {RANDOM_PRIORS}")
     if prior == "uniform":

@@ -265,7 +265,7 @@ def determine(
     d = pattern_dose(pattern, dose, geometry.n_tilts)
     ranges, user_range = _thickness_ranges(thickness_range_nm)
     for name, val, low in (("n_starts", n_starts, 0), ("n_perturbed", n_perturbed, 0),
-                           ("max_iter", max_iter, 1)):
+                           ("max_iter", max_iter, 1), ("seed", seed, 0)):
         _check_int(name, val, low)
     check_thresholds(chi2_max, r_noise_factor, r_max)
     if not np.isfinite(ug_bound) or ug_bound <= 0:

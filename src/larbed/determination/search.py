@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import bloch
+from .._random import rng_from
 from ..geometry import Geometry
 from ..symmetry import SymmetryGroup
 from ..threads import uses_kernels
@@ -174,7 +175,7 @@ def global_search(intensity: np.ndarray, geometry: Geometry, groups: Sequence[Sy
     stride = max(1, -(-geometry.n_tilts // tilts)) if tilts else 1
     obj = Objective(geometry, inten, groups, thick, np.arange(0, geometry.n_tilts, stride))
     n = obj.n_params
-    rng = np.random.default_rng(seed)
+    rng = rng_from(seed)
     n_pop = int(np.clip(popsize * n, 8, MAX_POPULATION))
     pop = rng.uniform(-ug_bound, ug_bound, (n_pop, n))
     for i, u in enumerate(init):

@@ -23,6 +23,7 @@ from .._checkpoint import (
     write_json,
     write_text,
 )
+from .._random import check_seed
 from ._common import (
     KEY_T2_DATA,
     KEY_T2_TRAIN,
@@ -254,6 +255,7 @@ def run_task2(
     """
     t_start = time.perf_counter()
     ep = check_common_settings(model, n_train, n_test, epochs, thickness_range_nm)
+    check_seed(seed, integer=True)
     _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay)
     check_config(config)
     inputs = resolve_inputs(preset_or_inputs, dose=dose)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
+from .._random import check_seed
 from ._common import (
     EPOCHS,
     KEY_T1_DATA,
@@ -146,6 +147,7 @@ def run_task1(
     """
     t_start = time.perf_counter()
     ep = check_common_settings(model, n_train, n_test, epochs, thickness_range_nm)
+    check_seed(seed, integer=True)
     check_config(config)
     inputs = resolve_inputs(preset_or_inputs, dose=dose)
     if inputs.ug_true is None or inputs.thickness_true_nm is None:

@@ -20,6 +20,7 @@ import logging
 
 import numpy as np
 
+from .._random import rng_from
 from ..geometry import Geometry
 
 __all__ = ["CORRELATION_SIGNIFICANCE", "MAX_INFLATION", "VARIANCE_FLOOR", "fit_variance_model",
@@ -51,7 +52,7 @@ def holdout_tilts(data: np.ndarray, fraction: float, seed) -> np.ndarray:
                          "raise it or record more tilts")
     if n and len(measured) - n < 2:
         raise ValueError(f"holdout={fraction} leaves {len(measured) - n} tilt(s) to fit")
-    rng = np.random.default_rng(seed)
+    rng = rng_from(seed)
     return np.sort(rng.choice(measured, size=n, replace=False)) if n else np.zeros(0, int)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._random import rng_from
 from .._types import WEIGHTS, Weights
 from ..crystal import Crystal
 from ..geometry import Geometry
@@ -96,7 +97,7 @@ def held_out_tilts(n_tilts: int, fraction: float, seed: int) -> np.ndarray:
                          f"got {fraction!r}")
     held = np.zeros(n_tilts, bool)
     n = max(1, round(fraction * n_tilts)) if fraction > 0 else 0
-    held[np.random.default_rng(seed).choice(n_tilts, size=n, replace=False)] = True
+    held[rng_from(seed).choice(n_tilts, size=n, replace=False)] = True
     return held
 
 
