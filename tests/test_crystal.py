@@ -123,6 +123,18 @@ def test_attrs_round_trip():
     assert Crystal.from_attrs(zno.to_attrs()).atoms == zno.atoms
 
 
+def test_crystals_compare_by_value():
+    """Crystal equality was identity: a crystal read back from a file, or the same built-in
+    loaded twice, compared unequal."""
+    zno = Crystal.builtin("ZnO", debye_waller=True)
+    assert Crystal.builtin("ZnO", debye_waller=True) == zno
+    assert Crystal.from_attrs(zno.to_attrs()) == zno
+    assert Crystal.from_attrs(zno.to_attrs()).space_group.name == "P 63 m c"
+    assert zno != Crystal.builtin("ZnO")  # other B
+    assert zno != Crystal.builtin("SrTiO3")
+    assert Crystal.builtin("SrTiO3") != "SrTiO3"
+
+
 def test_debye_waller_and_occupancy_enter_structure_factor():
     hkl = np.array([[1, 0, 0], [1, 1, 0], [2, 1, 3]])
     b, occ = 0.8, 0.6

@@ -51,6 +51,7 @@ def test_pattern_round_trip_is_exact(tmp_path, geometry, complex_ug):
     xr.testing.assert_identical(back, ds)
     # the recorded geometry rebuilds the one used
     assert larbed.Geometry.from_attrs(back.attrs) == geometry
+    assert larbed.Geometry.from_attrs(back.attrs).crystal == geometry.crystal
 
 
 def test_ug_round_trip_is_exact(tmp_path, complex_ug, pattern):

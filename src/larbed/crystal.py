@@ -309,6 +309,18 @@ class Crystal:
         """(n_atoms, 3) fractional coordinates."""
         return np.array([a.position for a in self.atoms], dtype=float)
 
+    def __eq__(self, other: object) -> bool:
+        """The same name, cell, atoms (symmetry-expanded) and space group (by name): what a
+        file records, so a crystal equals itself read back (two separate loads of one CIF or
+        built-in too)."""
+        if not isinstance(other, Crystal):
+            return NotImplemented
+        groups = [None if c.space_group is None else c.space_group.name for c in (self, other)]
+        return (self.name == other.name and self.cell == other.cell
+                and self.atoms == other.atoms and groups[0] == groups[1])
+
+    __hash__ = None  # type: ignore[assignment]
+
     def __repr__(self) -> str:
         a, b, c, al, be, ga = self.cell
         return (
