@@ -213,6 +213,7 @@ def test_no_atoms_and_unknown_builtin():
         ({"n_beams": 1}, ValueError, r"n_beams must be at least 2"),
         ({"n_beams": 0}, ValueError, r"n_beams must be at least 2"),
         ({"n_beams": 12.5}, TypeError, r"n_beams must be an integer"),
+        ({"n_beams": 10**6}, ValueError, r"n_beams=1000000 is more than larbed simulates"),
         ({"n_tilts": 440}, ValueError, r"nearest valid counts: \[.*441"),
         ({"n_tilts": 13.0}, TypeError, r"n_tilts must be an integer"),
         ({"voltage_kv": -120}, ValueError, r"voltage_kv must be a positive finite number"),

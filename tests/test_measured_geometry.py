@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -64,15 +66,17 @@ def test_measured_geometry_round_trips(srtio3, tmp_path):
     assert larbed.Geometry.from_attrs(loaded.attrs) == geo
 
 
-def test_from_csv_builds_the_geometry(srtio3, tmp_path):
+def test_from_csv_builds_the_geometry(srtio3, tmp_path, caplog):
     rng = np.random.default_rng(4)
     tilts = rng.uniform(-30, 30, size=(15, 2))
     geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, tilts_mrad=tilts)
     pattern = larbed.simulate(geo, larbed.compute_ug(srtio3, geo), 20.0)
     path = tmp_path / "m.csv"
     io.write_csv(pattern.sel(beam=pattern.beam[:9]), path)  # the file records 9 of 13 beams
-    built = larbed.Geometry.from_csv(path, srtio3, voltage_kv=120, zone_axis=(0, 0, 1))
+    with caplog.at_level(logging.WARNING, logger="larbed.geometry"):
+        built = larbed.Geometry.from_csv(path, srtio3, voltage_kv=120, zone_axis=(0, 0, 1))
     assert built.n_beams == 9 and built.n_recorded == 9
+    assert "n_beams=9 simulates only the recorded beams" in caplog.text  # a hint to check convergence
     np.testing.assert_allclose(built.tilt_mrad, tilts, rtol=0, atol=1e-12)
     wider = larbed.Geometry.from_csv(path, srtio3, voltage_kv=120, zone_axis=(0, 0, 1), n_beams=21)
     assert wider.n_beams == 21 and wider.n_recorded == 9

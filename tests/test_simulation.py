@@ -37,6 +37,17 @@ def test_the_dataset_records_how_it_was_made(case):
     np.testing.assert_array_equal(again.intensity.values, ds.intensity.values)  # seeded noise
 
 
+def test_each_thickness_of_a_series_gets_its_own_counts(case):
+    """The dose applies to each thickness: R to the noise-free pattern is the Poisson floor."""
+    geo, ug = case
+    ds = larbed.simulate(geo, ug, [10.0, 30.0], dose=1e4, seed=1)
+    noisy, clean = ds.intensity.values, ds.intensity_noise_free.values
+    for k in range(2):
+        r = np.abs(noisy[k] - clean[k]).sum() / clean[k].sum()
+        assert r == pytest.approx(larbed.metrics.expected_noise_r(clean[k], 1e4), rel=0.3)  # 261 values
+    assert not np.allclose(noisy[0] - clean[0], noisy[1] - clean[1])  # independent draws
+
+
 def test_an_unfilled_value_raises(case, monkeypatch):
     """A tilt the shortcut (or a kernel) leaves undefined is an error, never a number."""
     geo, ug = case

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 _G_DECIMALS = 6  # |g| equal to 1e-6 1/Å counts as a tie (same shell)
 _ANGLE_DECIMALS = 9
+MAX_BEAMS = 5000  # one (n, n) complex matrix is 0.37 GiB and one eigendecomposition minutes
 
 
 class Geometry:
@@ -48,7 +49,7 @@ class Geometry:
     zone_axis : sequence of 3 ints
         Zone axis [u v w] in direct-lattice coordinates.
     n_beams : int
-        Number of ZOLZ reflections (beam 0 = 000), at least 2.
+        Number of ZOLZ reflections (beam 0 = 000) simulated, 2 to 5000 (``MAX_BEAMS``).
     n_tilts : int, optional
         Number of tilts of the disc grid; must be a disc count (1, 5, 13, …, 197, 253, 441, 797,
         1009, …); default 441. Derived (leave it out) when ``tilts_mrad`` is given.
@@ -110,6 +111,10 @@ class Geometry:
             raise TypeError(f"n_beams must be an integer, got {type(n_beams).__name__}")
         if n_beams < 2:
             raise ValueError(f"n_beams must be at least 2 (000 and one reflection), got {n_beams}")
+        if n_beams > MAX_BEAMS:
+            raise ValueError(f"n_beams={n_beams} is more than larbed simulates ({MAX_BEAMS}): one "
+                             f"structure matrix takes {16 * float(n_beams) ** 2 / 2**30:.3g} GiB; "
+                             "LARBED patterns converge with tens to a few hundred beams")
         self.n_beams = int(n_beams)
 
         if tilts_mrad is None:
@@ -452,8 +457,7 @@ class Geometry:
         try:
             crystal = Crystal.from_attrs(attrs)
             recorded = attrs.get("recorded_hkl")
-            if recorded is not None:
-                recorded = np.asarray(recorded, int).reshape(-1, 3)
+            recorded = None if recorded is None else np.asarray(recorded, int).reshape(-1, 3)
             common = (crystal, float(attrs["voltage_kv"]),
                       tuple(int(x) for x in np.atleast_1d(attrs["zone_axis"])), int(attrs["n_beams"]))
             if "tilts_mrad" in attrs:
@@ -511,6 +515,10 @@ class Geometry:
             geo = cls(crystal, voltage_kv, zone_axis, int(n), tilts_mrad=tilts)
             have = {tuple(h) for h in geo.hkl.tolist()}
             if want <= have:
+                if n_beams is None and n == len(beams):
+                    logger.warning("Geometry.from_csv: n_beams=%d simulates only the recorded beams; "
+                                   "unrecorded beams couple too: check that the fit converges with "
+                                   "a larger n_beams (e.g. %d)", n, int(1.6 * n))
                 return cls(crystal, voltage_kv, zone_axis, int(n), tilts_mrad=tilts,
                            recorded=beams)
         raise ValueError(f"{os.fspath(path)!r}: beam(s) {sorted(want - have)[:5]} are not among the "
@@ -523,10 +531,8 @@ class Geometry:
         same_tilts = (self.tilts_measured == other.tilts_measured and self.n_tilts == other.n_tilts
                       and np.array_equal(self.tilt_mrad, other.tilt_mrad))
         return (
-            self.voltage_kv == other.voltage_kv
-            and self.zone_axis == other.zone_axis
-            and self.n_beams == other.n_beams
-            and same_tilts
+            self.voltage_kv == other.voltage_kv and self.zone_axis == other.zone_axis
+            and self.n_beams == other.n_beams and same_tilts
             and self.tilt_range_mrad == other.tilt_range_mrad
             and self.tilt_center_mrad == other.tilt_center_mrad
             and np.array_equal(self.recorded_beams, other.recorded_beams)

@@ -98,7 +98,8 @@ def simulate(
         ``ug.attrs['u0']``, else 0). ``None`` (default): no absorption, Σ I = 1.
     dose : float or (n_tilts,) array, optional
         Electrons per tilt: replace I by Poisson(dose·I)/dose (pseudo-experimental counts); at
-        most 1e15. A per-tilt array is stored as the variable ``dose``.
+        most 1e15. A per-tilt array is stored as the variable ``dose``. In a thickness series each
+        thickness is its own pattern with its own, independent counts at this dose.
     seed : int or numpy.random.Generator, optional
         Seed of the Poisson noise.
     progress : bool
