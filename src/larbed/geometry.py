@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 _G_DECIMALS = 6  # |g| equal to 1e-6 1/Å counts as a tie (same shell)
 _ANGLE_DECIMALS = 9
-MAX_BEAMS = 5000  # one (n, n) complex matrix is 0.37 GiB and one eigendecomposition minutes
+MAX_BEAMS = 5000  # one (n, n) complex matrix is 0.37 GiB; building this geometry alone takes ~14 s
 
 
 class Geometry:
