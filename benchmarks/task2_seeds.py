@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", choices=("ann", "cnn"), default="ann")
     parser.add_argument("--config", choices=("default", "thesis"), default="default")
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--samples", type=int, default=None,
+                        help="samples per iteration (default: run_task2's)")
     parser.add_argument("--json", type=Path, default=None, help="results file (resumed if present)")
     args = parser.parse_args(argv)
 
@@ -74,7 +76,9 @@ def main(argv=None) -> int:
             load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             res = run_task2(preset, args.model, config=args.config, seed=seed,
-                            iterations=args.iterations, progress=False)
+                            iterations=args.iterations, progress=False,
+                            samples_per_iteration=args.samples,
+                            **({"weights": None} if args.model == "cnn" else {}))
             runs[key] = {
                 "r_min": float(res.r_min),
                 "thickness_nm": float(res.thickness_nm),
@@ -82,7 +86,14 @@ def main(argv=None) -> int:
                 "time_s": time.perf_counter() - t0,
                 "load_before": load0,
                 "load_after": os.getloadavg()[0],
+                "samples_per_iteration": int(res.history.attrs["samples_per_iteration"]),
             }
+            h = res.history
+            if "r_prediction" in h:  # default loop: what the network's own predictions reached
+                runs[key]["r_prediction_min"] = float(h.r_prediction.min())
+                runs[key]["prediction_best_iterations"] = int(
+                    (h.r_prediction.values <= h.r_sample.values).sum()
+                )
             print(f"{key}: R_min {res.r_min:.3f}, t {res.thickness_nm:.1f} nm "
                   f"(truth {preset.thickness_nm:g}), {runs[key]['time_s']:.0f} s", flush=True)
             result.update(

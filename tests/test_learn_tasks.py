@@ -139,6 +139,29 @@ def test_task2_default_beats_mean_baseline_and_thesis_loop(inputs):
     assert larbed.r_factor(inputs.pattern, sim) == pytest.approx(default.r_min, rel=1e-9)
 
 
+def test_task2_more_samples_per_iteration_search_more(inputs):
+    common = dict(iterations=3, seed=4, hidden=ANN_HIDDEN, **TINY)
+    one = run_task2(inputs, "ann", samples_per_iteration=1, **common)
+    five = run_task2(inputs, "ann", samples_per_iteration=5, **common)
+    default = run_task2(inputs, "ann", **common)
+    assert default.history.attrs["samples_per_iteration"] == 16
+    assert five.history.attrs["samples_per_iteration"] == 5
+    # iteration 0 starts from the same network and centre, and the first of the five draws is
+    # the single draw of the one-sample run: the best of five is at least as good
+    h1, h5 = one.history, five.history
+    np.testing.assert_array_equal(h1.r_prediction.values[0], h5.r_prediction.values[0])
+    assert h5.r_sample.values[0] <= h1.r_sample.values[0] + 1e-12
+    # the recorded sample is the one its R says: its own simulation at its thickness
+    ug0, t0 = h5.ug_sample.values[0], float(h5.thickness_sample_nm.values[0])
+    sim = larbed.simulate(inputs.geometry, ug0, t0)
+    assert larbed.r_factor(inputs.pattern, sim) == pytest.approx(float(h5.r_sample[0]), rel=1e-9)
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="samples_per_iteration"):
+            run_task2(inputs, "ann", samples_per_iteration=bad, **common)
+    with pytest.raises(ValueError, match="config='thesis'"):
+        run_task2(inputs, "ann", config="thesis", samples_per_iteration=2, **common)
+
+
 @pytest.mark.parametrize(
     "model,kw",
     [

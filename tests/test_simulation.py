@@ -37,6 +37,24 @@ def test_the_dataset_records_how_it_was_made(case):
     np.testing.assert_array_equal(again.intensity.values, ds.intensity.values)  # seeded noise
 
 
+def test_simulate_array_is_the_pattern_of_simulate(case):
+    from larbed.simulation import simulate_array
+
+    geo, ug = case
+    rng = np.random.default_rng(3)
+    ug_c = ug.values * (1 + 0.3 * (rng.uniform(-1, 1, ug.size) + 1j * rng.uniform(-1, 1, ug.size)))
+    for u in (ug, ug_c):  # the real (symmetric) and the Hermitian path
+        series = simulate_array(geo, u, [10.0, 35.0])
+        np.testing.assert_array_equal(series, larbed.simulate(geo, u, [10.0, 35.0]).intensity.values)
+        one = simulate_array(geo, u, 35.0)
+        assert one.shape == (geo.n_tilts, geo.n_beams)
+        np.testing.assert_allclose(one.sum(axis=1), 1.0, atol=1e-10)  # no absorption
+    with pytest.raises(ValueError, match="thickness"):
+        simulate_array(geo, ug, -1.0)
+    with pytest.raises(TypeError, match="Geometry"):
+        simulate_array("SrTiO3-1", ug, 10.0)
+
+
 def test_each_thickness_of_a_series_gets_its_own_counts(case):
     """The dose applies to each thickness: R to the noise-free pattern is the Poisson floor."""
     geo, ug = case

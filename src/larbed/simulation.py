@@ -16,7 +16,7 @@ from .geometry import Geometry
 from .metrics import check_dose, dose_column
 from .threads import uses_kernels
 
-__all__ = ["simulate"]
+__all__ = ["simulate", "simulate_array"]
 
 logger = logging.getLogger(__name__)
 
@@ -142,12 +142,38 @@ def simulate(
     ug_da = schema.check_ug(geometry, ug)
     scalar = np.ndim(thickness_nm) == 0
     thick = schema.check_thickness(thickness_nm)
+    if dose is not None:
+        dose = check_dose(dose, geometry.n_tilts)
+    out, path, n_ops, n_independent = _intensities(
+        geometry, ug_da, thick, absorption, progress, use_symmetry
+    )
+    u0 = float(ug_da.attrs.get("u0", 0.0))
+    return _dataset(geometry, ug_da, thick, scalar, out[0] if scalar else out, path, n_ops,
+                    n_independent, None if absorption is None else float(absorption), dose,
+                    seed, u0)
+
+
+def simulate_array(geometry: Geometry, ug, thickness_nm) -> np.ndarray:
+    """The intensities of :func:`simulate` (no absorption, no noise) as a plain array:
+    (n_tilts, n_beams), or (n_thicknesses, n_tilts, n_beams) for a sequence of thicknesses [nm].
+
+    The same kernels and symmetry as :func:`simulate`, without building the labelled Dataset:
+    for loops that simulate thousands of small candidates (Task 2)."""
+    if not isinstance(geometry, Geometry):
+        raise TypeError(f"geometry must be a larbed.Geometry, got {type(geometry).__name__}")
+    ug_da = schema.check_ug(geometry, ug)
+    thick = schema.check_thickness(thickness_nm)
+    out = _intensities(geometry, ug_da, thick, None, False, True)[0]
+    return out[0] if np.ndim(thickness_nm) == 0 else out
+
+
+def _intensities(geometry, ug_da, thick, absorption, progress, use_symmetry):
+    """(intensities over (thickness, tilt, beam), eigen path, symmetry operations, independent
+    tilts) for checked U_g and thicknesses [nm]; κ checked here."""
     if absorption is not None:
         absorption = float(absorption)
         if not np.isfinite(absorption) or absorption < 0:
             raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")
-    if dose is not None:
-        dose = check_dose(dose, geometry.n_tilts)
     u0 = float(ug_da.attrs.get("u0", 0.0))
     if absorption and "u0" not in ug_da.attrs:
         logger.warning(
@@ -176,8 +202,12 @@ def simulate(
             f"{n_ops} symmetry operations); this is a larbed bug or an eigensolver failure, "
             "please report it (use_symmetry=False may work around it)"
         )
+    return out, path, n_ops, n_independent
 
-    intensity = out[0] if scalar else out
+
+def _dataset(geometry, ug_da, thick, scalar, intensity, path, n_ops, n_independent,
+             absorption, dose, seed, u0) -> xr.Dataset:
+    """The labelled pattern of :func:`simulate` (Poisson counts drawn here when ``dose``)."""
     noisy = intensity
     if dose is not None:
         rng = rng_from(seed)

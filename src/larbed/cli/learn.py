@@ -104,6 +104,12 @@ def register(subparsers) -> None:
         "--decay", type=float, default=0.99, help="scale factor per iteration (default 0.99)"
     )
     p2.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="new samples per iteration (default 16 with --config default; thesis: 1)",
+    )
+    p2.add_argument(
         "--prior",
         choices=("uniform", "physical"),
         default="uniform",
@@ -229,6 +235,7 @@ def _run_task2(args) -> int:
         iterations=args.iterations,
         scale0=args.scale0,
         decay=args.decay,
+        samples_per_iteration=args.samples,
         prior=args.prior,
         out_dir=args.out,
         resume=not args.no_resume,

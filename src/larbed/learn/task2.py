@@ -43,7 +43,7 @@ from .dataset import (
 )
 from .models import check_config
 from .results import Task2Result
-from .task2_loop import DEFAULT_KEYS, iterate
+from .task2_loop import DEFAULT_KEYS, DEFAULT_SAMPLES, iterate
 from .training import BATCH_SIZE, LEARNING_RATE, Regressor
 
 __all__ = ["run_task2"]
@@ -68,6 +68,7 @@ class _Task2Plan(TaskPlan):
     prior: str
     ref: tuple[int, int]
     dose: float | None
+    samples: int = 1
 
 
 @dataclass
@@ -113,6 +114,7 @@ def _checkpoint_config(plan: _Task2Plan) -> dict:
         thickness_jitter_nm=plan.jitter,
         reference=list(plan.ref),
         dose=plan.dose,
+        samples_per_iteration=plan.samples,
         geometry=plan.geometry.to_attrs(),
         exp_sha256=fingerprint(np.ascontiguousarray(plan.i_exp)),
     )
@@ -162,6 +164,7 @@ def run_task2(
     iterations: int = 100,
     scale0: float = 5.0,
     decay: float = 0.99,
+    samples_per_iteration: int | None = None,
     n_train: int = 100,
     n_test: int = 40,
     epochs: int | None = None,
@@ -188,14 +191,17 @@ def run_task2(
     deviation of scale s_i = ``scale0``·``decay``^i to U (U + s|U|(ε_r + iε_i)) and
     ±``thickness_jitter_nm`` to t; make unique; simulate; replace training sample i (mod n_train);
     train ``loop_epochs`` more epochs from the current weights. That is the loop of
-    ``config="thesis"`` (SPEC §6). With ``config="default"`` the new sample is drawn around the best
+    ``config="thesis"`` (SPEC §6). With ``config="default"`` ``samples_per_iteration`` new samples
+    (16 unless given) are drawn around the best
     candidate so far (the predictions, the earlier samples and, at iteration 0, the mean training
     U_g at its own and at 20 thicknesses over the range), with an adaptive scale (0.3 at first,
     ×1.5 after a sample that beat every candidate, ×0.9 otherwise, within [0.01, ``scale0``];
     ``decay`` is not used) and a thickness jitter shrunk in proportion below scale 0.3; the
     sample then takes the best of its thickness, 20 thicknesses over the range and 9 within ± the
-    jitter (one thickness series: a profile over t, as the mean U_g at iteration 0); each
-    iteration records the better of its prediction and its sample (``r_prediction`` and
+    jitter (one thickness series: a profile over t, as the mean U_g at iteration 0); all of them
+    replace training samples (the next ones in turn, mod ``n_train``) before the iteration's
+    training, and the best of them is the iteration's sample; each
+    iteration records the better of its prediction and its best sample (``r_prediction`` and
     ``r_sample`` record both). Every R is that of a simulated candidate against the experimental
     pattern; the true U_g is never used.
 
@@ -212,6 +218,9 @@ def run_task2(
         Loop iterations (= predictions).
     scale0, decay : float
         Deviation scale of iteration i: scale0 · decay^i.
+    samples_per_iteration : int, optional
+        New training samples simulated per iteration: 16 with ``config="default"`` when not given;
+        ``config="thesis"`` allows only 1 (SPEC §6).
     epochs : int, optional
         Initial training epochs (default 20 CNN / 30 ANN).
     loop_epochs : int
@@ -258,6 +267,7 @@ def run_task2(
     check_seed(seed, integer=True)
     _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay)
     check_config(config)
+    samples = _check_samples(samples_per_iteration, config)
     inputs = resolve_inputs(preset_or_inputs, dose=dose)
     plan = _Task2Plan(
         inputs=inputs,
@@ -279,6 +289,7 @@ def run_task2(
         ref=resolve_reference(inputs.geometry, reference),
         dose=dose,
         download=download,
+        samples=samples,
     )
     config = _checkpoint_config(plan)
     reg = plan.regressor()
@@ -313,6 +324,21 @@ def run_task2(
     elapsed = state.elapsed_before + time.perf_counter() - t_start
     hist = _history(plan, state, config, list(reg.hidden_sizes), iterations, elapsed)
     return Task2Result(hist, inputs)
+
+
+def _check_samples(samples, config: str) -> int:
+    """``samples_per_iteration`` checked: DEFAULT_SAMPLES (default configuration) or 1 (thesis's,
+    the only value it allows) when None."""
+    if samples is None:
+        return DEFAULT_SAMPLES if config == "default" else 1
+    if isinstance(samples, bool) or not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ValueError(f"samples_per_iteration must be a positive integer, got {samples!r}")
+    if config == "thesis" and samples != 1:
+        raise ValueError(
+            "samples_per_iteration must be 1 with config='thesis' (SPEC §6: one new sample per "
+            f"iteration), got {samples}; use config='default' for more"
+        )
+    return int(samples)
 
 
 def _check_loop_settings(iterations, loop_epochs, checkpoint_every, scale0, decay) -> None:

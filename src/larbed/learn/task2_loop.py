@@ -14,13 +14,13 @@ import numpy as np
 
 from ..metrics import r_factor
 from ..origin import make_unique_ug_vector
-from ..simulation import simulate
+from ..simulation import simulate, simulate_array
 from ._common import KEY_T2_ITER, predict_and_score
 from .baselines import mean_baseline_targets
 from .dataset import deviate_ug, split_targets
 from .targets import make_targets
 
-__all__ = ["DEFAULT_KEYS", "iterate"]
+__all__ = ["DEFAULT_KEYS", "DEFAULT_SAMPLES", "iterate"]
 
 #: What the default configuration records in addition: R of the network's own prediction and of
 #: the new (simulated) training sample of each iteration.
@@ -39,6 +39,8 @@ DEFAULT_THICKNESS_GRID = 20
 #: ... and each sample at the best of its own thickness, that grid and this many thicknesses within
 #: ± the thickness jitter of its own.
 DEFAULT_LOCAL_GRID = 9
+#: Default configuration: new samples drawn (and put into the training set) per iteration.
+DEFAULT_SAMPLES = 16
 
 
 def iterate(plan, reg, x_exp: np.ndarray, state, i: int) -> dict:
@@ -77,13 +79,15 @@ def _record(state, **values) -> None:
         state.rec[key].append(val)
 
 
-def _replace_and_train(plan, reg, state, i: int, ug_new, t_new,
-                       i_new, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Put the new sample (U_g, t [nm], its pattern) in place of training sample i (mod n_train)
-    and train ``loop_epochs`` epochs from the current weights: (train, test) losses."""
+def _replace_and_train(plan, reg, state, slot: int, samples,
+                       rng) -> tuple[np.ndarray, np.ndarray]:
+    """Put the new samples, (U_g, t [nm], pattern) each, in place of training samples ``slot``,
+    ``slot`` + 1, … (mod n_train) and train ``loop_epochs`` epochs from the current weights:
+    (train, test) losses."""
     n, x, y = plan.n_train, state.x, state.y
-    x[i % n] = reg.inputs(i_new)[0]
-    y[i % n] = make_targets(ug_new, t_new)
+    for j, (ug_new, t_new, i_new) in enumerate(samples):
+        x[(slot + j) % n] = reg.inputs(i_new)[0]
+        y[(slot + j) % n] = make_targets(ug_new, t_new)
     return reg.fit(
         x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
     )
@@ -97,7 +101,7 @@ def _profile_thickness(plan, ug, t0: float, jitter: float) -> tuple[float, float
     local = t0 + np.linspace(-1.0, 1.0, DEFAULT_LOCAL_GRID) * max(jitter, 0.1)
     t_all = np.clip(np.concatenate([[t0], np.linspace(lo, hi, DEFAULT_THICKNESS_GRID), local]),
                     lo, hi)
-    sims = simulate(plan.geometry, ug, t_all)["intensity"].values
+    sims = simulate_array(plan.geometry, ug, t_all)
     r_all = [r_factor(plan.i_exp, sim) for sim in sims]
     k = int(np.argmin(r_all))
     return float(r_all[k]), float(t_all[k]), sims[k]
@@ -138,8 +142,11 @@ def _iterate_default(
     _, ug_c, t_c = min(new + ([best] if best is not None else []), key=lambda c: c[0])
     rng = np.random.default_rng(np.random.SeedSequence(plan.seed, spawn_key=(KEY_T2_ITER, i)))
     s = _default_scale(plan, state)
-    r_s, ug_new, t_new, i_new = _draw_sample(plan, ug_c, t_c, s, rng)
-    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
+    draws = [_draw_sample(plan, ug_c, t_c, s, rng) for _ in range(plan.samples)]
+    train, test = _replace_and_train(
+        plan, reg, state, i * plan.samples, [d[1:] for d in draws], rng
+    )
+    r_s, ug_new, t_new, _ = min(draws, key=lambda d: d[0])
     # the iteration's candidate: the best of the prediction, the sample and (i = 0) the mean
     r, ug, t = min(new + [(r_s, np.asarray(ug_new, complex), t_new)], key=lambda c: c[0])
     _record(state, r=r, ug=ug, t=t, scale=s, train=train, test=test[-1],
@@ -164,7 +171,7 @@ def _iterate_thesis(
     t_new = float(np.clip(t_p + rng.uniform(-plan.jitter, plan.jitter), lo, hi))
     ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
     i_new = simulate(geo, ug_new, t_new)["intensity"].values
-    train, test = _replace_and_train(plan, reg, state, i, ug_new, t_new, i_new, rng)
+    train, test = _replace_and_train(plan, reg, state, i, [(ug_new, t_new, i_new)], rng)
     _record(state, r=r, ug=ug_p, t=t_p, scale=s, train=train, test=test[-1],
             time=time.perf_counter() - t0)
     return {"r": r, "thickness_nm": t_p, "scale": s, "ug": ug_p}
