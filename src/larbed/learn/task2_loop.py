@@ -85,8 +85,9 @@ def _replace_and_train(plan, reg, state, slot: int, samples,
     ``slot`` + 1, … (mod n_train) and train ``loop_epochs`` epochs from the current weights:
     (train, test) losses."""
     n, x, y = plan.n_train, state.x, state.y
-    for j, (ug_new, t_new, i_new) in enumerate(samples):
-        x[(slot + j) % n] = reg.inputs(i_new)[0]
+    x_new = reg.inputs(np.stack([smp[2] for smp in samples]))  # one batch (CNN: one backbone call)
+    for j, (ug_new, t_new, _) in enumerate(samples):
+        x[(slot + j) % n] = x_new[j]
         y[(slot + j) % n] = make_targets(ug_new, t_new)
     return reg.fit(
         x[:n], y[:n], plan.loop_epochs, rng, x_test=x[n:], y_test=y[n:], test_every_epoch=False
