@@ -153,6 +153,7 @@ def simulate(
                     seed, u0)
 
 
+@uses_kernels
 def simulate_array(geometry: Geometry, ug, thickness_nm) -> np.ndarray:
     """The intensities of :func:`simulate` (no absorption, no noise) as a plain array:
     (n_tilts, n_beams), or (n_thicknesses, n_tilts, n_beams) for a sequence of thicknesses [nm].

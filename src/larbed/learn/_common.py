@@ -16,7 +16,7 @@ import xarray as xr
 from ..geometry import Geometry
 from ..metrics import r_factor
 from ..schema import check_ug, extract_ug
-from ..simulation import simulate
+from ..simulation import simulate_array
 from .dataset import split_targets
 from .models import MODEL_KINDS
 from .results import TaskInputs
@@ -135,7 +135,7 @@ def predict_and_score(
     """Predict (U_g, t [nm]) for the experimental pattern, simulate it and return (U_g, t, R)."""
     out = reg.predict(x_exp)[0]
     ug, t = split_targets(out, t_range)
-    sim = simulate(geometry, ug, float(t))["intensity"].values
+    sim = simulate_array(geometry, ug, float(t))
     return ug, float(t), r_factor(i_exp, sim)
 
 

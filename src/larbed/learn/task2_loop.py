@@ -14,7 +14,7 @@ import numpy as np
 
 from ..metrics import r_factor
 from ..origin import make_unique_ug_vector
-from ..simulation import simulate, simulate_array
+from ..simulation import simulate_array
 from ._common import KEY_T2_ITER, predict_and_score
 from .baselines import mean_baseline_targets
 from .dataset import deviate_ug, split_targets
@@ -171,7 +171,7 @@ def _iterate_thesis(
     lo, hi = plan.t_range
     t_new = float(np.clip(t_p + rng.uniform(-plan.jitter, plan.jitter), lo, hi))
     ug_new = make_unique_ug_vector(ug_new, geo, reference=plan.ref)
-    i_new = simulate(geo, ug_new, t_new)["intensity"].values
+    i_new = simulate_array(geo, ug_new, t_new)
     train, test = _replace_and_train(plan, reg, state, i, [(ug_new, t_new, i_new)], rng)
     _record(state, r=r, ug=ug_p, t=t_p, scale=s, train=train, test=test[-1],
             time=time.perf_counter() - t0)
