@@ -12,7 +12,11 @@ variables) what a refinement found.
   ``"smooth"`` (B = b₀ + b₁ \|g\| + b₂ \|g\|² + b₃ ρ², \|g\| in 1/Å, ρ the distance of the tilt from
   the disc centre over the disc radius: a diffuse inelastic background);
 * ``absorption``: ``"none"``, ``"proportional"`` (κ: U_g → (1 + iκ) U_g, iκU₀ on the diagonal);
-* ``tilt_map``: ``"none"``, ``"shift"`` (θ' = θ + c), ``"affine"`` (θ' = A θ + c).
+* ``tilt_map``: ``"none"``, ``"shift"`` (θ' = θ + c), ``"affine"`` (θ' = A θ + c);
+* ``tilt_spread``: ``"none"``, ``"disc"`` (each recorded intensity is the mean of the dynamical
+  intensities over a uniform disc of incident directions of radius ρ [mrad] around its true tilt:
+  beam convergence, or an integration over a range of tilts; a fitted parameter, by Radon's
+  7-point rule, exact for polynomials of degree ≤ 5 in the tilt, at 7× the cost).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ._random import rng_from
 from .geometry import Geometry
 
 __all__ = ["ABSORPTION_FORMS", "BACKGROUND_FORMS", "SCALE_FORMS", "SMOOTH_TERMS", "TILT_MAP_FORMS",
-           "Measurement"]
+           "TILT_SPREAD_FORMS", "Measurement", "average_spread", "disc_rule"]
 
 logger = logging.getLogger(__name__)
 
@@ -36,19 +40,52 @@ ScaleForm = Literal["none", "global", "per_tilt"]
 BackgroundForm = Literal["none", "flat", "per_beam", "smooth"]
 AbsorptionForm = Literal["none", "proportional"]
 TiltMapForm = Literal["none", "shift", "affine"]
+TiltSpreadForm = Literal["none", "disc"]
 SCALE_FORMS: tuple[str, ...] = get_args(ScaleForm)
 BACKGROUND_FORMS: tuple[str, ...] = get_args(BackgroundForm)
 ABSORPTION_FORMS: tuple[str, ...] = get_args(AbsorptionForm)
 TILT_MAP_FORMS: tuple[str, ...] = get_args(TiltMapForm)
+TILT_SPREAD_FORMS: tuple[str, ...] = get_args(TiltSpreadForm)
+#: The start of a fitted tilt spread without a given value [mrad]: not 0, where ∂I/∂ρ = 0.
+DEFAULT_TILT_SPREAD_MRAD = 1.0
 #: The terms of the smooth background, in order (|g| in 1/Å, ρ = tilt radius / disc radius).
 SMOOTH_TERMS: tuple[str, ...] = ("1", "|g|", "|g|^2", "rho^2")
 _AXES = ("x", "y")
+#: The forms a Measurement names, in order (files store them in this order).
+FORM_NAMES: tuple[str, ...] = ("scale", "background", "absorption", "tilt_map", "tilt_spread")
+
+
+def disc_rule() -> tuple[np.ndarray, np.ndarray]:
+    """Radon's 7-point rule for the mean over the unit disc: nodes (7, 2), weights (7,).
+
+    The centre with weight 1/4 and a hexagon at radius √(2/3) with 1/8 each: exact for every
+    polynomial of degree ≤ 5 (e.g. the mean of x² is 1/4, of x⁴ 1/8, of x²y² 1/24).
+    """
+    phi = np.arange(6) * np.pi / 3
+    ring = np.sqrt(2.0 / 3.0) * np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    return np.vstack([np.zeros((1, 2)), ring]), np.array([0.25] + [0.125] * 6)
+
+
+def average_spread(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Σ_s w_s v[..., m·S + s, :]: values (..., n_tilts·S, N) at the points of a tilt spread (tilt
+    by tilt, S points each) → (..., n_tilts, N)."""
+    s = len(weights)
+    v = values.reshape(values.shape[:-2] + (values.shape[-2] // s, s, values.shape[-1]))
+    return np.einsum("...msn,s->...mn", v, weights)
 
 
 def _check_form(name: str, value, allowed) -> str:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"Measurement {name}={value!r} is not one of {allowed}")
     return value
+
+
+def _spread(name: str, value) -> float:
+    rho = float(_finite(name, value, ()))
+    if rho <= 0:
+        raise ValueError(f"Measurement {name} must be > 0 [mrad] (no spread: tilt_spread='none'; a "
+                         f"fit cannot start at 0, where the derivative in ρ vanishes), got {rho}")
+    return rho
 
 
 def _finite(name: str, value, shape=None) -> np.ndarray:
@@ -70,9 +107,12 @@ class Measurement:
     background : {'none', 'flat', 'per_beam', 'smooth'}
     absorption : {'none', 'proportional'}
     tilt_map : {'none', 'shift', 'affine'}
+    tilt_spread : {'none', 'disc'}
+        ``'disc'``: every intensity is averaged over a disc of incident directions of radius ρ
+        [mrad] around its tilt (beam convergence, an integration over tilts); ρ is fitted.
     values : xarray.Dataset, optional
         Known or starting values (see :meth:`with_values` and :meth:`values_for`); missing ones
-        start at s = 1, B = 0, κ = 0, A = 1, c = 0.
+        start at s = 1, B = 0, κ = 0, A = 1, c = 0, ρ = 1 mrad.
 
     Examples
     --------
@@ -87,6 +127,7 @@ class Measurement:
     background: BackgroundForm = "none"
     absorption: AbsorptionForm = "none"
     tilt_map: TiltMapForm = "none"
+    tilt_spread: TiltSpreadForm = "none"
     values: xr.Dataset | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -94,6 +135,7 @@ class Measurement:
         _check_form("background", self.background, BACKGROUND_FORMS)
         _check_form("absorption", self.absorption, ABSORPTION_FORMS)
         _check_form("tilt_map", self.tilt_map, TILT_MAP_FORMS)
+        _check_form("tilt_spread", self.tilt_spread, TILT_SPREAD_FORMS)
         if self.values is not None and not isinstance(self.values, xr.Dataset):
             raise TypeError(f"Measurement values must be an xarray.Dataset, got "
                             f"{type(self.values).__name__}")
@@ -101,7 +143,8 @@ class Measurement:
     # ----------------------------------------------------------------------------- building
     @classmethod
     def with_values(cls, *, scale=None, background=None, background_smooth=None,
-                    absorption=None, tilt_matrix=None, tilt_offset_mrad=None) -> Measurement:
+                    absorption=None, tilt_matrix=None, tilt_offset_mrad=None,
+                    tilt_spread_mrad=None) -> Measurement:
         """A measurement with known values (e.g. to make pseudo-experimental data with
         :func:`larbed.simulate`); the forms follow from what is given.
 
@@ -119,6 +162,9 @@ class Measurement:
             A of θ' = A θ + c (``'affine'``).
         tilt_offset_mrad : 2 floats, optional
             c [mrad] (``'shift'`` unless ``tilt_matrix`` is given).
+        tilt_spread_mrad : float, optional
+            Radius ρ > 0 [mrad] of the disc of incident directions averaged at each tilt
+            (``tilt_spread='disc'``).
         """
         ds = xr.Dataset()
         forms = {}
@@ -158,6 +204,9 @@ class Measurement:
         if tilt_offset_mrad is not None:
             forms.setdefault("tilt_map", "shift")
             ds["tilt_offset_mrad"] = (("tilt_axis",), _finite("tilt_offset_mrad", tilt_offset_mrad, (2,)))
+        if tilt_spread_mrad is not None:
+            forms["tilt_spread"] = "disc"
+            ds["tilt_spread_mrad"] = ((), _spread("tilt_spread_mrad", tilt_spread_mrad))
         return cls(**forms, values=ds)
 
     # ----------------------------------------------------------------------------- parameters
@@ -184,9 +233,10 @@ class Measurement:
 
     def n_parameters(self, geometry: Geometry | None) -> int:
         """Entries of the measurement part of the parameter vector (κ excluded: it has its own
-        place): global s, background, tilt map."""
+        place): global s, background, tilt map, tilt spread."""
         return (int(self.scale == "global") + self.n_background(geometry)
-                + {"none": 0, "shift": 2, "affine": 6}[self.tilt_map])
+                + {"none": 0, "shift": 2, "affine": 6}[self.tilt_map]
+                + int(self.tilt_spread == "disc"))
 
     def labels(self, geometry: Geometry) -> list[str]:
         out = ["scale"] if self.scale == "global" else []
@@ -200,6 +250,8 @@ class Measurement:
             out += [f"A_{a}{b}" for a in _AXES for b in _AXES]
         if self.tilt_map != "none":
             out += [f"c_{a} [mrad]" for a in _AXES]
+        if self.tilt_spread == "disc":
+            out.append("tilt spread ρ [mrad]")
         return out
 
     def _value(self, name: str, default):
@@ -221,6 +273,9 @@ class Measurement:
             parts.append(_finite("tilt_matrix", self._value("tilt_matrix", np.eye(2)), (2, 2)).ravel())
         if self.tilt_map != "none":
             parts.append(_finite("tilt_offset_mrad", self._value("tilt_offset_mrad", [0.0, 0.0]), (2,)))
+        if self.tilt_spread == "disc":
+            parts.append([_spread("tilt_spread_mrad", self._value("tilt_spread_mrad",
+                                                                   DEFAULT_TILT_SPREAD_MRAD))])
         return np.concatenate(parts) if parts else np.zeros(0)
 
     def start_absorption(self) -> float | None:
@@ -257,6 +312,20 @@ class Measurement:
         """θ' = A θ + c (n_tilts, 2) [mrad] for the measurement part ``xm``."""
         _, _, a, c = self.split(geometry, xm)
         return geometry.tilt_mrad @ a.T + c
+
+    def spread_mrad(self, xm: np.ndarray) -> float:
+        """ρ [mrad] of the measurement part ``xm`` (its last entry; 0 without a spread)."""
+        return float(abs(xm[-1])) if self.tilt_spread == "disc" else 0.0
+
+    def tilt_points(self, geometry: Geometry, xm: np.ndarray):
+        """(points (n_tilts·7, 2) [mrad], weights (7,), unit nodes (7, 2)) of a tilt spread —
+        tilt by tilt, θ'_m + ρ u_s — or None without one (``average_spread`` takes the mean)."""
+        if self.tilt_spread == "none":
+            return None
+        nodes, weights = disc_rule()
+        centre = self.true_tilts(geometry, xm)
+        pts = centre[:, None, :] + self.spread_mrad(xm) * nodes[None]
+        return pts.reshape(-1, 2), weights, nodes
 
     def background_array(self, geometry: Geometry, xm: np.ndarray) -> np.ndarray:
         """B(t, b) (n_tilts, n_beams) for the measurement part ``xm``."""
@@ -327,13 +396,16 @@ class Measurement:
                                            err[2] if self.tilt_map == "affine" else np.zeros((2, 2)))
                 ds["tilt_offset_mrad_error"] = (("tilt_axis",), err[3], {"units": "mrad"})
             ds = ds.assign_coords(tilt_axis=list(_AXES), tilt_axis_b=list(_AXES))
-        ds.attrs.update({"scale_form": self.scale, "background_form": self.background,
-                         "absorption_form": self.absorption, "tilt_map_form": self.tilt_map})
+        if self.tilt_spread == "disc":
+            ds["tilt_spread_mrad"] = ((), self.spread_mrad(xm), {"units": "mrad"})
+            if err is not None:
+                ds["tilt_spread_mrad_error"] = ((), float(sigma[-1]), {"units": "mrad"})
+        ds.attrs.update({f"{k}_form": getattr(self, k) for k in FORM_NAMES})
         return ds
 
     def describe(self) -> str:
-        return (f"scale={self.scale}, background={self.background}, absorption={self.absorption}, "
-                f"tilt_map={self.tilt_map}")
+        names = FORM_NAMES if self.tilt_spread != "none" else FORM_NAMES[:-1]
+        return ", ".join(f"{k}={getattr(self, k)}" for k in names)
 
 
 def simulate_measured(geometry: Geometry, ug, thickness_nm, measurement: Measurement, *,
@@ -372,8 +444,14 @@ def simulate_measured(geometry: Geometry, ug, thickness_nm, measurement: Measure
             _, _, a, c = measurement.split(geometry, xm)
             raise ValueError(f"the measurement's tilt map θ' = A θ + c (A = {a.tolist()}, c = "
                              f"{c.tolist()} mrad) gives no valid set of true tilts: {exc}") from exc
-    dyn = simulate(true_geo, ug, thickness_nm, absorption=kappa, progress=progress,
-                   use_symmetry=use_symmetry)
+    spread = measurement.tilt_points(geometry, xm)
+    if spread is None:
+        dyn = simulate(true_geo, ug, thickness_nm, absorption=kappa, progress=progress,
+                       use_symmetry=use_symmetry)
+    else:
+        from .simulation import simulate_spread
+
+        dyn = simulate_spread(geometry, ug, thickness_nm, spread[0], spread[1], absorption=kappa)
     clean = dyn.intensity.values + measurement.background_array(geometry, xm)
     noisy = clean
     if dose is not None:

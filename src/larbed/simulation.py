@@ -16,7 +16,7 @@ from .geometry import Geometry
 from .metrics import check_dose, dose_column
 from .threads import uses_kernels
 
-__all__ = ["simulate", "simulate_array"]
+__all__ = ["simulate", "simulate_array", "simulate_spread"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,39 @@ def simulate_array(geometry: Geometry, ug, thickness_nm) -> np.ndarray:
     thick = schema.check_thickness(thickness_nm)
     out = _intensities(geometry, ug_da, thick, None, False, True)[0]
     return out[0] if np.ndim(thickness_nm) == 0 else out
+
+
+@uses_kernels
+def simulate_spread(geometry: Geometry, ug, thickness_nm, points_mrad: np.ndarray,
+                    weights: np.ndarray, *, absorption: float | None = None) -> xr.Dataset:
+    """The pattern with each tilt's intensities averaged over a set of incident directions.
+
+    ``points_mrad`` (n_tilts·S, 2) [mrad] lists S points per tilt, tilt by tilt (e.g.
+    :meth:`larbed.Measurement.tilt_points`: a disc of beam convergence), ``weights`` (S,) their
+    weights (summing to 1). Returns :func:`simulate`'s Dataset on the geometry's tilts, every
+    point computed (no tilt symmetry); attrs ``spread_points`` = S."""
+    from .measurement import average_spread
+
+    ug_da = schema.check_ug(geometry, ug)
+    scalar = np.ndim(thickness_nm) == 0
+    thick = schema.check_thickness(thickness_nm)
+    weights = np.asarray(weights, float)
+    pts = np.asarray(points_mrad, float)
+    if pts.shape != (geometry.n_tilts * len(weights), 2) or not np.all(np.isfinite(pts)):
+        raise ValueError(f"points_mrad must be {geometry.n_tilts} × {len(weights)} finite (x, y) "
+                         f"tilts [mrad], got shape {pts.shape}")
+    u0 = float(ug_da.attrs.get("u0", 0.0))
+    off, dg, path = bloch.prepare_matrices(geometry, ug_da.values, absorption, u0, tilts_mrad=pts)
+    from .resources import check_memory, estimate_simulation
+
+    check_memory(estimate_simulation(geometry, len(thick), path, n_tilts=len(pts)), "simulate",
+                 "a tilt spread computes every point of every tilt: simulate fewer tilts at a time")
+    out = average_spread(bloch.intensities(off, dg, path, thick * 10.0), weights)
+    ds = _dataset(geometry, ug_da, thick, scalar, out[0] if scalar else out, path, 1,
+                  geometry.n_tilts, None if absorption is None else float(absorption), None,
+                  None, u0)
+    ds.attrs["spread_points"] = len(weights)
+    return ds
 
 
 def _intensities(geometry, ug_da, thick, absorption, progress, use_symmetry):

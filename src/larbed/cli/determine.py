@@ -64,7 +64,8 @@ def _common_inputs(p) -> None:
                    help="measurement model refined with U_g, e.g. 'scale=per_tilt,background=per_beam,"
                         "absorption=proportional,tilt_map=affine' (scale: none|global|per_tilt; "
                         "background: none|flat|per_beam|smooth; absorption: none|proportional; "
-                        "tilt_map: none|shift|affine)")
+                        "tilt_map: none|shift|affine; tilt_spread: none|disc, a fitted disc of "
+                        "incident directions per tilt, 7x the cost)")
     p.add_argument("--holdout", type=float, default=0.0, metavar="F",
                    help="fraction of the tilts left out of the fit, for R_free (default 0)")
     p.add_argument("--weights", choices=("auto", "poisson", "variance", "none"), default="auto",
@@ -179,16 +180,16 @@ def format_ug_table(result, ug_true=None) -> str:
 
 def parse_measurement(spec: str | None):
     """A :class:`larbed.Measurement` from ``'scale=per_tilt,background=flat,...'`` (None for None)."""
-    from ..measurement import Measurement
+    from ..measurement import FORM_NAMES, Measurement
 
     if spec is None:
         return None
     kwargs = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, value = part.partition("=")
-        if not sep or key.strip() not in ("scale", "background", "absorption", "tilt_map"):
-            raise ValueError(f"--measurement: {part!r} is not key=value with key scale, background, "
-                             "absorption or tilt_map")
+        if not sep or key.strip() not in FORM_NAMES:
+            raise ValueError(f"--measurement: {part!r} is not key=value with key "
+                             f"{', '.join(FORM_NAMES)}")
         kwargs[key.strip()] = value.strip()
     return Measurement(**kwargs)
 

@@ -13,6 +13,7 @@ network start is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -130,8 +131,7 @@ def _continued(measurement, res):
     if measurement is None or res is None or res.measurement is None:
         return measurement
     values = res.measurement[[v for v in res.measurement.data_vars if not v.endswith("_error")]]
-    return type(measurement)(measurement.scale, measurement.background, measurement.absorption,
-                             measurement.tilt_map, values=values)
+    return dataclasses.replace(measurement, values=values)
 
 
 def refine_continuation(intensity, geometry: Geometry, start, thickness_nm: float,

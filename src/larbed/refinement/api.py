@@ -317,12 +317,14 @@ def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=
                       "x_weights": None if x_weights is None else np.asarray(x_weights).tolist()})
 
 
-def _log_cost(geometry: Geometry, n_q: int, chunk: int) -> None:
-    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk)
-    msg = (f"refine: {geometry.n_tilts} tilts × {geometry.n_beams} beams, {n_q} free parameters, "
-           f"Jacobian in chunks of {chunk} tilts; about {est.seconds:.3g} s and "
-           f"{est.memory_bytes / 2**20:.0f} MiB per iteration")
-    (logger.warning if est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
+def _log_cost(geometry: Geometry, n_q: int, chunk: int, points: int = 1) -> None:
+    """Log the cost of an iteration; ``points`` tilts computed per tilt (a tilt spread)."""
+    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk * points)
+    spread = f" ({points} points per tilt: a tilt spread)" if points > 1 else ""
+    msg = (f"refine: {geometry.n_tilts} tilts × {geometry.n_beams} beams{spread}, {n_q} free "
+           f"parameters, Jacobian in chunks of {chunk} tilts; about {points * est.seconds:.3g} s "
+           f"and {est.memory_bytes / 2**20:.0f} MiB per iteration")
+    (logger.warning if points * est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
 
 
 def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_weights, *,
@@ -507,7 +509,7 @@ def refine(
 
     prob = WeightedProblem(su.model, pmap, su.exp, su.weights_for(x_weights), su.prior)
     state = LMState(q=q, history=history, iterations=len(history))
-    _log_cost(geometry, pmap.n_q, prob.chunk)
+    _log_cost(geometry, pmap.n_q, prob.chunk, getattr(su.model, "points_per_tilt", 1))
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
                disable=not progress or finished, leave=False)
     try:

@@ -14,6 +14,7 @@ import xarray as xr
 
 from .. import bloch
 from ..geometry import Geometry
+from ..measurement import average_spread
 from ..resources import check_memory, estimate_jacobian
 from ..schema import check_ug, pattern_coords
 from ..simulation import simulate
@@ -266,10 +267,12 @@ def simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray,
     :func:`larbed.simulate` (with its symmetry shortcut) when that fits :data:`SCAN_CHUNK_BYTES`,
     else tilt chunk by chunk (memory bounded at any number of tilts and thicknesses). A tilt map
     of ``measurement`` (its start values) moves the tilts."""
-    per_tilt = 8 * len(thick) * geometry.n_beams
-    tilts = None
-    if measurement is not None and measurement.tilt_map != "none":
+    tilts, spread = None, None
+    if measurement is not None and measurement.tilt_spread != "none":
+        tilts, spread, _ = measurement.tilt_points(geometry, measurement.start_vector(geometry))
+    elif measurement is not None and measurement.tilt_map != "none":
         tilts = measurement.true_tilts(geometry, measurement.start_vector(geometry))
+    per_tilt = 8 * len(thick) * geometry.n_beams * (1 if spread is None else len(spread))
     if per_tilt * geometry.n_tilts <= SCAN_CHUNK_BYTES and tilts is None:
         yield slice(None), simulate(geometry, ug_da, thick, absorption=absorption).intensity.values
         return
@@ -279,7 +282,12 @@ def simulated_chunks(geometry: Geometry, ug_da: xr.DataArray, thick: np.ndarray,
     step = max(1, SCAN_CHUNK_BYTES // per_tilt)
     for lo in range(0, geometry.n_tilts, step):
         rows = slice(lo, min(lo + step, geometry.n_tilts))
-        yield rows, model.intensities(x, thick, rows=rows, tilts_mrad=tilts)
+        if spread is None:
+            yield rows, model.intensities(x, thick, rows=rows, tilts_mrad=tilts)
+        else:  # S points per tilt, tilt by tilt: their mean
+            pts = slice(len(spread) * rows.start, len(spread) * rows.stop)
+            yield rows, average_spread(model.intensities(x, thick, rows=pts, tilts_mrad=tilts),
+                                       spread)
 
 
 #: Memory for one tilt chunk of the Jacobian in :meth:`WeightedProblem.normal_equations` [bytes]: the
@@ -300,7 +308,7 @@ class WeightedProblem:
         self.reduced = bool(model.reduce_to(pmap))
         self.set_weights(weights)
         n_tilts, n_beams = data.shape
-        per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.n_q + 4)
+        per_tilt = 8 * n_beams * (model.n_x + 2 * pmap.n_q + 4) * getattr(model, "points_per_tilt", 1)
         self.chunk = int(max(1, min(n_tilts, JACOBIAN_CHUNK_BYTES // per_tilt)))
         # Gaussian prior on x (Re U_g, Im U_g): residual rows (x_i − centre_i)/σ_i for finite σ_i
         self.prior_idx = np.zeros(0, int)

@@ -6,6 +6,8 @@ vector: x = [Re U (P), Im U (P), t, (κ), global s, background, tilt map]. Chain
 
 * tilt map θ' = A θ + c: ∂I/∂c = ∂I/∂θ', ∂I/∂A_ij = ∂I/∂θ'_i θ_j, with ∂I/∂θ' from the kernels'
   diagonal directions (the excitation errors are linear in the tilt);
+* tilt spread: I_dyn = Σ_s w_s I(θ' + ρ u_s) over the 7 points of a disc rule, so every column is
+  the same mean of its values at the points and ∂I/∂ρ = Σ_s w_s ∂I/∂θ'(θ' + ρ u_s) · u_s;
 * background B = Σ_k p_k a_k(t) b_k(beam): ∂m/∂p_k = a_k b_k with m = I_dyn + B;
 * global scale: I = s m, ∂I/∂s = m, ∂I/∂p = s ∂m/∂p;
 * per-tilt scale s_t = Σ_b D_tb / Σ_b m_tb over the measured beams of tilt t (analytic, not a
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..geometry import Geometry
-from ..measurement import Measurement
+from ..measurement import Measurement, average_spread, disc_rule
 from .jacobian import ForwardModel
 
 __all__ = ["BeamBlock", "MeasuredModel"]
@@ -54,6 +56,9 @@ class MeasuredModel:
         self.i_bg = self.n_core + int(measurement.scale == "global")
         self.n_bg = measurement.n_background(self.geometry)
         self.i_tilt = self.i_bg + self.n_bg
+        self.spread = measurement.tilt_spread != "none"
+        #: Points computed per tilt (a tilt spread averages several; memory of a Jacobian chunk).
+        self.points_per_tilt = len(disc_rule()[1]) if self.spread else 1
 
     # ----------------------------------------------------------------------------- pieces
     def _xm(self, x) -> np.ndarray:
@@ -64,6 +69,27 @@ class MeasuredModel:
         if self.measurement.tilt_map == "none":
             return None
         return self.measurement.true_tilts(self.geometry, self._xm(x))
+
+    def _points(self, x):
+        """(tilts for the core: θ' (n_tilts, 2), the points of a spread (n_tilts·S, 2), or None;
+        the spread's weights (S,) and unit nodes (S, 2), or None)."""
+        if not self.spread:
+            return self.true_tilts(x), None, None
+        return self.measurement.tilt_points(self.geometry, self._xm(x))
+
+    def _core_rows(self, rows: slice | None) -> slice | None:
+        """The core's rows of the tilts ``rows`` (S consecutive points per tilt with a spread)."""
+        if rows is None or not self.spread:
+            return rows
+        lo, hi, step = rows.indices(self.geometry.n_tilts)
+        if step != 1:
+            raise ValueError("tilt rows must be a contiguous slice")
+        return slice(self.points_per_tilt * lo, self.points_per_tilt * hi)
+
+    def _dynamic(self, x, thickness_nm, rows) -> np.ndarray:
+        pts, weights, _ = self._points(x)
+        dyn = self.core.intensities(x[:self.n_core], thickness_nm, self._core_rows(rows), pts)
+        return dyn if weights is None else average_spread(dyn, weights)
 
     def background(self, x, rows: slice) -> np.ndarray:
         """B (tilts of ``rows``, n_beams)."""
@@ -89,13 +115,12 @@ class MeasuredModel:
     def intensities(self, x, thickness_nm=None, rows: slice | None = None) -> np.ndarray:
         """Measured intensities (M, N), or (n_t, M, N) at ``thickness_nm``, of tilts ``rows``."""
         rows = slice(None) if rows is None else rows
-        dyn = self.core.intensities(x[:self.n_core], thickness_nm, rows, self.true_tilts(x))
-        m = dyn + self.background(x, rows)
+        m = self._dynamic(x, thickness_nm, rows) + self.background(x, rows)
         return self._scale(x, m, rows) * m
 
     def dynamic_intensities(self, x) -> np.ndarray:
-        """I_dyn(θ') (n_tilts, n_beams): before background and scale."""
-        return self.core.intensities(x[:self.n_core], None, None, self.true_tilts(x))
+        """I_dyn(θ') (n_tilts, n_beams): before background and scale (with a spread, its mean)."""
+        return self._dynamic(x, None, None)
 
     def reduce_to(self, pmap) -> bool:
         """Let the core sum its U part into free parameters (see :meth:`ForwardModel.reduce_to`)."""
@@ -120,10 +145,19 @@ class MeasuredModel:
     def _jacobian(self, x, rows, split: bool):
         rows = slice(None) if rows is None else rows
         meas = self.measurement
-        tilts = self.true_tilts(x)
-        dyn, jd = self.core.jacobian(x[:self.n_core], rows, tilts, tilt_columns=tilts is not None)
+        tilts, weights, nodes = self._points(x)
+        dirs = tilts is not None
+        dyn, jd = self.core.jacobian(x[:self.n_core], self._core_rows(rows), tilts,
+                                     tilt_columns=dirs)
+        nc = jd.shape[2] - (2 if dirs else 0)  # core columns
+        d_rho = None
+        if weights is not None:  # the mean over the spread's points; ∂/∂ρ from the tilt columns
+            jd = jd.reshape(-1, len(weights), *jd.shape[1:])
+            sign = 1.0 if x[-1] >= 0 else -1.0  # ρ = |x| (the rule is symmetric under ρ → −ρ)
+            d_rho = sign * np.einsum("msnk,s,sk->mn", jd[..., nc:nc + 2], weights, nodes)
+            jd = np.einsum("msnk,s->mnk", jd, weights)
+            dyn = average_spread(dyn, weights)
         mc, n = dyn.shape
-        nc = jd.shape[2] - (2 if tilts is not None else 0)  # core columns
         shift = nc - self.n_core
         i_bg = self.i_bg + shift
         cols = np.arange(nc + self.n_m)
@@ -142,7 +176,9 @@ class MeasuredModel:
             else:
                 full[:, :, i_bg:i_bg + self.n_bg] = np.einsum("kt,kb->tbk", self.bg_t[:, rows],
                                                              self.bg_b)
-        if tilts is not None:
+        if d_rho is not None:
+            full[:, :, place[self.n_x - 1 + shift]] = d_rho
+        if meas.tilt_map != "none":
             dth = jd[:, :, nc:nc + 2]  # ∂I/∂θ'_x, ∂I/∂θ'_y
             col = place[self.i_tilt + shift]
             if meas.tilt_map == "affine":

@@ -9,6 +9,7 @@ import numpy as np
 import xarray as xr
 
 from ..geometry import Geometry
+from ..measurement import FORM_NAMES
 from ..metrics import expected_noise_r
 from ..schema import complex_from_parts
 from ..simulation import simulate
@@ -145,8 +146,8 @@ class RefinementResult:
             attrs = dict(ds.attrs)
             ds = ds.merge(m.drop_vars(drop), compat="override", combine_attrs="drop")
             ds.attrs = attrs
-            ds.attrs["measurement_forms"] = [self.measurement.attrs.get(f"{k}_form", "none") for k in
-                                             ("scale", "background", "absorption", "tilt_map")]
+            ds.attrs["measurement_forms"] = [self.measurement.attrs.get(f"{k}_form", "none")
+                                             for k in FORM_NAMES]
         return ds
 
     @classmethod
@@ -227,9 +228,11 @@ def _measurement_from(ds: xr.Dataset):
     keep_dims = {d for v in m.data_vars for d in m[v].dims}
     m = m.drop_vars([c for c in m.coords if not set(m[c].dims) <= keep_dims or c in
                      ("tilt", "tilt_x", "tilt_y", "beam")], errors="ignore")
-    forms = list(np.ravel(ds.attrs.get("measurement_forms", ["none"] * 4)))
-    m.attrs = {f"{k}_form": str(f) for k, f in zip(("scale", "background", "absorption", "tilt_map"),
-                                                    forms, strict=True)}
+    forms = list(np.ravel(ds.attrs.get("measurement_forms", ["none"] * len(FORM_NAMES))))
+    if len(forms) not in (len(FORM_NAMES) - 1, len(FORM_NAMES)):  # files before the tilt spread: 4
+        raise ValueError(f"measurement_forms has {len(forms)} entries, not {len(FORM_NAMES)}")
+    forms += ["none"] * (len(FORM_NAMES) - len(forms))
+    m.attrs = {f"{k}_form": str(f) for k, f in zip(FORM_NAMES, forms, strict=True)}
     return m
 
 
