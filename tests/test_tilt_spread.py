@@ -190,3 +190,23 @@ def test_bad_tilt_spread_form_and_cli_spec():
     assert m.labels(None) == ["tilt spread ρ [mrad]"]
     with pytest.raises(ValueError, match="tilt_spread"):
         parse_measurement("spread=disc")
+
+
+def test_cli_refine_with_a_tilt_spread(tmp_path, srtio3, capsys):
+    from larbed.cli import main
+
+    rng = np.random.default_rng(2)
+    geo = larbed.Geometry(srtio3, 120, (0, 0, 1), 13, tilts_mrad=rng.uniform(-40, 40, (50, 2)))
+    truth = Measurement(scale="per_tilt", tilt_spread="disc",
+                        values=Measurement.with_values(tilt_spread_mrad=3.0).values)
+    pattern = larbed.simulate(geo, larbed.compute_ug(srtio3, geo), 25.0, measurement=truth)
+    csv = tmp_path / "p.csv"
+    larbed.write_csv(pattern, csv)
+    code = main(["refine", "--pattern", str(csv), "--crystal", "SrTiO3", "--voltage", "120",
+                 "--zone-axis", "0", "0", "1", "--measurement", "scale=per_tilt,tilt_spread=disc",
+                 "--out", str(tmp_path / "out"), "--no-progress"])
+    text = capsys.readouterr().out
+    assert code == 0, text
+    assert "tilt_spread=disc" in text
+    line = next(ln for ln in text.splitlines() if "tilt_spread_mrad:" in ln)
+    assert float(line.split(":")[1].split("±")[0]) == pytest.approx(3.0, abs=0.01)

@@ -210,7 +210,8 @@ def format_measurement(m) -> str:
     """Text lines of a refined measurement model (values ± errors)."""
     lines = ["measurement model: " + ", ".join(f"{k[:-5]}={v}" for k, v in m.attrs.items()
                                                if k.endswith("_form"))]
-    for name in ("scale", "background", "absorption", "tilt_matrix", "tilt_offset_mrad"):
+    for name in ("scale", "background", "absorption", "tilt_matrix", "tilt_offset_mrad",
+                 "tilt_spread_mrad"):
         if name not in m:
             continue
         val = np.atleast_1d(m[name].values).ravel()
