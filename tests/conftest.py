@@ -53,6 +53,19 @@ def zno() -> larbed.Crystal:
 
 
 @pytest.fixture(scope="session")
+def geo(srtio3) -> larbed.Geometry:
+    """SrTiO3 [001], 120 kV, 13 beams × 49 tilts, 60 mrad tilt radius: the measurement-model tests'
+    geometry (a module may define its own ``geo``)."""
+    return larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 49, 60)
+
+
+@pytest.fixture(scope="session")
+def ug(srtio3, geo):
+    """Computed U_g of SrTiO3 for :func:`geo` [1/Å²]."""
+    return larbed.compute_ug(srtio3, geo)
+
+
+@pytest.fixture(scope="session")
 def small_geometry(srtio3) -> larbed.Geometry:
     """SrTiO3 [001], 120 kV, 13 beams × 13 tilts, 70 mrad tilt radius."""
     return larbed.Geometry(

@@ -17,17 +17,6 @@ from larbed.refinement.realdata import (
     residual_correlation,
 )
 
-
-@pytest.fixture(scope="module")
-def geo(srtio3):
-    return larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 49, 60)
-
-
-@pytest.fixture(scope="module")
-def ug(srtio3, geo):
-    return larbed.compute_ug(srtio3, geo)
-
-
 FORMS = [
     Measurement(scale="per_tilt", background="smooth", tilt_map="affine"),
     Measurement(scale="global", background="per_beam", tilt_map="shift", absorption="proportional"),

@@ -14,16 +14,6 @@ from larbed.refinement.jacobian import ForwardModel
 from larbed.refinement.measured import MeasuredModel
 
 
-@pytest.fixture(scope="module")
-def geo(srtio3):
-    return larbed.Geometry(srtio3, 120, (0, 0, 1), 13, 49, 60)
-
-
-@pytest.fixture(scope="module")
-def ug(srtio3, geo):
-    return larbed.compute_ug(srtio3, geo)
-
-
 def _disc_moment(i: int, j: int) -> float:
     """Mean of x^i y^j over the unit disc."""
     if i % 2 or j % 2:
@@ -210,3 +200,22 @@ def test_cli_refine_with_a_tilt_spread(tmp_path, srtio3, capsys):
     assert "tilt_spread=disc" in text
     line = next(ln for ln in text.splitlines() if "tilt_spread_mrad:" in ln)
     assert float(line.split(":")[1].split("±")[0]) == pytest.approx(3.0, abs=0.01)
+
+
+def test_simulate_spread_rejects_bad_points_and_weights(geo, ug):
+    from larbed.simulation import simulate_spread
+
+    pts = np.repeat(geo.tilt_mrad, 2, axis=0)
+    with pytest.raises(ValueError, match="sum to 1"):
+        simulate_spread(geo, ug, 30.0, pts, [0.5, 0.6])
+    with pytest.raises(ValueError, match="sum to 1"):
+        simulate_spread(geo, ug, 30.0, pts, [1.5, -0.5])
+    with pytest.raises(ValueError, match="points_mrad must be 49 × 2"):
+        simulate_spread(geo, ug, 30.0, pts[:-1], [0.5, 0.5])
+    bad = pts.copy()
+    bad[3, 0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        simulate_spread(geo, ug, 30.0, bad, [0.5, 0.5])
+    # two coincident points per tilt with weights ½, ½ are the plain pattern
+    np.testing.assert_allclose(simulate_spread(geo, ug, 30.0, pts, [0.5, 0.5]).intensity.values,
+                               larbed.simulate(geo, ug, 30.0).intensity.values, atol=1e-13)

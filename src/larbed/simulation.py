@@ -183,6 +183,9 @@ def simulate_spread(geometry: Geometry, ug, thickness_nm, points_mrad: np.ndarra
     scalar = np.ndim(thickness_nm) == 0
     thick = schema.check_thickness(thickness_nm)
     weights = np.asarray(weights, float)
+    if (weights.ndim != 1 or weights.size == 0 or not np.all(np.isfinite(weights))
+            or np.any(weights < 0) or abs(weights.sum() - 1.0) > 1e-9):
+        raise ValueError("weights must be a 1-D array of finite values >= 0 that sum to 1")
     pts = np.asarray(points_mrad, float)
     if pts.shape != (geometry.n_tilts * len(weights), 2) or not np.all(np.isfinite(pts)):
         raise ValueError(f"points_mrad must be {geometry.n_tilts} × {len(weights)} finite (x, y) "
