@@ -312,6 +312,32 @@ def test_large_refinement_runs_in_bounded_memory(srtio3):
     assert full.memory_bytes > 30e9 and chunked.memory_bytes < 2e9
 
 
+def test_iteration_estimate_follows_the_reduced_kernels(case, caplog):
+    """The reduced kernels have no column per reflection: their estimate does not grow with the
+    reflections, is below the full Jacobian's, scales with the points of a tilt spread, and is the
+    one refine logs."""
+    import logging
+
+    from larbed import resources
+
+    geo, ug = case
+    few = type("G", (), {"n_tilts": 1000, "n_beams": 61, "n_reflections": 200})()
+    many = type("G", (), {"n_tilts": 1000, "n_beams": 61, "n_reflections": 2000})()
+    red = resources.estimate_jacobian(few, 40, reduced=True)
+    assert resources.estimate_jacobian(many, 40, reduced=True).seconds == red.seconds
+    assert resources.estimate_jacobian(many, 40).seconds > 3 * red.seconds
+    seven = resources.estimate_jacobian(few, 40, reduced=True, points_per_tilt=7)
+    assert 6.5 * red.seconds < seven.seconds < 7 * red.seconds
+    data = larbed.simulate(geo, ug, 30.0)
+    with caplog.at_level(logging.INFO, logger="larbed.refinement.api"):
+        larbed.refine(data, geo, ug, 29.0, real=True, symmetry="crystal", max_iter=1,
+                      progress=False, log_warnings=False)
+    line = next(r.getMessage() for r in caplog.records if "per iteration" in r.getMessage())
+    est = resources.estimate_jacobian(geo, int(line.split(" free parameters")[0].split()[-1]),
+                                      reduced=True)
+    assert f"about {est.seconds:.3g} s" in line
+
+
 def test_kernel_threads_is_reentrant_and_holds_blas_at_one_thread():
     from threadpoolctl import threadpool_info
 

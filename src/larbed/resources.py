@@ -39,6 +39,11 @@ CALIBRATION_MAX_N = 96
 #: One tilt of the Jacobian costs about this many eigen-decompositions (products with C and C⁻¹,
 #: the divided differences and the contraction over reflections).
 JACOBIAN_EIG_FACTOR = 6.0
+#: An accepted Levenberg–Marquardt iteration on the reduced kernels (U part summed into the free
+#: parameters; the normal equations reuse the trial's eigensystems) costs about this many
+#: eigen-decompositions per tilt: measured 1.5–2.8 for 37–121 beams, with and without a
+#: measurement model (``benchmarks/bench_realdata.py``: 2.3 at 121 beams × 1009 tilts).
+JACOBIAN_REDUCED_EIG_FACTOR = 2.5
 #: A job may use at most this fraction of the memory the system reports available.
 MEMORY_FRACTION = 0.8
 
@@ -125,20 +130,29 @@ def estimate_simulation(geometry, n_thickness: int = 1, path: str = "real",
 
 
 def estimate_jacobian(geometry, n_params: int | None = None, *, chunk_tilts: int | None = None,
-                      path: str = "real") -> CostEstimate:
+                      path: str = "real", reduced: bool = False,
+                      points_per_tilt: int = 1) -> CostEstimate:
     """Cost of one refinement iteration (model, Jacobian, normal equations).
 
     With ``chunk_tilts`` (the tilt chunk of the normal equations) memory is the chunk's Jacobian
     plus the data arrays; without, the full (tilt, beam, parameter) Jacobian that
-    :func:`larbed.intensity_jacobian` returns.
+    :func:`larbed.intensity_jacobian` returns. ``reduced``: the kernels sum the U part straight
+    into the ``n_params`` free parameters (what :func:`larbed.refine` does where the parameter map
+    allows it): no column per reflection and no projection onto q. ``points_per_tilt``: tilts
+    computed per measured tilt (7 with a tilt spread); they multiply the per-tilt work.
     """
     m, n, p = geometry.n_tilts, geometry.n_beams, geometry.n_reflections
     n_cols = 2 * p + 2
     n_q = n_cols if n_params is None else int(n_params)
     rows = m if chunk_tilts is None else min(m, int(chunk_tilts))
     memory = 8.0 * rows * n * (n_cols + n_q) + 8.0 * n_q * n_q + 10 * 8.0 * m * n
-    per_tilt = JACOBIAN_EIG_FACTOR * _eig_seconds(n, path) + 2e-9 * n * n * n_cols
-    flops = 2.0 * m * n * n_q * (n_q + n_cols)  # projection onto q and JᵀJ
+    if reduced:
+        per_tilt = JACOBIAN_REDUCED_EIG_FACTOR * _eig_seconds(n, path)
+        flops = 1.0 * m * n * n_q * n_q  # JᵀJ by a symmetric rank-k update
+    else:
+        per_tilt = JACOBIAN_EIG_FACTOR * _eig_seconds(n, path) + 2e-9 * n * n * n_cols
+        flops = 2.0 * m * n * n_q * (n_q + n_cols)  # projection onto q and JᵀJ
+    per_tilt *= max(1, int(points_per_tilt))
     return CostEstimate(memory, m * per_tilt / num_threads() + flops / 5e9)
 
 

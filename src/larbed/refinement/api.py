@@ -317,14 +317,19 @@ def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=
                       "x_weights": None if x_weights is None else np.asarray(x_weights).tolist()})
 
 
-def _log_cost(geometry: Geometry, n_q: int, chunk: int, points: int = 1) -> None:
-    """Log the cost of an iteration; ``points`` tilts computed per tilt (a tilt spread)."""
-    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk * points)
+def _log_cost(su: _Setup, prob: WeightedProblem) -> None:
+    """Log the estimated cost of an iteration (the path, reduced kernels and a tilt spread)."""
+    geometry, n_q, chunk = su.model.geometry, su.pmap.n_q, prob.chunk
+    points = getattr(su.model, "points_per_tilt", 1)
+    core = getattr(su.model, "core", su.model)
+    path = core.eigen_path(np.asarray(su.x0[:core.n_x], float))
+    est = estimate_jacobian(geometry, n_q, chunk_tilts=chunk * points, path=path,
+                            reduced=prob.reduced, points_per_tilt=points)
     spread = f" ({points} points per tilt: a tilt spread)" if points > 1 else ""
     msg = (f"refine: {geometry.n_tilts} tilts × {geometry.n_beams} beams{spread}, {n_q} free "
-           f"parameters, Jacobian in chunks of {chunk} tilts; about {points * est.seconds:.3g} s "
+           f"parameters, Jacobian in chunks of {chunk} tilts; about {est.seconds:.3g} s "
            f"and {est.memory_bytes / 2**20:.0f} MiB per iteration")
-    (logger.warning if points * est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
+    (logger.warning if est.seconds > ANNOUNCE_ITERATION_S else logger.info)(msg)
 
 
 def _passes(su: _Setup, prob: WeightedProblem, state: LMState, stage0: int, x_weights, *,
@@ -509,7 +514,7 @@ def refine(
 
     prob = WeightedProblem(su.model, pmap, su.exp, su.weights_for(x_weights), su.prior)
     state = LMState(q=q, history=history, iterations=len(history))
-    _log_cost(geometry, pmap.n_q, prob.chunk, getattr(su.model, "points_per_tilt", 1))
+    _log_cost(su, prob)
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
                disable=not progress or finished, leave=False)
     try:

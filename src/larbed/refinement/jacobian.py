@@ -59,6 +59,11 @@ class ForwardModel:
             off, dg, path = off.astype(complex), dg.astype(complex), "general"
         return off, dg, path
 
+    def eigen_path(self, x) -> str:
+        """The eigensolver the model takes at ``x``: 'real', 'hermitian' or 'general'."""
+        ug, _, kappa = self.unpack(x)
+        return self._matrices(ug, kappa, False)[2]
+
     def intensities(self, x, thickness_nm=None, rows: slice | None = None,
                     tilts_mrad: np.ndarray | None = None) -> np.ndarray:
         """Intensities (M, N) at the thickness of ``x``, or (n_t, M, N) at ``thickness_nm``, of
