@@ -338,6 +338,34 @@ def test_iteration_estimate_follows_the_reduced_kernels(case, caplog):
     assert f"about {est.seconds:.3g} s" in line
 
 
+def test_fit_stopped_while_moving_is_flagged_not_converged(case, tmp_path):
+    """A refinement cut off by max_iter while t and U_g still move by many standard errors says
+    so (untrustworthy), also when the finished run is reused from its checkpoint; run to
+    convergence, the same fit has no such warning."""
+    from larbed.trust import drift_warning
+
+    geo, ug = case
+    data = larbed.simulate(geo, ug, 30.0, dose=1e5, seed=0)
+    kw = dict(real=True, symmetry="crystal", progress=False, log_warnings=False, poisson_passes=0)
+    cut = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=3, checkpoint=tmp_path / "c.json", **kw)
+    flag = [w for w in cut.warnings if w.kind == "not_converged"]
+    assert len(flag) == 1 and flag[0].untrustworthy and "t by" in flag[0] and "max_iter=3" in flag[0]
+    assert not cut.trustworthy and not cut.converged
+    again = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=3, checkpoint=tmp_path / "c.json", **kw)
+    assert "reused from the checkpoint" in again.message and not again.converged
+    moving = [w.split(" while ")[1] for w in again.warnings if w.kind == "not_converged"]
+    assert moving == [flag[0].split(" while ")[1]]
+    done = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=100, **kw)
+    assert done.converged and not [w for w in done.warnings if w.kind == "not_converged"]
+    # the rule itself: judged only after a max_iter stop, in standard errors, inf not judged
+    recent = [np.zeros(3), np.array([0.5, 10.0, 0.1])]
+    sigma = np.array([0.1, np.inf, 1.0])
+    w = drift_warning(recent, sigma, ["a", "b", "t"], "stopped after max_iter=5 iterations")
+    assert w.kind == "not_converged" and "a by 0.5 (5 σ)" in w and "b by" not in w and "t by" not in w
+    assert drift_warning(recent, sigma * 10, ["a", "b", "t"], "stopped after max_iter=5") is None
+    assert drift_warning(recent, sigma, ["a", "b", "t"], "converged") is None
+
+
 def test_kernel_threads_is_reentrant_and_holds_blas_at_one_thread():
     from threadpoolctl import threadpool_info
 

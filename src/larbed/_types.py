@@ -45,7 +45,7 @@ ScanMetric = Literal["r_factor", "chi2"]
 #: Eigensolver of a structure matrix: real symmetric, complex Hermitian, general (absorbing).
 EigenPath = Literal["real", "hermitian", "general"]
 #: Kinds of :class:`larbed.FitWarning`.
-WarningKind = Literal["bound", "chi2", "r_factor", "undetermined", "symmetry"]
+WarningKind = Literal["bound", "chi2", "r_factor", "not_converged", "undetermined", "symmetry"]
 #: Structure parameters :func:`larbed.refine_structure` can refine (per site, or all sites).
 StructureKind = Literal["xyz", "b_iso", "u_aniso", "occupancy", "b_global"]
 #: Starts of :func:`larbed.determine` given by name.

@@ -17,6 +17,10 @@ One policy for the whole package:
       R is above ``r_noise_factor`` (default 3) times the Poisson noise floor of the fit (dose
       known), or, without a dose, above ``r_max`` (default 1e-3: such a pattern is taken as
       noise-free, and a fit that does not reproduce it has not found its solution);
+  ``'not_converged'``
+      the fit stopped at ``max_iter`` while its parameters were still moving: over the last
+      iterations some moved by more than :data:`DRIFT_SIGMA` of their standard errors (a long
+      valley, e.g. U_g against t), so neither the values nor their errors are final;
   ``'undetermined'``
       parameter combinations the data do not determine were kept at their start and reported
       with infinite standard errors; the rest of the fit is sound;
@@ -24,7 +28,7 @@ One policy for the whole package:
       a structure refinement ran without the constraints of a space group (the crystal has
       none, so it was refined in P1).
 
-The first three kinds make an answer untrustworthy (:func:`untrustworthy`; the command line then
+The first four kinds make an answer untrustworthy (:func:`untrustworthy`; the command line then
 exits with status 3), the last two do not.
 """
 
@@ -39,11 +43,14 @@ from ._types import WARNING_KINDS, WarningKind
 
 __all__ = [
     "CHI2_MAX",
+    "DRIFT_SIGMA",
+    "DRIFT_WINDOW",
     "FitWarning",
     "R_MAX_NOISE_FREE",
     "R_NOISE_FACTOR",
     "UNTRUSTWORTHY_KINDS",
     "WarningKind",
+    "drift_warning",
     "fit_quality_warnings",
     "untrustworthy",
 ]
@@ -51,7 +58,12 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: Kinds that make a result untrustworthy (CLI exit status 3).
-UNTRUSTWORTHY_KINDS: tuple[str, ...] = ("bound", "chi2", "r_factor")
+UNTRUSTWORTHY_KINDS: tuple[str, ...] = ("bound", "chi2", "r_factor", "not_converged")
+
+#: A fit stopped by ``max_iter`` whose parameters moved by more than this many standard errors
+#: over its last :data:`DRIFT_WINDOW` iterations is flagged ``'not_converged'``.
+DRIFT_SIGMA = 3.0
+DRIFT_WINDOW = 10
 
 #: Reduced χ² above this, with a known dose, is flagged.
 CHI2_MAX = 2.0
@@ -92,6 +104,26 @@ class FitWarning(str):
 def untrustworthy(warnings: Iterable[str]) -> bool:
     """True when any warning is of an untrustworthy kind (plain strings count as untrustworthy)."""
     return any(getattr(w, "kind", "r_factor") in UNTRUSTWORTHY_KINDS for w in warnings)
+
+
+def drift_warning(recent, sigma: np.ndarray, labels, message: str) -> FitWarning | None:
+    """The ``'not_converged'`` warning of a fit that stopped at ``max_iter`` (``message``) while
+    moving: ``recent`` the parameter vectors of its last iterations (oldest first), ``sigma``
+    their standard errors (inf or NaN: not judged), ``labels`` their names."""
+    if "max_iter" not in message or len(recent) < 2:
+        return None
+    drift = np.abs(np.asarray(recent[-1], float) - np.asarray(recent[0], float))
+    sigma = np.asarray(sigma, float)
+    ok = np.isfinite(sigma) & (sigma > 0)
+    z = np.where(ok, drift / np.where(ok, sigma, 1.0), 0.0)
+    if not np.any(z > DRIFT_SIGMA):
+        return None
+    top = np.argsort(-z)[:3]
+    moved = ", ".join(f"{labels[i]} by {drift[i]:.3g}{' nm' if labels[i] == 't' else ''} ({z[i]:.3g} σ)" for i in top if z[i] > DRIFT_SIGMA)
+    return FitWarning("not_converged", f"{message} while still moving: over the last "
+                                       f"{len(recent) - 1} iterations {moved}; the values and "
+                                       "their standard errors are not final (raise max_iter, or "
+                                       "resume from the checkpoint)")
 
 
 def check_thresholds(chi2_max: float, r_noise_factor: float, r_max: float) -> None:

@@ -310,11 +310,15 @@ def _load_checkpoint(path, n_x: int, fp: str):
     return state
 
 
-def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=None) -> None:
-    """``finished_with``: the iteration limits of a finished refinement (None while it runs)."""
+def _save_checkpoint(path, fp: str, x, history, stage, x_weights, finished_with=None,
+                     state: LMState | None = None) -> None:
+    """``finished_with``: the iteration limits of a finished refinement (None while it runs);
+    ``state``: its last iterates, and how it ended (for the warnings of a reused result)."""
     write_json(path, {"fingerprint": fp, "x": np.asarray(x).tolist(), "history": history,
                       "stage": stage, "finished": finished_with is not None, "limits": finished_with,
-                      "x_weights": None if x_weights is None else np.asarray(x_weights).tolist()})
+                      "x_weights": None if x_weights is None else np.asarray(x_weights).tolist(),
+                      "recent": [] if state is None else [np.asarray(v).tolist() for v in state.recent],
+                      "ended": None if state is None else [bool(state.converged), state.message]})
 
 
 def _log_cost(su: _Setup, prob: WeightedProblem) -> None:
@@ -508,12 +512,13 @@ def refine(
     def save(st, stage, x_w, done=False):
         if checkpoint is not None:
             _save_checkpoint(checkpoint, su.fingerprint, pmap.x(st.q), st.history, stage, x_w,
-                             limits_used if done else None)
+                             limits_used if done else None, st)
 
     from tqdm.auto import tqdm
 
     prob = WeightedProblem(su.model, pmap, su.exp, su.weights_for(x_weights), su.prior)
-    state = LMState(q=q, history=history, iterations=len(history))
+    state = LMState(q=q, history=history, iterations=len(history),
+                    recent=[np.asarray(v, float) for v in (saved or {}).get("recent", [])])
     _log_cost(su, prob)
     bar = tqdm(total=max_iter * n_stages, desc="refine", unit="it",
                disable=not progress or finished, leave=False)
@@ -521,7 +526,8 @@ def refine(
         stage = stage0
         if finished:
             state.r, state.inten, state.hess, _ = prob.normal_equations(state.q)
-            state.converged, state.message = True, "finished earlier (reused from the checkpoint)"
+            ended = saved.get("ended") or [True, "finished earlier"]
+            state.converged, state.message = bool(ended[0]), f"{ended[1]} (reused from the checkpoint)"
         else:
             state, x_weights, stage = _passes(su, prob, state, stage0, x_weights, n_stages=n_stages,
                                               max_iter=max_iter, ftol=ftol, bar=bar, save=save,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.linalg
 
+from ..trust import DRIFT_WINDOW
 from .jacobian import WeightedProblem, masked_r
 from .parameters import gauge_basis
 
@@ -35,6 +36,8 @@ class LMState:
     iterations: int = 0
     converged: bool = False
     message: str = ""
+    #: q after each of the last iterations (oldest first; at most DRIFT_WINDOW + 1)
+    recent: list = field(default_factory=list)
 
 
 def null_directions(hess: np.ndarray, gauge: np.ndarray) -> np.ndarray:
@@ -63,6 +66,7 @@ def levenberg_marquardt(prob: WeightedProblem, state: LMState, *, max_iter: int,
     r, inten, hess, grad = prob.normal_equations(state.q)
     cost = 0.5 * float(r @ r)
     nu = 2.0
+    state.recent = [state.q.copy()]  # the drift of this pass (see larbed.trust.drift_warning)
     small_steps = 0
     geometry = prob.model.geometry
     for _ in range(max_iter):
@@ -109,6 +113,7 @@ def levenberg_marquardt(prob: WeightedProblem, state: LMState, *, max_iter: int,
         scaled_step = np.sqrt(np.sum(diag * step**2))
         scaled_q = np.sqrt(np.sum(diag * state.q**2))
         state.q = q_new
+        state.recent = (state.recent + [q_new.copy()])[-(DRIFT_WINDOW + 1):]
         state.iterations += 1
         r, inten, hess, grad = prob.normal_equations(state.q)
         cost = 0.5 * float(r @ r)
