@@ -26,7 +26,13 @@ the gain is a lower bound of what a refit with the mechanism would reach):
   the tilt lattice (a point spread of the detector or the intensity integration over tilts);
 * ``afterglow``: I'(m) = (1 − a) I(m) + a I(m − 1) along the file's tilt order where consecutive
   tilts are neighbours (the rows are in the original order, a raster: a detector lag between
-  exposures would show as this).
+  exposures would show as this);
+* ``thickness_average``: the model averaged over a uniform range of thicknesses t ± δ (a wedge
+  or a thickness distribution within the illuminated area, the same for every tilt);
+* ``diffuse_copy``: I' = (1 − f) I + f · (I averaged over a Gaussian of tilts of width σ) — a
+  fraction of the electrons scattered once more, inelastically, by a few mrad (plasmon losses in
+  energy-unfiltered data), which would show as a halo around the bands;
+* ``detector_response``: I' ∝ (I + B)^γ before the per-tilt scale (a nonlinear detector).
 
 For each, R before and after, and how much of the per-tilt values a smooth (polynomial, degree
 ≤ 3) function of the tilt explains: a physical mechanism (a distortion of the tilt coils, a
@@ -197,12 +203,61 @@ def afterglow(probe) -> dict:
     return out
 
 
+#: Half-widths δ [nm] of the thickness average; (σ [mrad], fraction f) of the diffuse copy;
+#: exponents γ of the detector response.
+THICKNESS_HALF_WIDTHS_NM = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+DIFFUSE_SIGMA_MRAD = (3.0, 6.0, 10.0, 15.0)
+DIFFUSE_FRACTIONS = (0.05, 0.1, 0.2, 0.3)
+RESPONSE_EXPONENTS = (0.8, 0.9, 0.95, 1.05, 1.1, 1.2, 1.3)
+
+
+def thickness_average(probe) -> dict:
+    """R with the model averaged over t ± δ (uniform, 0.5 nm steps; half-width grid)."""
+    t0 = probe.res.thickness_nm
+    ts = t0 + np.arange(-max(THICKNESS_HALF_WIDTHS_NM), max(THICKNESS_HALF_WIDTHS_NM) + 1e-9, 0.5)
+    dyn = probe.dynamical(probe.theta, ts)
+    trials = {d: _r(probe.data, probe.measured(dyn[np.abs(ts - t0) <= d + 1e-9].mean(axis=0)))
+              for d in THICKNESS_HALF_WIDTHS_NM}
+    return _best_of(trials)
+
+
+def diffuse_copy(probe) -> dict:
+    """R with a fraction f of the model replaced by its average over a Gaussian of tilts (width
+    σ, sampled on a hexagonal grid of step σ/2 out to 2.5σ)."""
+    ij = np.array([(i, j) for i in range(-6, 7) for j in range(-6, 7)], float)
+    grid = np.stack([ij[:, 0] + 0.5 * ij[:, 1], ij[:, 1] * np.sqrt(3) / 2], axis=1)
+    dyn = probe.dynamical(probe.theta)
+    trials = {}
+    for sigma in DIFFUSE_SIGMA_MRAD:
+        pts = grid * sigma / 2
+        radius = np.linalg.norm(pts, axis=1)
+        pts, w = pts[radius <= 2.5 * sigma], np.exp(-0.5 * (radius[radius <= 2.5 * sigma] / sigma) ** 2)
+        wide = sum(wi * probe.dynamical(probe.theta + d) for d, wi in zip(pts, w / w.sum(), strict=True))
+        for f in DIFFUSE_FRACTIONS:
+            trials[(sigma, f)] = _r(probe.data, probe.measured((1 - f) * dyn + f * wide))
+    out = _best_of(trials)
+    out["best"] = {"sigma_mrad": out["best"][0], "fraction": out["best"][1]}
+    return out
+
+
+def detector_response(probe) -> dict:
+    """R with the model (I + B)^γ normalised per tilt (exponent grid)."""
+    m = np.clip(probe.dynamical(probe.theta) + probe.background, 0.0, None)
+    trials = {}
+    for g in RESPONSE_EXPONENTS:
+        mg = m**g
+        trials[g] = _r(probe.data, mg * (probe.data.sum(axis=1) / mg.sum(axis=1))[:, None])
+    return _best_of(trials)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
     ap.add_argument("--max-iter", type=int, default=60)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--probes", nargs="+", choices=sorted(PROBES), default=sorted(PROBES),
+                    help="the probes to run (default all)")
     args = ap.parse_args(argv)
     csv = data_csv(args.data)
     if csv is None:
@@ -222,20 +277,24 @@ def main(argv=None) -> int:
     result = {"machine": cpu_model(), "data": str(csv), "r_refined": r0,
               "thickness_nm": res.thickness_nm,
               "r_model_check": _r(data, probe.measured(probe.dynamical(probe.theta)))}
-    for name, run in (("tilt_jitter", probe.tilt_jitter), ("thickness", probe.thickness),
-                      ("per_tilt_background", lambda: probe.per_tilt_background(
-                          res.fit.intensity.values)),
-                      ("convergence", lambda: convergence(probe)),
-                      ("neighbour_blur", lambda: neighbour_blur(probe)),
-                      ("afterglow", lambda: afterglow(probe))):
+    for name in args.probes:
         logging.info("probe %s", name)
-        out = run()
+        out = (probe.per_tilt_background(res.fit.intensity.values)
+               if name == "per_tilt_background" else PROBES[name](probe))
         out["r_ratio"] = out["r_after"] / r0
         result[name] = out
     result["total_s"] = time.perf_counter() - t0
     result["command"] = "python benchmarks/experimental_probes.py " + " ".join(argv or sys.argv[1:])
     report(result, args.json)
     return 0
+
+
+#: Every probe by name (``per_tilt_background`` also takes the refined fit).
+PROBES = {"tilt_jitter": Probe.tilt_jitter, "thickness": Probe.thickness,
+          "per_tilt_background": Probe.per_tilt_background, "convergence": convergence,
+          "neighbour_blur": neighbour_blur, "afterglow": afterglow,
+          "thickness_average": thickness_average, "diffuse_copy": diffuse_copy,
+          "detector_response": detector_response}
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def main(argv=None) -> int:
         "r_factor": res.r_factor, "r_free": res.r_free, "n_holdout": int(res.holdout_tilts.size),
         "thickness_nm": res.thickness_nm, "thickness_error_nm": res.thickness_error_nm,
         "iterations": res.n_iterations, "refine_s": t_refine, "before_spread": before,
+        "message": res.message, "warnings": [[w.kind, str(w)] for w in res.warnings],
         "tilt_spread_mrad": None if before is None else float(res.measurement.tilt_spread_mrad),
         "tilt_spread_error_mrad": None if before is None
         else float(res.measurement.tilt_spread_mrad_error),
