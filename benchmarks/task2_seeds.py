@@ -55,6 +55,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--samples", type=int, default=None,
                         help="samples per iteration (default: run_task2's)")
+    parser.add_argument("--prior", choices=("uniform", "physical"), default="uniform",
+                        help="random channel of the initial training set (see larbed.random_ug)")
     parser.add_argument("--json", type=Path, default=None, help="results file (resumed if present)")
     args = parser.parse_args(argv)
 
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             res = run_task2(preset, args.model, config=args.config, seed=seed,
                             iterations=args.iterations, progress=False,
-                            samples_per_iteration=args.samples,
+                            samples_per_iteration=args.samples, prior=args.prior,
                             **({"weights": None} if args.model == "cnn" else {}))
             runs[key] = {
                 "r_min": float(res.r_min),
@@ -87,6 +89,7 @@ def main(argv=None) -> int:
                 "load_before": load0,
                 "load_after": os.getloadavg()[0],
                 "samples_per_iteration": int(res.history.attrs["samples_per_iteration"]),
+                "prior": args.prior,
             }
             h = res.history
             if "r_prediction" in h:  # default loop: what the network's own predictions reached
