@@ -55,7 +55,7 @@ from larbed import Measurement
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, data_csv, load, measurement_for, scan_start  # noqa: E402
+from experimental_sto120kv import DEFAULT_DATA, base_fit, data_csv, load, scan_start  # noqa: E402
 
 #: Central-difference step of the tilt derivatives [mrad].
 TILT_STEP_MRAD = 0.05
@@ -266,11 +266,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     _, geometry, pattern, ug_iam = load(csv)
     scan = scan_start(pattern, geometry, ug_iam)
-    meas = measurement_for("smooth")
-    res = larbed.refine(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"],
-                        measurement=meas, real=True, symmetry="crystal", weights="none",
-                        poisson_passes=1, holdout=0.1, seed=0, max_iter=args.max_iter,
-                        progress=False, checkpoint=args.out / "refine_checkpoint.json")
+    meas, res = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out,
+                         max_iter=args.max_iter)
     data = pattern.intensity.values
     probe = Probe(res, geometry, data, meas)
     r0 = _r(data, res.fit.intensity.values)

@@ -33,9 +33,9 @@ from experimental_probes import Probe, _r  # noqa: E402
 from experimental_sto120kv import (  # noqa: E402
     DEFAULT_DATA,
     _shells,
+    base_fit,
     data_csv,
     load,
-    measurement_for,
     scan_start,
 )
 
@@ -55,11 +55,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     _, geometry, pattern, ug_iam = load(csv)
     scan = scan_start(pattern, geometry, ug_iam)
-    meas = measurement_for("smooth")
-    base = larbed.refine(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"],
-                         measurement=meas, real=True, symmetry="crystal", weights="none",
-                         poisson_passes=1, holdout=0.1, seed=0, max_iter=60, progress=False,
-                         checkpoint=args.out / "refine_checkpoint.json")
+    meas, base = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out)
     values = base.measurement[[v for v in base.measurement.data_vars
                                if not v.endswith("_error") and v != "scale"]]
     data = np.nan_to_num(pattern.intensity.values)

@@ -130,3 +130,26 @@ def small_case(make_geometry):
     geo = make_geometry(n_beams=9, n_tilts=49)
     truth = larbed.compute_ug(geo.crystal, geo)
     return geo, truth, larbed.simulate(geo, truth, 20.0)
+
+
+@pytest.fixture(scope="session")
+def check_jacobian():
+    """check(model, x, columns): model.jacobian(x) against central differences of
+    model.intensities on the given x columns (1e-5 of each column's largest entry), and its
+    intensities against model.intensities(x)."""
+    import numpy as np
+
+    def check(model, x, columns):
+        inten, jac = model.jacobian(x)
+        np.testing.assert_allclose(inten, model.intensities(x), rtol=0, atol=1e-13)
+        for k in columns:
+            h = 1e-6 * max(1.0, abs(x[k]))
+            a, b = x.copy(), x.copy()
+            a[k] += h
+            b[k] -= h
+            fd = (model.intensities(a) - model.intensities(b)) / (2 * h)
+            scale = max(np.max(np.abs(jac[:, :, k])), 1e-10)
+            assert np.max(np.abs(fd - jac[:, :, k])) < 1e-5 * scale, k
+        return inten, jac
+
+    return check
