@@ -326,8 +326,9 @@ def test_iteration_estimate_follows_the_reduced_kernels(case, caplog):
     red = resources.estimate_jacobian(few, 40, reduced=True)
     assert resources.estimate_jacobian(many, 40, reduced=True).seconds == red.seconds
     assert resources.estimate_jacobian(many, 40).seconds > 3 * red.seconds
-    seven = resources.estimate_jacobian(few, 40, reduced=True, points_per_tilt=7)
-    assert 6.5 * red.seconds < seven.seconds < 7 * red.seconds
+    one = resources.estimate_jacobian(few, 1, reduced=True)  # JᵀJ negligible: per-tilt work only
+    seven = resources.estimate_jacobian(few, 1, reduced=True, points_per_tilt=7)
+    assert 6.99 * one.seconds < seven.seconds <= 7 * one.seconds
     data = larbed.simulate(geo, ug, 30.0)
     with caplog.at_level(logging.INFO, logger="larbed.refinement.api"):
         larbed.refine(data, geo, ug, 29.0, real=True, symmetry="crystal", max_iter=1,
