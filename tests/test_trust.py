@@ -354,6 +354,8 @@ def test_fit_stopped_while_moving_is_flagged_not_converged(case, tmp_path):
     assert not cut.trustworthy and not cut.converged
     again = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=3, checkpoint=tmp_path / "c.json", **kw)
     assert "reused from the checkpoint" in again.message and not again.converged
+    third = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=3, checkpoint=tmp_path / "c.json", **kw)
+    assert third.message == again.message and third.message.count("reused") == 1
     moving = [w.split(" while ")[1] for w in again.warnings if w.kind == "not_converged"]
     assert moving == [flag[0].split(" while ")[1]]
     done = larbed.refine(data, geo, ug * 1.1, 27.0, max_iter=100, **kw)

@@ -533,7 +533,8 @@ def refine(
                                               max_iter=max_iter, ftol=ftol, bar=bar, save=save,
                                               log=logger.warning if log_warnings else logger.debug)
             restore_undetermined(prob, state, pmap.q(su.x0), max_iter=max_iter, ftol=ftol)
-        save(state, stage, x_weights, done=True)
+        if not finished:  # a reused checkpoint stays as written
+            save(state, stage, x_weights, done=True)
         weights_used = su.weights
         if su.weights == "variance" and x_weights is None:
             # the re-weighting pass was undone (or never ran): the fit used unit weights
