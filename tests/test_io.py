@@ -83,6 +83,21 @@ def test_csv_round_trip_equals_simulation(tmp_path, geometry, pattern):
     assert larbed.Geometry.from_attrs(back.attrs) == geometry
 
 
+def test_csv_round_trip_keeps_values_not_measured(tmp_path, geometry, pattern):
+    """NaN (not measured) gets no row and comes back NaN; infinite values are refused."""
+    ds = pattern.copy(deep=True)
+    ds["intensity"][0, 1] = np.nan
+    ds["intensity"][3, 0] = np.nan
+    io.write_csv(ds, tmp_path / "p.csv")
+    rows = (tmp_path / "p.csv").read_text().splitlines()
+    assert len(rows) == 2 + geometry.n_tilts * geometry.n_beams - 2
+    back = io.read_csv(tmp_path / "p.csv", geometry)
+    xr.testing.assert_equal(back.intensity, ds.intensity)
+    ds["intensity"][1, 1] = np.inf
+    with pytest.raises(ValueError, match="infinite"):
+        io.write_csv(ds, tmp_path / "q.csv")
+
+
 def test_csv_rows_in_any_order_and_rounded_tilts(tmp_path, geometry, pattern):
     rows = []
     for m in range(geometry.n_tilts):

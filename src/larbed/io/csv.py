@@ -40,7 +40,8 @@ def write_csv(ds: xr.Dataset, path: str | os.PathLike, variable: str = "intensit
 
     Columns: ``h, k, l, tilt_x_mrad, tilt_y_mrad, intensity`` (floats with 17 significant digits,
     so :func:`read_csv` gives the values back exactly). A first comment line ``# larbed-attrs:``
-    holds the Dataset attributes as JSON.
+    holds the Dataset attributes as JSON. A NaN value (not measured) gets no row, so that
+    :func:`read_csv` reads it back as NaN; infinite values are refused.
 
     Parameters
     ----------
@@ -68,9 +69,12 @@ def write_csv(ds: xr.Dataset, path: str | os.PathLike, variable: str = "intensit
     tx, ty = ds.tilt_x.values, ds.tilt_y.values
     header = {**ds.attrs, SCHEMA_ATTR: SCHEMA_VERSION}
     lines = [_CSV_ATTRS_PREFIX + json.dumps(to_jsonable(header)), ",".join(CSV_COLUMNS)]
+    if np.any(np.isinf(vals)):
+        raise ValueError(f"{variable!r} has infinite values (at {int(np.isinf(vals).sum())} "
+                         "(tilt, beam) points): write_csv does not write them")
     for m in range(vals.shape[0]):
         tilt = f"{float(tx[m]):.17g},{float(ty[m]):.17g}"
-        for n in range(vals.shape[1]):
+        for n in np.flatnonzero(np.isfinite(vals[m])):  # NaN (not measured): no row
             lines.append(f"{hkl[n, 0]},{hkl[n, 1]},{hkl[n, 2]},{tilt},{float(vals[m, n]):.17g}")
     path = os.fspath(path)
 
@@ -79,7 +83,8 @@ def write_csv(ds: xr.Dataset, path: str | os.PathLike, variable: str = "intensit
             fh.write("\n".join(lines) + "\n")
 
     atomic_write(path, write)
-    logger.info("wrote %d rows to %s", vals.size, path)
+    logger.info("wrote %d rows to %s (%d values not measured left out)", len(lines) - 2, path,
+                int(np.isnan(vals).sum()))
 
 
 def _read_table(path: str):
