@@ -85,6 +85,20 @@ def test_holz_couplings_use_the_given_crystal(sto):
         simulate_holz(geo, ug, 60.0, crystal=larbed.Crystal.builtin("ZnO"))
 
 
+def test_holz_pattern_ignores_the_origin_of_the_given_ug_and_non_primitive_zone_axes(sto):
+    """U_g in another in-plane origin (same ZOLZ pattern) give the same HOLZ pattern: they are
+    moved to the crystal's origin first; [002] is the zone axis [001]."""
+    geo, ug = sto
+    base = simulate_holz(geo, ug, 60.0, max_beams=30).intensity.values
+    shifted = larbed.shift_origin(geo, ug, (3.905 / 2, 3.905 / 2))
+    np.testing.assert_allclose(simulate_holz(geo, shifted, 60.0, max_beams=30).intensity.values,
+                               base, atol=1e-10)
+    geo2 = larbed.Geometry(geo.crystal, 120, (0, 0, 2), 21, 197, 80)
+    same = simulate_holz(geo2, larbed.compute_ug(geo.crystal, geo2), 60.0, max_beams=30)
+    np.testing.assert_allclose(same.intensity.values, base, atol=1e-10)
+    assert same.n_holz.values.min() == 30
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"layers": (0,)}, "non-zero integers"), ({"layers": (1.5,)}, "non-zero integers"),
     ({"layers": ()}, "non-zero integers"), ({"s_max": -0.01}, "s_max"),

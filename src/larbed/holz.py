@@ -31,6 +31,7 @@ from . import schema
 from .crystal import Crystal
 from .geometry import Geometry
 from .structure_factors import CELL_RTOL, structure_factor, ug_matrix
+from .threads import kernel_threads
 
 __all__ = ["HolzEffect", "holz_effect", "simulate_holz"]
 
@@ -66,6 +67,7 @@ class _Candidates:
         k0 = self.k0 = geometry.k0
         kt_max = float(np.linalg.norm(tilts_mrad, axis=1).max()) * 1e-3 * k0
         uvw = np.asarray(geometry.zone_axis)
+        uvw = uvw // np.gcd.reduce(uvw)  # [002] is [001]: layers count from the lowest terms
         gz_max = max(abs(n) for n in layers) / np.linalg.norm(uvw @ crystal.lattice_vectors)
         # |q + k_t|² = 2 K_z |g_z| + k_t² − g_z² ± 2K s_max on the Laue circle of each tilt
         q_max = kt_max + np.sqrt(kt_max**2 + 2 * k0 * (gz_max + s_max)) + 0.1
@@ -146,6 +148,9 @@ def simulate_holz(
         The ZOLZ beams (all of them are returned) and the tilts.
     ug : xarray.DataArray, mapping or array_like
         The ZOLZ structure factors [1/Å²] (as for :func:`larbed.simulate`, e.g. a refinement's).
+        ZOLZ intensities fix them only up to an in-plane origin shift; they are first moved to
+        the origin of ``crystal``'s atoms (:func:`larbed.origin.align_origin` against its
+        independent-atom U_g), in which the HOLZ couplings are computed.
     thickness_nm : float or sequence of float
         Thickness [nm], ≥ 0; a sequence adds a ``thickness`` dimension (one eigen-decomposition
         per tilt serves all).
@@ -183,6 +188,8 @@ def simulate_holz(
                          f"{geometry.crystal.cell}: the HOLZ reflections would not be its beams'")
     layers, s_max, max_beams = _check_options(layers, s_max, max_beams)
     ug_da = schema.check_ug(geometry, ug)
+    if max_beams:
+        ug_da = _in_crystal_origin(geometry, crystal, ug_da, parameterization)
     scalar = np.ndim(thickness_nm) == 0
     thick = schema.check_thickness(thickness_nm)
     theta = geometry.tilt_mrad if tilts_mrad is None else np.asarray(tilts_mrad, float)
@@ -202,10 +209,8 @@ def simulate_holz(
     zolz = ug_matrix(geometry, ug_da)
     n = geometry.n_beams
     out = np.empty((len(thick), len(k_t), n))
-    from tqdm.auto import tqdm
 
-    for m in tqdm(range(len(k_t)), desc="simulate_holz", unit="tilt", disable=not progress,
-                  leave=False):
+    def one(m: int) -> None:
         idx = chosen[m]
         h = cand.hkl[idx]
         if len(idx):
@@ -213,14 +218,23 @@ def simulate_holz(
             mat = np.block([[zolz, cross], [cross.conj().T, couple(h, h)]])
         else:
             mat = zolz.copy()
-        d = np.concatenate([-(2 * geometry.g_xy @ k_t[m] + geometry.g_abs**2),
-                            cand.diagonal(k_t[m], idx)])
-        mat[np.diag_indices_from(mat)] = d
+        mat[np.diag_indices_from(mat)] = np.concatenate(
+            [-(2 * geometry.g_xy @ k_t[m] + geometry.g_abs**2), cand.diagonal(k_t[m], idx)])
         if np.abs(mat.imag).max(initial=0.0) == 0.0:
             mat = mat.real
         w, c = np.linalg.eigh(mat / (2 * k0))
         phase = np.exp(2j * np.pi * np.outer(thick * 10.0, w)) * c[0].conj()
         out[:, m] = np.abs(phase @ c[:n].T) ** 2
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    # tilts in parallel threads (LAPACK releases the GIL), one BLAS thread each
+    with kernel_threads() as n_threads, ThreadPoolExecutor(n_threads) as pool:
+        for _ in tqdm(pool.map(one, range(len(k_t))), total=len(k_t), desc="simulate_holz",
+                      unit="tilt", disable=not progress, leave=False):
+            pass
     counts = np.array([len(i) for i in chosen])
     logger.info("simulate_holz: %d tilts, %d ZOLZ beams + %d–%d HOLZ beams (layers %s, s ≤ %g 1/Å)",
                 len(k_t), n, counts.min(), counts.max(), layers, s_max)
@@ -239,6 +253,21 @@ def simulate_holz(
         "tilts": "geometry" if tilts_mrad is None else "given (tilts_mrad)",
     })
     return ds
+
+
+def _in_crystal_origin(geometry, crystal, ug_da, parameterization):
+    """``ug_da`` moved to the in-plane origin of the crystal's atoms: ZOLZ data fix U_g only up
+    to such a shift, but the HOLZ couplings are computed in the crystal's origin."""
+    from .origin import align_origin
+    from .structure_factors import compute_ug
+
+    iam = compute_ug(crystal, geometry, parameterization)
+    vals, r0 = align_origin(geometry, ug_da.values, iam.values)
+    if np.linalg.norm(r0) > 1e-6:
+        logger.info("simulate_holz: U_g moved by r0 = (%.4f, %.4f) Å to the crystal's origin",
+                    *np.asarray(r0)[:2])
+        return ug_da.copy(data=vals)
+    return ug_da
 
 
 @dataclass(frozen=True)
