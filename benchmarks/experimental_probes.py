@@ -32,7 +32,9 @@ the gain is a lower bound of what a refit with the mechanism would reach):
 * ``diffuse_copy``: I' = (1 − f) I + f · (I averaged over a Gaussian of tilts of width σ) — a
   fraction of the electrons scattered once more, inelastically, by a few mrad (plasmon losses in
   energy-unfiltered data), which would show as a halo around the bands;
-* ``detector_response``: I' ∝ (I + B)^γ before the per-tilt scale (a nonlinear detector).
+* ``detector_response``: I' ∝ (I + B)^γ before the per-tilt scale (a nonlinear detector);
+* ``residual_structure``: no fit — per |g| shell, how much the residuals of neighbouring tilts
+  correlate (white counting noise: 0) and the shell's relative misfit.
 
 For each, R before and after, and how much of the per-tilt values a smooth (polynomial, degree
 ≤ 3) function of the tilt explains: a physical mechanism (a distortion of the tilt coils, a
@@ -250,6 +252,29 @@ def detector_response(probe) -> dict:
     return _best_of(trials)
 
 
+#: |g| shell edges of the residual-structure probe [1/Å].
+SHELL_EDGES = (0.0, 0.01, 0.4, 0.6, 0.9, 1.2, 1.45, 2.0)
+
+
+def residual_structure(probe) -> dict:
+    """Per |g| shell: the correlation of the fit's residuals between neighbouring tilts (white
+    counting noise gives 0) and the shell's relative misfit; no fitting."""
+    from larbed.refinement.realdata import residual_correlation
+
+    resid = probe.data - probe.res.fit.intensity.values
+    rows = np.arange(probe.geometry.n_tilts)
+    out = {}
+    for lo, hi in zip(SHELL_EDGES[:-1], SHELL_EDGES[1:], strict=True):
+        cols = (probe.geometry.g_abs >= lo) & (probe.geometry.g_abs < hi)
+        rho, pairs = residual_correlation(probe.geometry, np.where(cols, resid, np.nan), rows)
+        out[f"{lo}-{hi} 1/A"] = {"beams": int(cols.sum()), "neighbour_correlation": rho,
+                                 "relative_misfit": float(np.abs(resid[:, cols]).sum()
+                                                          / probe.data[:, cols].sum()),
+                                 "mean_intensity": float(probe.data[:, cols].mean())}
+    return {"free_values": 0, "r_after": _r(probe.data, probe.res.fit.intensity.values),
+            "by_shell": out}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -291,7 +316,7 @@ PROBES = {"tilt_jitter": Probe.tilt_jitter, "thickness": Probe.thickness,
           "per_tilt_background": Probe.per_tilt_background, "convergence": convergence,
           "neighbour_blur": neighbour_blur, "afterglow": afterglow,
           "thickness_average": thickness_average, "diffuse_copy": diffuse_copy,
-          "detector_response": detector_response}
+          "detector_response": detector_response, "residual_structure": residual_structure}
 
 
 if __name__ == "__main__":

@@ -226,8 +226,9 @@ def test_check_pattern_accepts_beam_major_dataarray(geo49, data49):
         check_pattern(larbed.simulate(geo49, larbed.compute_ug(geo49.crystal, geo49), [10.0, 20.0]).intensity, geo49)
 
 
-def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49):
-    """A Gaussian prior: σ → 0 holds a U_g at its centre, σ = inf is no prior; bad priors raise."""
+def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49, caplog):
+    """A Gaussian prior: σ → 0 holds a U_g at its centre, σ = inf is no prior; bad priors raise;
+    a prior on unweighted (noise-free) data is warned about."""
     start = truth49 * 1.05
     p = geo49.n_reflections
     i = int(np.argmax(np.abs(truth49.values)))
@@ -237,6 +238,7 @@ def test_prior_pins_or_leaves_the_fit(geo49, truth49, data49):
     pinned = refine(data49, geo49, start, 21.0, symmetry="crystal", prior=(centre, sigma), progress=False)
     assert abs(pinned.ug.values[i].real - centre[i].real) < 1e-6  # held at the centre …
     assert pinned.r_factor > 100 * EXACT_R  # … so the data can no longer be fitted exactly
+    assert any("prior with weights='none'" in r.getMessage() for r in caplog.records)
     free = refine(data49, geo49, start, 21.0, symmetry="crystal", prior=(0, np.inf), progress=False)
     plain = refine(data49, geo49, start, 21.0, symmetry="crystal", progress=False)
     np.testing.assert_allclose(free.ug.values, plain.ug.values, atol=1e-12)

@@ -3,8 +3,7 @@
 :func:`refine` is weighted least squares of U_g, thickness and absorption against a pattern:
 Levenberg–Marquardt (:mod:`larbed.refinement.solver`) on normal equations summed over tilt chunks
 (:mod:`larbed.refinement.jacobian`), Poisson re-weighting passes when a dose is known, resumable
-checkpoints, and a :class:`~larbed.refinement.result.RefinementResult` with standard errors and
-trust warnings.
+checkpoints, and a :class:`~larbed.refinement.result.RefinementResult` with errors and warnings.
 """
 
 from __future__ import annotations
@@ -280,6 +279,8 @@ def _setup(pattern, geometry, ug0, thickness_nm0, *, refine_thickness, weights, 
         raise ValueError(f"{n_q} free parameters but only {n_data} measured intensities: the pattern "
                          "cannot determine them (tie U_g by symmetry, fix some, or record more tilts)")
     prior_x = _prior(prior, p)
+    if prior_x is not None and weights == "none":  # its σ against unit-intensity residuals
+        logger.warning("refine: a prior with weights='none' can swamp the data (give a dose)")
     if symmetry is not None:
         moved = np.max(np.abs(pmap.x(pmap.q(x0)) - x0)[:2 * p])
         logger.info("symmetry constraint moved the start by up to %.3g 1/Å²", moved)
@@ -440,7 +441,7 @@ def refine(
         Gaussian prior on U_g: ``centre`` (n_reflections,) complex U_g [1/Å²] and ``sigma``
         (n_reflections,) [1/Å²], ``inf`` for none. Adds the residuals (Re U − Re c)/σ and
         (Im U − Im c)/σ to the weighted intensity residuals: with Poisson weights a maximum a
-        posteriori fit, with ``weights='none'`` σ counts in units of U per unit intensity residual.
+        posteriori fit, with ``weights='none'`` σ counts per unit intensity residual (a warning).
         It keeps U_g that the data hardly see from running off (continuation strategies); the
         standard errors are then the posterior ones.
     max_iter : int
