@@ -256,3 +256,16 @@ def test_undetermined_imaginary_part_keeps_the_real_error_and_saves():
     assert np.any(np.isinf(err.imag)) and not np.any(np.isnan(err.real) | np.isnan(err.imag))
     back = type(res).from_dataset(res.to_dataset(), geo)
     np.testing.assert_array_equal(back.ug_error.values, err)
+
+
+def test_search_bound_follows_heavy_crystals():
+    """The default search bound is 0.1 1/Å² for the presets (SrTiO3, ZnO) and 1.4 × the largest
+    independent-atom |U_g| for heavy crystals, whose strong U_g exceed 0.1 (Au U_200 at 200 kV)."""
+    from larbed.determination.search import UG_BOUND, default_ug_bound
+
+    for name in ("SrTiO3-2", "ZnO-1"):
+        assert default_ug_bound(larbed.presets.load(name).geometry) == UG_BOUND == 0.1
+    au = larbed.Crystal((4.078,) * 3 + (90, 90, 90), [("Au", (0, 0, 0))], space_group="F m -3 m")
+    geo = larbed.Geometry(au, 200, (0, 0, 1), 21, 49, 30)
+    strongest = np.abs(larbed.compute_ug(au, geo).values).max()
+    assert strongest > 0.15 and default_ug_bound(geo) == pytest.approx(1.4 * strongest)

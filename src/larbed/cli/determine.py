@@ -112,6 +112,9 @@ def register(subparsers) -> None:
     p.add_argument("--search-time", type=float, default=90.0, metavar="S",
                    help="time budget of the global search [s] (default 90)")
     p.add_argument("--n-starts", type=int, default=4, help="search members refined as starts (default 4)")
+    p.add_argument("--ug-bound", type=float, metavar="U",
+                   help="search bound ±U of Re/Im U_g [1/Å²] (default 0.1, or 1.4 × the largest "
+                        "independent-atom |U_g| of heavy crystals)")
     p.add_argument("--composition", metavar="FORMULA",
                    help="atoms per cell, e.g. Zn2O2: find the structure first (its sites in the "
                         "space group) and start the free U_g from it; writes structure.cif")
@@ -356,7 +359,7 @@ def run(args) -> int:
                         thickness_range_nm=args.thickness_range, chi2_max=args.chi2_max,
                         r_noise_factor=args.r_noise_factor, r_max=args.r_max,
                         measurement=parse_measurement(args.measurement), holdout=args.holdout,
-                        weights=args.weights)
+                        weights=args.weights, ug_bound=args.ug_bound)
         elapsed = time.perf_counter() - t0
         print(f"symmetry: {' '.join(res.symmetry) or 'none'}")
         paths = res.save(out) + res.plot(out, ug_true=truth) + _measurement_figures(res, out)

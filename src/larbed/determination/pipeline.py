@@ -58,7 +58,7 @@ from .polish import polish, polish_poisson
 from .records import finished_result, prepare_checkpoints
 from .records import provenance as records_provenance
 from .result import DeterminationResult, assemble, at_edge
-from .search import UG_BOUND, distinct_members, global_search
+from .search import default_ug_bound, distinct_members, global_search
 from .starts import (
     SUCCESS_R_NOISE_FACTOR,
     SUCCESS_R_NOISE_FREE,
@@ -126,7 +126,7 @@ def determine(
     search_time_s: float = 90.0,
     search_popsize: int = 10,
     search_tilts: int = 100,
-    ug_bound: float = UG_BOUND,
+    ug_bound: float | None = None,
     perturbation: float = 0.3,
     n_perturbed: int = 3,
     task2_iterations: int = 10,
@@ -152,8 +152,7 @@ def determine(
     pattern : xarray.Dataset, xarray.DataArray or ndarray
         Measured intensities over (tilt, beam).
     geometry : Geometry
-        Beams, tilts, voltage and lattice (the crystal's atoms are not used, except with
-        ``symmetry='crystal'``).
+        Beams, tilts, voltage and lattice (atoms only for ``symmetry='crystal'`` and ug_bound).
     start : {'search', 'task2', 'model'}, U_g or callable
         ``'search'``: kinematic starts and the global search only. A U_g DataArray/array [1/Å²]:
         that start. A callable ``start(pattern, geometry, *, seed) -> (ug, thickness_nm or None)``
@@ -192,7 +191,7 @@ def determine(
     search_time_s : float
         Time budget of the search [s].
     search_popsize, search_tilts, ug_bound
-        See :func:`larbed.determination.global_search`.
+        See :func:`larbed.determination.global_search`; ``ug_bound=None``: ``default_ug_bound``.
     perturbation : float
         Relative size of the perturbed variants of explicit starts.
     n_perturbed : int
@@ -268,6 +267,7 @@ def determine(
                            ("max_iter", max_iter, 1), ("seed", seed, 0)):
         _check_int(name, val, low)
     check_thresholds(chi2_max, r_noise_factor, r_max)
+    ug_bound = default_ug_bound(geometry) if ug_bound is None else ug_bound
     if not np.isfinite(ug_bound) or ug_bound <= 0:
         raise ValueError(f"ug_bound must be a positive number [1/Å²], got {ug_bound!r}")
     for name, val in (("search_time_s", search_time_s), ("polish_time_s", polish_time_s)):

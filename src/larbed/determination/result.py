@@ -329,7 +329,8 @@ def assemble(run, final, search_out, thickness_range, user_range: bool, groups, 
         labels = [geometry.reflection_labels()[i] for i in at_bound[:6]]
         warnings.append(FitWarning("bound", f"U_g of {', '.join(labels)}{' …' if at_bound.size > 6 else ''} "
                                             f"reached the search bound ±{ug_bound:g} 1/Å² (ug_bound): "
-                                            "physical U_g are smaller; the fit is likely wrong"))
+                                            "the search could not go beyond; if U_g can be this "
+                                            "large, raise ug_bound (CLI --ug-bound)"))
     for w in warnings[len(final.warnings):]:
         logger.warning("determine: %s", w)
     unique, r0 = unique_origin(geometry, final.ug, groups)

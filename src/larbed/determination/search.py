@@ -20,14 +20,26 @@ from ..geometry import Geometry
 from ..symmetry import SymmetryGroup
 from ..threads import uses_kernels
 
-__all__ = ["MAX_POPULATION", "SEARCH_STEP_NM", "UG_BOUND", "Objective", "distinct_members",
+__all__ = ["MAX_POPULATION", "SEARCH_STEP_NM", "UG_BOUND", "Objective", "default_ug_bound", "distinct_members",
            "global_search"]
 
 logger = logging.getLogger(__name__)
 
-#: Search bounds of Re U_g and Im U_g [1/Å²] (real crystals stay below ~0.1; the thesis's random
-#: range is ±0.2).
+#: Search bounds of Re U_g and Im U_g [1/Å²] (light crystals stay below ~0.1; the thesis's random
+#: range is ±0.2); :func:`default_ug_bound` raises it for heavy ones.
 UG_BOUND = 0.1
+#: :func:`default_ug_bound`: this multiple of the largest independent-atom |U_g|, when above UG_BOUND.
+UG_BOUND_IAM_FACTOR = 1.4
+
+
+def default_ug_bound(geometry) -> float:
+    """The search bound of :func:`larbed.determine` [1/Å²]: ``UG_BOUND``, or ``UG_BOUND_IAM_FACTOR``
+    × the largest independent-atom |U_g| of ``geometry.crystal`` where that is larger (heavy
+    elements: Au U_200 is 0.16 1/Å² at 200 kV)."""
+    from ..structure_factors import compute_ug
+
+    iam = compute_ug(geometry.crystal, geometry).values
+    return max(UG_BOUND, UG_BOUND_IAM_FACTOR * float(np.max(np.abs(iam), initial=0.0)))
 #: Thickness grid step of the global search (the scan over t is most of a candidate's cost) [nm].
 SEARCH_STEP_NM = 1.0
 #: Largest search population (the initial population is evaluated before the time budget counts).

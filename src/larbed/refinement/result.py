@@ -260,6 +260,19 @@ def _inflation(prob: WeightedProblem, state: LMState, geometry: Geometry, real: 
     return rho, factor
 
 
+def _n_informative(data: np.ndarray, inten: np.ndarray, measurement) -> int:
+    """Data points that carry information for the reduced χ²: the measured ones, less the beams
+    the model holds at zero at every tilt (forbidden reflections of a centred cell, glides) and
+    one per fitted tilt under an analytic per-tilt scale (each takes a degree of freedom)."""
+    fitted = np.isfinite(data)
+    mod = np.abs(np.asarray(inten, float).reshape(data.shape))
+    dead = np.all(mod <= 1e-9 * max(float(mod.max(initial=0.0)), 1e-300), axis=0)
+    n = int(fitted[:, ~dead].sum())
+    if measurement is not None and getattr(measurement, "scale", "none") == "per_tilt":
+        n -= int(fitted.any(axis=1).sum())
+    return n
+
+
 def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_start: xr.DataArray,
                  weights: str, absorbing: bool, dose, thresholds,
                  log_warnings: bool = True, real: RealData | None = None) -> RefinementResult:
@@ -272,7 +285,7 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
     inten = state.inten
     resid = prob._weighted(inten)
     n_free = state.hess.shape[1] - gauge.shape[1] - null.shape[1]
-    dof = max(int(np.isfinite(prob.data).sum()) - n_free, 1)
+    dof = max(_n_informative(prob.data, inten, real.measurement) - n_free, 1)
     chi2 = float(resid @ resid) / dof
     if weights in ("none", "variance"):
         cov_q = cov_q * chi2
