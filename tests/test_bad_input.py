@@ -323,3 +323,14 @@ def test_seeds_numpy_accepts_still_work():
                  seed=np.random.default_rng(3)).intensity.values
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(b, c)
+
+
+def test_wrong_types_name_the_argument():
+    geo = geo13()
+    ug = compute_ug(geo.crystal, geo)
+    data = simulate(geo, ug, 30.0)
+    with pytest.raises(ValueError, match="holdout"):
+        refine(data, geo, ug, 30.0, holdout="x", progress=False)
+    with pytest.raises(TypeError, match="absorption"):
+        simulate(geo, ug, 30.0, absorption="x")
+    assert simulate(geo, ug, 30.0, absorption=np.float64(0.05)).attrs["absorption"] == 0.05

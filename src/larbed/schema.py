@@ -343,7 +343,8 @@ def check_pattern(pattern, geometry: Geometry, dose=None, *, scaled: bool = Fals
         if all(c in da.coords for c in ("h", "k", "l")) and da.sizes["beam"] == geometry.n_beams:
             hkl = np.stack([da.h.values, da.k.values, da.l.values], axis=1)
             if not np.array_equal(hkl, geometry.hkl):
-                raise ValueError("pattern beams (h, k, l) differ from the geometry's beams")
+                raise ValueError("pattern beams (h, k, l) differ from the geometry's beams (in "
+                                 "set or order): read the file with read_csv(path, geometry)")
         if ("tilt_x" in da.coords and "tilt_y" in da.coords
                 and da.sizes["tilt"] == geometry.n_tilts):
             tilts = np.stack([da.tilt_x.values, da.tilt_y.values], axis=1)

@@ -208,6 +208,8 @@ def _intensities(geometry, ug_da, thick, absorption, progress, use_symmetry):
     """(intensities over (thickness, tilt, beam), eigen path, symmetry operations, independent
     tilts) for checked U_g and thicknesses [nm]; κ checked here."""
     if absorption is not None:
+        if isinstance(absorption, bool) or np.ndim(absorption) or np.asarray(absorption).dtype.kind not in "fiu":
+            raise TypeError(f"absorption κ must be a number, got {absorption!r}")
         absorption = float(absorption)
         if not np.isfinite(absorption) or absorption < 0:
             raise ValueError(f"absorption κ must be finite and >= 0, got {absorption}")

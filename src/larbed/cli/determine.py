@@ -395,6 +395,9 @@ def run_refine(args) -> int:
         thickness = args.thickness
         if thickness is None:
             lo, hi = args.thickness_range or (5.0, 100.0)
+            if not 0 < lo < hi:
+                raise ValueError(f"--thickness-range must be LOW HIGH with 0 < LOW < HIGH [nm], "
+                                 f"got {lo:g} {hi:g}")
             scan = thickness_scan(pattern, geometry, ug0, np.arange(lo, hi + 1e-9, 0.25),
                                   absorption=args.absorption, dose=dose, measurement=measurement)
             thickness = scan.attrs["best_thickness_nm"]

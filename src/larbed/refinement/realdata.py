@@ -40,7 +40,8 @@ NEIGHBOUR_STEPS = 1.5
 
 def holdout_tilts(data: np.ndarray, fraction: float, seed) -> np.ndarray:
     """Sorted indices of a seeded random ``fraction`` of the measured tilts (empty for 0)."""
-    if isinstance(fraction, bool) or not np.isscalar(fraction) or not np.isfinite(fraction):
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)) \
+            or not np.isfinite(fraction):
         raise ValueError(f"holdout must be a fraction in [0, 0.5], got {fraction!r}")
     fraction = float(fraction)
     if not 0.0 <= fraction <= 0.5:
