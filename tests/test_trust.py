@@ -416,3 +416,28 @@ def test_reduced_chi2_counts_only_informative_data():
         chi2.append(larbed.refine(data, geo, ug * 1.02, 29.0, dose=1e6, **kw,
                                   measurement=larbed.Measurement(scale="per_tilt")).chi2)
     assert 0.95 < np.mean(chi2) < 1.08
+
+
+def test_unphysical_ug_of_a_false_minimum_are_flagged():
+    """Five of 21 simulated beams recorded over a narrow disc (30 mrad): the fit runs off to
+    |U_g| of thousands of 1/Å² where unrecorded beams couple (R 3e-3); that is flagged 'bound'
+    (untrustworthy), naming them. A closer start on a wide disc converges, unflagged."""
+    from larbed.trust import UNPHYSICAL_FACTOR
+
+    xtal = larbed.Crystal.builtin("SrTiO3")
+    full = larbed.Geometry(xtal, 120, (0, 0, 1), 21, 49, 30)
+    geo = larbed.Geometry(xtal, 120, (0, 0, 1), 21, 49, 30,
+                          recorded=[tuple(h) for h in full.hkl[:5].tolist()])
+    ug = larbed.compute_ug(xtal, geo)
+    kw = dict(symmetry="crystal", progress=False, log_warnings=False)
+    bad = larbed.refine(larbed.simulate(geo, ug, 30.0), geo, ug * 1.05, 32.0, **kw)
+    limit = UNPHYSICAL_FACTOR * np.abs(ug.values).max()
+    assert np.abs(bad.ug.values).max() > limit
+    flag = [w for w in bad.warnings if w.kind == "bound" and "independent-atom" in w]
+    assert len(flag) == 1 and not bad.trustworthy and "U(" in flag[0]
+    # all 21 beams but the same narrow disc: U(4 2 0) still runs off (0.7 1/Å², R 3e-3)
+    narrow = larbed.refine(larbed.simulate(full, ug, 30.0), full, ug * 1.05, 32.0, **kw)
+    assert any(w.kind == "bound" and "U(4 2 0)" in w for w in narrow.warnings)
+    wide = larbed.Geometry(xtal, 120, (0, 0, 1), 21, 197, 100)
+    good = larbed.refine(larbed.simulate(wide, ug, 30.0), wide, ug * 1.02, 30.5, **kw)
+    assert good.trustworthy and good.r_factor < 1e-8 and not good.warnings

@@ -9,7 +9,9 @@ One policy for the whole package:
 
   ``'bound'``
       a parameter ended at a bound (the thickness at the end of its range, κ at 0, a U_g at the
-      search bound of :func:`larbed.determine`);
+      search bound of :func:`larbed.determine`) or beyond what is physical (a refined |U_g| above
+      :data:`UNPHYSICAL_FACTOR` × the largest independent-atom |U_g| of the geometry's crystal: a
+      false minimum where couplings the data hardly see ran off);
   ``'chi2'``
       the reduced χ² is above ``chi2_max`` (default 2) although the dose is known: the model does
       not explain the data to within their counting noise;
@@ -52,6 +54,7 @@ __all__ = [
     "WarningKind",
     "drift_warning",
     "fit_quality_warnings",
+    "unphysical_warning",
     "untrustworthy",
 ]
 
@@ -64,6 +67,10 @@ UNTRUSTWORTHY_KINDS: tuple[str, ...] = ("bound", "chi2", "r_factor", "not_conver
 #: over its last :data:`DRIFT_WINDOW` iterations is flagged ``'not_converged'``.
 DRIFT_SIGMA = 3.0
 DRIFT_WINDOW = 10
+
+#: A refined |U_g| above this multiple of the largest independent-atom |U_g| of the geometry's
+#: crystal is flagged ``'bound'`` (no bonding or Debye–Waller effect comes near it).
+UNPHYSICAL_FACTOR = 5.0
 
 #: Reduced χ² above this, with a known dose, is flagged.
 CHI2_MAX = 2.0
@@ -164,3 +171,22 @@ def fit_quality_warnings(r_factor: float, chi2: float | None, noise_r: float | N
                         "noise-free, the pattern is not reproduced (for measured data give the "
                         "dose, or the counts, so that R can be judged against the noise)"))
     return out
+
+
+def unphysical_warning(geometry, values: np.ndarray) -> FitWarning | None:
+    """A ``'bound'`` warning naming the U_g whose |U_g| exceeds :data:`UNPHYSICAL_FACTOR` × the
+    largest independent-atom |U_g| of ``geometry.crystal`` (a false minimum where unmeasured
+    couplings ran off), or None."""
+    from .structure_factors import compute_ug
+
+    limit = UNPHYSICAL_FACTOR * float(np.max(np.abs(compute_ug(geometry.crystal, geometry).values)))
+    big = np.flatnonzero(np.abs(values) > limit)
+    if not big.size:
+        return None
+    labels = geometry.reflection_labels()
+    worst = big[np.argsort(-np.abs(values[big]))][:4]
+    listed = ", ".join(f"U({labels[i]}) = {abs(values[i]):.3g}" for i in worst)
+    return FitWarning("bound", f"{big.size} U_g exceed {UNPHYSICAL_FACTOR:g} × the largest "
+                               f"independent-atom |U_g| of the geometry's crystal ({limit:.3g} 1/Å²): "
+                               f"{listed} 1/Å²; unphysical, the fit likely sits in a false minimum "
+                               "(record more beams or tilts, or give a prior)")

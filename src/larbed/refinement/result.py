@@ -14,7 +14,13 @@ from ..metrics import expected_noise_r
 from ..schema import complex_from_parts
 from ..simulation import simulate
 from ..structure_factors import input_ug
-from ..trust import FitWarning, drift_warning, fit_quality_warnings, untrustworthy
+from ..trust import (
+    FitWarning,
+    drift_warning,
+    fit_quality_warnings,
+    unphysical_warning,
+    untrustworthy,
+)
 from .jacobian import WeightedProblem, masked_r
 from .parameters import MIN_THICKNESS_NM, covariance_of_x, free_x, gauge_basis
 from .solver import LMState, describe_null
@@ -363,6 +369,9 @@ def build_result(prob: WeightedProblem, state: LMState, geometry: Geometry, ug_s
                                             f"{MIN_THICKNESS_NM:g} nm"))
     if absorbing and moved[2 * p + 1] and kappa <= 0.0:
         warnings.append(FitWarning("bound", "the absorption κ ended at its lower bound 0"))
+    unphysical = unphysical_warning(geometry, x[:p] + 1j * x[p:2 * p])
+    if unphysical is not None:
+        warnings.append(unphysical)
     q_labels = [pmap.labels[c] for c in range(pmap.n_q)]
     drift = drift_warning(state.recent, np.sqrt(np.abs(np.diag(cov_q))), q_labels, state.message)
     if drift is not None:
