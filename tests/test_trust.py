@@ -439,5 +439,15 @@ def test_unphysical_ug_of_a_false_minimum_are_flagged():
     narrow = larbed.refine(larbed.simulate(full, ug, 30.0), full, ug * 1.05, 32.0, **kw)
     assert any(w.kind == "bound" and "U(4 2 0)" in w for w in narrow.warnings)
     wide = larbed.Geometry(xtal, 120, (0, 0, 1), 21, 197, 100)
-    good = larbed.refine(larbed.simulate(wide, ug, 30.0), wide, ug * 1.02, 30.5, **kw)
+    data = larbed.simulate(wide, ug, 30.0)
+    good = larbed.refine(data, wide, ug * 1.02, 30.5, **kw)
     assert good.trustworthy and good.r_factor < 1e-8 and not good.warnings
+    # from farther away even the wide disc runs off; the warning's advice (set them back to
+    # the start and refine again) reaches the solution
+    off = larbed.refine(data, wide, ug * 1.05, 32.0, **kw)
+    assert any(w.kind == "bound" and "set them back" in w for w in off.warnings)
+    vals = off.ug.values.copy()
+    runaway = np.abs(vals) > limit
+    vals[runaway] = ug.values[runaway] * 1.05
+    again = larbed.refine(data, wide, off.ug.copy(data=vals), off.thickness_nm, **kw)
+    assert again.r_factor < 1e-8 and abs(again.thickness_nm - 30.0) < 1e-6 and not again.warnings

@@ -188,5 +188,6 @@ def unphysical_warning(geometry, values: np.ndarray) -> FitWarning | None:
     listed = ", ".join(f"U({labels[i]}) = {abs(values[i]):.3g}" for i in worst)
     return FitWarning("bound", f"{big.size} U_g exceed {UNPHYSICAL_FACTOR:g} × the largest "
                                f"independent-atom |U_g| of the geometry's crystal ({limit:.3g} 1/Å²): "
-                               f"{listed} 1/Å²; unphysical, the fit likely sits in a false minimum "
-                               "(record more beams or tilts, or give a prior)")
+                               f"{listed} 1/Å²; unphysical, the fit likely sits in a false minimum: "
+                               "set them back to their start and refine again (that often "
+                               "reaches the solution), or record more beams or tilts")
