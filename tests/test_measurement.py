@@ -3,6 +3,8 @@ the variance model and the error inflation for correlated residuals."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -264,10 +266,11 @@ def test_cli_refine_from_a_csv_with_a_crystal(tmp_path, srtio3, capsys):
     code = main(["refine", "--pattern", str(csv), "--crystal", "SrTiO3", "--voltage", "120",
                  "--zone-axis", "0", "0", "1", "--measurement",
                  "scale=per_tilt,background=flat,tilt_map=shift", "--holdout", "0.1",
-                 "--weights", "variance", "--out", str(out), "--no-progress"])
+                 "--weights", "variance", "--out", str(out), "--no-progress", "--holz-check"])
     text = capsys.readouterr().out
     assert code == 0, text
     assert "R_free" in text and "background: 0.003" in text
+    assert re.search(r"HOLZ check: \d+ FOLZ beams per tilt change \d+\.\d+ % of the intensity", text)
     assert "thickness: 25.0" in text
     assert (out / "background.png").exists() and (out / "tilt_map.png").exists()
     assert main(["refine", "--pattern", str(csv), "--crystal", "SrTiO3", "--voltage", "120",

@@ -148,6 +148,9 @@ def register(subparsers) -> None:
     p.add_argument("--free-ug", metavar="N|HKL;HKL",
                    help="with --structure: U_g free on top of the atoms, the N lowest shells or "
                         "reflections such as '1,1,0;2,0,0'")
+    p.add_argument("--holz-check", action="store_true",
+                   help="after the fit, how much higher-order Laue zone beams would change the "
+                        "pattern at the refined thickness (larbed.holz.holz_effect)")
     p.add_argument("--out", metavar="DIR", help="output and checkpoint folder (default refine-NAME)")
     p.set_defaults(func=run_refine)
 
@@ -415,7 +418,24 @@ def run_refine(args) -> int:
                      checkpoint=os.path.join(out, "refine_checkpoint.json"))
         elapsed = time.perf_counter() - t0
         paths = _save_refinement(res, out, pattern)
+    if args.holz_check:
+        _holz_check(res, geometry)
     return _report(res, truth, t_true, elapsed, out, paths)
+
+
+def _holz_check(res, geometry) -> None:
+    """Print how much FOLZ beams would change the refined pattern (at the refined tilts)."""
+    from ..holz import holz_effect
+
+    m = res.measurement
+    tilts = None if m is None or "tilt_matrix" not in m else (
+        geometry.tilt_mrad @ m.tilt_matrix.values.T + m.tilt_offset_mrad.values)
+    e = holz_effect(geometry, res.ug, res.thickness_nm, tilts_mrad=tilts)
+    verdict = ("negligible beside R" if e.changed_fraction < 0.1 * res.r_factor else
+               "not negligible: larbed's model has ZOLZ beams only")
+    print(f"HOLZ check: {e.holz_beams} FOLZ beams per tilt change {100 * e.changed_fraction:.2f} % "
+          f"of the intensity (the deepest HOLZ line takes 000 to {e.min_ratio_000:.3f} of its "
+          f"ZOLZ value) at t = {res.thickness_nm:.2f} nm: {verdict} (R = {res.r_factor:.3g})")
 
 
 def parse_free_ug(spec: str | None):
