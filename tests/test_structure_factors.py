@@ -7,6 +7,7 @@ from functools import cache
 import numpy as np
 import pytest
 
+import larbed
 from larbed import (
     Crystal,
     Geometry,
@@ -259,3 +260,23 @@ def test_input_ug_matches_labelled_values_by_hkl():
     assert other.n_reflections == geo.n_reflections
     with pytest.raises(ValueError, match="does not enter the structure matrix"):
         input_ug(geo, compute_ug(geo.crystal, other))
+
+
+def test_beams_no_ug_couples_to_000_are_named(caplog):
+    """Si [110] with 15 beams of the F-centred cell: the 8 mixed-parity hkl are coupled to 000 by
+    no U_g and stay dark at every tilt; compute_ug says so. SrTiO3 (primitive) has none."""
+    from larbed.structure_factors import dark_beams
+
+    si = larbed.Crystal((5.431,) * 3 + (90, 90, 90), [("Si", (0, 0, 0))], space_group="F d -3 m",
+                        name="Si")
+    geo = larbed.Geometry(si, 200, (1, 1, 0), 15, 49, 30)
+    with caplog.at_level("WARNING"):
+        ug = larbed.compute_ug(si, geo)
+    dark = dark_beams(geo, ug.values)
+    intensity = larbed.simulate(geo, ug, 40.0).intensity.values
+    np.testing.assert_array_equal(dark, np.flatnonzero(intensity.max(axis=0) < 1e-9))
+    assert dark.size == 8 and all(np.sum(geo.hkl[i] % 2) % 3 for i in dark)  # mixed parity
+    assert any("8 of the 15 beams" in r.getMessage() for r in caplog.records)
+    sto = larbed.Crystal.builtin("SrTiO3")
+    g = larbed.Geometry(sto, 120, (0, 0, 1), 21, 13, 50)
+    assert dark_beams(g, larbed.compute_ug(sto, g).values).size == 0

@@ -114,6 +114,13 @@ def compute_ug(
         crystal, geometry.reflection_hkl, geometry.voltage_kv, parameterization
     )
     u0 = structure_factor(crystal, np.zeros((1, 3)), geometry.voltage_kv, parameterization)[0].real
+    dark = dark_beams(geometry, values)
+    if dark.size:
+        labels = geometry.beam_labels()
+        logger.warning("compute_ug: %d of the %d beams (%s%s) are coupled to 000 by no U_g of %s "
+                       "(lattice centring): they stay dark at every tilt; raise n_beams for more "
+                       "live beams", dark.size, geometry.n_beams, ", ".join(labels[i] for i in dark[:4]),
+                       " …" if dark.size > 4 else "", crystal.name)
     return labelled_ug(
         geometry,
         values,
@@ -124,6 +131,20 @@ def compute_ug(
             "u0": float(u0),
         },
     )
+
+
+def dark_beams(geometry: Geometry, values: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Indices of the beams no chain of non-zero U_g (|U| > rtol · max |U|) links to 000: with these
+    U_g they get no intensity at any tilt (e.g. the mixed-parity hkl of an F-centred cell)."""
+    mat = np.abs(ug_matrix(geometry, values))
+    linked = mat > rtol * max(float(mat.max(initial=0.0)), 1e-300)
+    reached = np.zeros(geometry.n_beams, bool)
+    reached[0] = True
+    while True:
+        grown = reached | linked[reached].any(axis=0)
+        if np.array_equal(grown, reached):
+            return np.flatnonzero(~reached)
+        reached = grown
 
 
 def random_ug(
