@@ -19,7 +19,6 @@ shells. The data are read from ``--data`` (not part of the repository); exits 2 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -31,7 +30,7 @@ import larbed
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, _shells, base_fit, data_csv, load, scan_start  # noqa: E402
+from experimental_sto120kv import _shells, fitted_values, parser, start  # noqa: E402
 
 
 def start_ug(crystal, geometry, fitted_geometry, fitted_ug):
@@ -45,30 +44,22 @@ def start_ug(crystal, geometry, fitted_geometry, fitted_ug):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap = parser(__doc__)
     ap.add_argument("--base-iter", type=int, default=60, help="iterations of the 121-beam fit")
     ap.add_argument("--n-beams", type=int, default=193)
     ap.add_argument("--max-iter", type=int, default=60)
     ap.add_argument("--prior-min-g", type=float, help="IAM prior on |g| ≥ this [1/Å]")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = data_csv(args.data)
-    if csv is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    crystal, geometry, pattern, ug_iam = load(csv)
-    meas, res = base_fit(pattern, geometry, ug_iam, scan_start(pattern, geometry, ug_iam)
-                         .attrs["best_thickness_nm"], args.out, max_iter=args.base_iter)
+    st = start(args, max_iter=args.base_iter)
+    if st is None:
+        return 2
+    crystal, geometry, meas, res, csv = st.crystal, st.geometry, st.measurement, st.result, st.csv
     geo = larbed.Geometry.from_csv(csv, crystal, voltage_kv=120, zone_axis=(0, 0, 1),
                                    n_beams=args.n_beams)
     pat = larbed.read_csv(csv, geo)
     ug, n_known = start_ug(crystal, geo, geometry, res.ug)
-    values = res.measurement[[v for v in res.measurement.data_vars
-                              if not v.endswith("_error") and v != "scale"]]
-    m = dataclasses.replace(meas, values=values)
+    m = dataclasses.replace(meas, values=fitted_values(res.measurement))
     prior = (None if args.prior_min_g is None
              else larbed.iam_prior(crystal, geo, min_g=args.prior_min_g))
     kw = dict(measurement=m, prior=prior, real=True, symmetry="crystal", weights="none",

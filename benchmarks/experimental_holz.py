@@ -25,7 +25,6 @@ repository); the script exits 2 when they are missing.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -39,11 +38,11 @@ from larbed.holz import holz_effect, simulate_holz
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
 from experimental_probes import Probe, _r  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, base_fit, data_csv, load, scan_start  # noqa: E402
+from experimental_sto120kv import parser, start  # noqa: E402
 
 
-def _geometry_at(geometry, theta):
-    return larbed.Geometry(geometry.crystal, geometry.voltage_kv, geometry.zone_axis,
+def _geometry_at(geometry, theta, voltage_kv=None):
+    return larbed.Geometry(geometry.crystal, voltage_kv or geometry.voltage_kv, geometry.zone_axis,
                            geometry.n_beams, tilts_mrad=theta)
 
 
@@ -81,28 +80,21 @@ def _effect_by_thickness(geometry, ug, theta, thickness_nm, kw, factors=(1, 2, 4
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap = parser(__doc__)
     ap.add_argument("--max-iter", type=int, default=60)
     ap.add_argument("--s-max", type=float, default=0.03,
                     help="largest FOLZ excitation error kept [1/Å] (outer ZOLZ beams: ~0.15)")
     ap.add_argument("--max-beams", type=int, default=100, help="most FOLZ beams per tilt")
     ap.add_argument("--voltage-scales", type=float, nargs="+", default=[0.97, 0.99, 1.0, 1.01, 1.03],
                     help="the voltage × these (HOLZ line positions move with the wavelength)")
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = data_csv(args.data)
-    if csv is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    crystal, geometry, pattern, ug_iam = load(csv)
-    scan = scan_start(pattern, geometry, ug_iam)
-    meas, res = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out,
-                         max_iter=args.max_iter)
-    data = pattern.intensity.values
-    probe = Probe(res, geometry, data, meas)
+    st = start(args, max_iter=args.max_iter)
+    if st is None:
+        return 2
+    crystal, geometry, res, csv = st.crystal, st.geometry, st.result, st.csv
+    data = st.pattern.intensity.values
+    probe = Probe(res, geometry, data, st.measurement)
     geo = _geometry_at(geometry, probe.theta)  # the refined tilt map's tilts
     kw = {"crystal": crystal, "s_max": args.s_max, "max_beams": args.max_beams}
     t1 = time.perf_counter()
@@ -116,8 +108,7 @@ def main(argv=None) -> int:
               "zolz_s": time.perf_counter() - t1, "holz": {}}
     for scale in args.voltage_scales:
         t1 = time.perf_counter()
-        geo_v = larbed.Geometry(geometry.crystal, geometry.voltage_kv * scale, geometry.zone_axis,
-                                geometry.n_beams, tilts_mrad=probe.theta)
+        geo_v = _geometry_at(geometry, probe.theta, geometry.voltage_kv * scale)
         ref = zolz if scale == 1.0 else simulate_holz(geo_v, res.ug, res.thickness_nm,
                                                       max_beams=0).intensity.values
         ds = simulate_holz(geo_v, res.ug, res.thickness_nm, **kw)

@@ -44,7 +44,6 @@ thickness wedge) is smooth over the disc, fitted noise or misfit is not. The dat
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
@@ -57,7 +56,7 @@ from larbed import Measurement
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
-from experimental_sto120kv import DEFAULT_DATA, base_fit, data_csv, load, scan_start  # noqa: E402
+from experimental_sto120kv import parser, start  # noqa: E402
 
 #: Central-difference step of the tilt derivatives [mrad].
 TILT_STEP_MRAD = 0.05
@@ -276,25 +275,18 @@ def residual_structure(probe) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap = parser(__doc__)
     ap.add_argument("--max-iter", type=int, default=60)
-    ap.add_argument("--json", type=Path)
     ap.add_argument("--probes", nargs="+", choices=sorted(PROBES), default=sorted(PROBES),
                     help="the probes to run (default all)")
     args = ap.parse_args(argv)
-    csv = data_csv(args.data)
-    if csv is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _, geometry, pattern, ug_iam = load(csv)
-    scan = scan_start(pattern, geometry, ug_iam)
-    meas, res = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out,
-                         max_iter=args.max_iter)
-    data = pattern.intensity.values
-    probe = Probe(res, geometry, data, meas)
+    st = start(args, max_iter=args.max_iter)
+    if st is None:
+        return 2
+    geometry, res, csv = st.geometry, st.result, st.csv
+    data = st.pattern.intensity.values
+    probe = Probe(res, geometry, data, st.measurement)
     r0 = _r(data, res.fit.intensity.values)
     result = {"machine": cpu_model(), "data": str(csv), "r_refined": r0,
               "thickness_nm": res.thickness_nm,

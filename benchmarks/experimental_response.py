@@ -17,7 +17,6 @@ from ``--data`` (not part of the repository); the script exits 2 when they are m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -30,35 +29,21 @@ import larbed
 sys.path.insert(0, str(Path(__file__).parent))
 from _machine import cpu_model, report  # noqa: E402
 from experimental_probes import Probe, _r  # noqa: E402
-from experimental_sto120kv import (  # noqa: E402
-    DEFAULT_DATA,
-    _shells,
-    base_fit,
-    data_csv,
-    load,
-    scan_start,
-)
+from experimental_sto120kv import _shells, fitted_values, parser, start  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap = parser(__doc__)
     ap.add_argument("--gammas", type=float, nargs="+", default=[0.8, 1.0, 1.15, 1.3])
     ap.add_argument("--iter", type=int, default=30)
-    ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
-    csv = data_csv(args.data)
-    if csv is None:
-        return 2
-    args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    _, geometry, pattern, ug_iam = load(csv)
-    scan = scan_start(pattern, geometry, ug_iam)
-    meas, base = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out)
-    values = base.measurement[[v for v in base.measurement.data_vars
-                               if not v.endswith("_error") and v != "scale"]]
-    data = np.nan_to_num(pattern.intensity.values)
+    st = start(args)
+    if st is None:
+        return 2
+    geometry, meas, base, csv = st.geometry, st.measurement, st.result, st.csv
+    values = fitted_values(base.measurement)
+    data = np.nan_to_num(st.pattern.intensity.values)
     rows = []
     for gamma in args.gammas:
         d = data ** (1.0 / gamma)
@@ -74,7 +59,7 @@ def main(argv=None) -> int:
         rows.append({"gamma": gamma, "r_transformed": res.r_factor, "r_measured": _r(data, m),
                      "thickness_nm": res.thickness_nm,
                      "tilt_matrix": res.measurement.tilt_matrix.values.tolist(),
-                     "shells": _shells(res, ug_iam, geometry),
+                     "shells": _shells(res, st.ug_iam, geometry),
                      "seconds": time.perf_counter() - t1})
     report({"machine": cpu_model(), "data": str(csv), "r_start": base.r_factor, "rows": rows,
             "total_s": time.perf_counter() - t0,

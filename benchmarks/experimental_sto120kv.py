@@ -92,6 +92,49 @@ def base_fit(pattern, geometry, ug_iam, thickness_nm, out: Path, *, max_iter: in
     return meas, res
 
 
+@dataclasses.dataclass
+class Start:
+    """What every experimental benchmark starts from: the data and the base fit."""
+
+    csv: Path
+    crystal: larbed.Crystal
+    geometry: larbed.Geometry
+    pattern: object
+    ug_iam: object
+    measurement: Measurement
+    result: object
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """An argument parser with the options every experimental benchmark has."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--out", type=Path, default=Path("bench-sto120kv"))
+    ap.add_argument("--json", type=Path)
+    return ap
+
+
+def start(args, *, max_iter: int = 60) -> Start | None:
+    """Load the data of ``args.data`` and run (or reuse from ``args.out``) the base fit; None (said
+    on stderr) when the data are missing."""
+    csv = data_csv(args.data)
+    if csv is None:
+        return None
+    args.out.mkdir(parents=True, exist_ok=True)
+    crystal, geometry, pattern, ug_iam = load(csv)
+    scan = scan_start(pattern, geometry, ug_iam)
+    meas, res = base_fit(pattern, geometry, ug_iam, scan.attrs["best_thickness_nm"], args.out,
+                         max_iter=max_iter)
+    return Start(csv, crystal, geometry, pattern, ug_iam, meas, res)
+
+
+def fitted_values(measurement_ds):
+    """The fitted measurement values of a result's ``.measurement`` (no errors, no per-tilt
+    scale): the ``values`` of a Measurement that starts from them."""
+    return measurement_ds[[v for v in measurement_ds.data_vars
+                           if not v.endswith("_error") and v != "scale"]]
+
+
 def _shells(res, ug_iam, geometry, n=4):
     """The n strongest |U| shells (IAM): refined mean ± error against the IAM value."""
     g = np.round(np.linalg.norm(geometry.reflection_xy, axis=1), 6)
@@ -119,17 +162,14 @@ def _half(pattern, geometry, res, rows, max_iter, out, measurement):
 
 def _with_spread(pattern, geometry, res, meas, args):
     """(measurement, result) of a refinement with a tilt spread started from ``res``."""
-    values = res.measurement[[v for v in res.measurement.data_vars
-                              if not v.endswith("_error") and v != "scale"]]
+    values = fitted_values(res.measurement)
     values["tilt_spread_mrad"] = ((), args.tilt_spread)
     spread = dataclasses.replace(meas, tilt_spread="disc", values=values)
     out = larbed.refine(pattern, geometry, res.ug, res.thickness_nm, measurement=spread, real=True,
                         symmetry="crystal", weights=args.weights, poisson_passes=1, holdout=0.1,
                         seed=0, max_iter=args.spread_iter, progress=False,
                         checkpoint=args.out / f"refine_spread_{args.tilt_spread:g}.json")
-    refined = out.measurement[[v for v in out.measurement.data_vars
-                               if not v.endswith("_error") and v != "scale"]]
-    return dataclasses.replace(spread, values=refined), out  # the halves start from this fit
+    return dataclasses.replace(spread, values=fitted_values(out.measurement)), out  # the halves start from this fit
 
 
 def main(argv=None) -> int:
