@@ -404,7 +404,7 @@ def test_reduced_chi2_counts_only_informative_data():
     kw = dict(progress=False, log_warnings=False)
     chi2 = [larbed.refine(larbed.simulate(geo, ug, 40.0, dose=1e6, seed=s), geo, ug * 1.02, 39.0,
                           **kw).chi2 for s in range(3)]
-    assert 0.85 < np.mean(chi2) < 1.2
+    assert 0.85 < np.mean(chi2) < 1.3  # 1.05–1.16 over four sets of three seeds
     xtal = larbed.Crystal.builtin("SrTiO3")
     geo = larbed.Geometry(xtal, 120, (0, 0, 1), 9, 197, 70)
     ug = larbed.compute_ug(xtal, geo)
@@ -415,7 +415,7 @@ def test_reduced_chi2_counts_only_informative_data():
         data = rng.poisson(clean * 1e6) / 1e6 * rng.uniform(0.7, 1.3, (geo.n_tilts, 1))
         chi2.append(larbed.refine(data, geo, ug * 1.02, 29.0, dose=1e6, **kw,
                                   measurement=larbed.Measurement(scale="per_tilt")).chi2)
-    assert 0.95 < np.mean(chi2) < 1.08
+    assert 0.94 < np.mean(chi2) < 1.08  # 0.97–1.01 over three sets of four seeds
 
 
 def test_unphysical_ug_of_a_false_minimum_are_flagged():
